@@ -1,0 +1,158 @@
+"""Every state machine of warmpool: the StrEnums, their allowed transitions, and named groups."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class InstanceState(StrEnum):
+    """Observed state of an instance, written only by the event applier."""
+
+    REQUESTED = "requested"
+    PROVISIONING = "provisioning"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class DesiredState(StrEnum):
+    """What the reconciler wants an instance to be."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+S = InstanceState
+_NON_TERMINAL = {S.REQUESTED, S.PROVISIONING, S.STOPPED, S.STARTING, S.RUNNING, S.STOPPING}
+
+# One table: from-state -> the states it may move to (DESIGN.md, Instance lifecycle).
+INSTANCE_TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
+    S.REQUESTED: frozenset({S.PROVISIONING}),
+    S.PROVISIONING: frozenset({S.STOPPED, S.STARTING, S.RUNNING}),
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPING}),
+    S.RUNNING: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.DELETING: frozenset({S.DELETED}),
+    S.DELETED: frozenset(),
+    S.FAILED: frozenset({S.DELETING}),
+}
+for _s in _NON_TERMINAL:
+    INSTANCE_TRANSITIONS[_s] = INSTANCE_TRANSITIONS[_s] | {S.DELETING, S.FAILED}
+INSTANCE_TRANSITIONS[S.DELETING] = INSTANCE_TRANSITIONS[S.DELETING] | {S.FAILED}
+
+IN_FLIGHT = frozenset({S.REQUESTED, S.PROVISIONING, S.STARTING})
+"""Instances on their way to running: counted against targets so nothing is created twice."""
+ALIVE = frozenset(_NON_TERMINAL)
+"""Instances that exist (or are being made) and count toward a pool's size."""
+TERMINAL = frozenset({S.DELETED})
+GONE_OR_GOING = frozenset({S.DELETING, S.DELETED, S.FAILED})
+
+
+def can_transition(current: InstanceState | str, new: InstanceState | str) -> bool:
+    """True when the lifecycle allows moving from `current` to `new` (staying put is not a move)."""
+    return InstanceState(new) in INSTANCE_TRANSITIONS[InstanceState(current)]
+
+
+class PoolPhase(StrEnum):
+    """A pool's lifecycle phase; the names follow Gitpod's WarmPoolPhase."""
+
+    PENDING = "pending"
+    READY = "ready"
+    DEGRADED = "degraded"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+POOL_TRANSITIONS: dict[PoolPhase, frozenset[PoolPhase]] = {
+    PoolPhase.PENDING: frozenset({PoolPhase.READY, PoolPhase.DEGRADED, PoolPhase.DELETING}),
+    PoolPhase.READY: frozenset({PoolPhase.PENDING, PoolPhase.DEGRADED, PoolPhase.DELETING}),
+    PoolPhase.DEGRADED: frozenset({PoolPhase.PENDING, PoolPhase.READY, PoolPhase.DELETING}),
+    PoolPhase.DELETING: frozenset({PoolPhase.DELETED}),
+    PoolPhase.DELETED: frozenset(),
+}
+LIVE_POOL_PHASES = frozenset({PoolPhase.PENDING, PoolPhase.READY, PoolPhase.DEGRADED})
+
+
+class PoolKind(StrEnum):
+    """Which façade created a pool; the row is the same, only the naming differs."""
+
+    GITPOD = "gitpod"
+    NAMED = "named"
+    PODPOOL = "podpool"
+
+
+class EmptyPoolPolicy(StrEnum):
+    """What a lease on a pool with no ready instance does."""
+
+    RESERVE = "reserve"
+    REJECT = "reject"
+    COLD = "cold"
+
+
+class PrebuildPhase(StrEnum):
+    """Prebuild phases; the names follow Gitpod's PrebuildPhase."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SNAPSHOTTING = "snapshotting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+P = PrebuildPhase
+PREBUILD_TRANSITIONS: dict[PrebuildPhase, frozenset[PrebuildPhase]] = {
+    P.PENDING: frozenset({P.STARTING, P.FAILED, P.CANCELLING, P.CANCELLED, P.DELETING}),
+    P.STARTING: frozenset({P.RUNNING, P.FAILED, P.CANCELLING, P.DELETING}),
+    P.RUNNING: frozenset({P.STOPPING, P.SNAPSHOTTING, P.FAILED, P.CANCELLING, P.DELETING}),
+    P.STOPPING: frozenset({P.SNAPSHOTTING, P.FAILED, P.CANCELLING, P.DELETING}),
+    P.SNAPSHOTTING: frozenset({P.COMPLETED, P.FAILED, P.CANCELLING, P.DELETING}),
+    P.COMPLETED: frozenset({P.DELETING}),
+    P.FAILED: frozenset({P.DELETING}),
+    P.CANCELLING: frozenset({P.CANCELLED, P.DELETING}),
+    P.CANCELLED: frozenset({P.DELETING}),
+    P.DELETING: frozenset({P.DELETED}),
+    P.DELETED: frozenset(),
+}
+PREBUILD_FINISHED = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED, P.DELETING, P.DELETED})
+PREBUILD_CANCELLABLE = frozenset({P.PENDING, P.STARTING, P.RUNNING, P.STOPPING, P.SNAPSHOTTING})
+
+
+class LeaseState(StrEnum):
+    ACTIVE = "active"
+    RETURNED = "returned"
+    EXPIRED = "expired"
+
+
+LEASE_TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {
+    LeaseState.ACTIVE: frozenset({LeaseState.RETURNED, LeaseState.EXPIRED}),
+    LeaseState.RETURNED: frozenset(),
+    LeaseState.EXPIRED: frozenset(),
+}
+
+
+class ReservationState(StrEnum):
+    WAITING = "waiting"
+    FULFILLED = "fulfilled"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+RESERVATION_TRANSITIONS: dict[ReservationState, frozenset[ReservationState]] = {
+    ReservationState.WAITING: frozenset(
+        {ReservationState.FULFILLED, ReservationState.EXPIRED, ReservationState.CANCELLED}
+    ),
+    ReservationState.FULFILLED: frozenset(),
+    ReservationState.EXPIRED: frozenset(),
+    ReservationState.CANCELLED: frozenset(),
+}

@@ -1,0 +1,102 @@
+"""The one Settings object: every knob warmpool reads, grouped per subsystem, WARMPOOL_ env prefix."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_FLOWER_PASSWORD = "warmpool-dev"
+
+
+class GitpodSettings(BaseModel):
+    """Limits of the Gitpod/Ona warm-pool façade (upstream's own bounds)."""
+
+    max_pool_size: int = Field(20, description="Upper bound of minSize/maxSize on a Gitpod warm pool.")
+    default_page_size: int = Field(25, description="Page size when a list request gives none.")
+    max_page_size: int = Field(100, description="Largest page size a list request may ask for.")
+
+
+class PoolDefaults(BaseModel):
+    """Defaults a new pool gets when its façade says nothing."""
+
+    lease_default_seconds: int = Field(1800, description="Lease duration when the caller asks for none.")
+    lease_max_seconds: int = Field(86400, description="Longest lease a pool grants; longer asks are clamped.")
+    reservation_ttl_seconds: int = Field(300, description="How long a queued reservation lives after its last Lease call.")
+    rotation_max_surge: int = Field(2, description="Extra instances allowed above max_size while rotating to a new snapshot.")
+    stopped_tier_size: int = Field(0, description="Stopped (backfill) instances kept behind the running ones.")
+
+
+class EngineSettings(BaseModel):
+    """The reconciler, the event applier and the beat sweeps."""
+
+    reconcile_interval_seconds: float = Field(15.0, description="Beat interval of the reconcile sweep.")
+    rotation_interval_seconds: float = Field(30.0, description="Beat interval of the snapshot rotation sweep.")
+    lease_expiry_interval_seconds: float = Field(5.0, description="Beat interval of the lease/reservation expiry sweep.")
+    orphan_interval_seconds: float = Field(60.0, description="Beat interval of orphan collection.")
+    failure_threshold: int = Field(3, description="Consecutive provider failures before a pool is DEGRADED.")
+    backoff_base_seconds: float = Field(2.0, description="First backoff after a failure; doubles each time.")
+    backoff_max_seconds: float = Field(120.0, description="Longest backoff between creation attempts.")
+    events_stream: str = Field("warmpool:events", description="Redis Stream carrying instance events.")
+    events_group: str = Field("appliers", description="Consumer group of the event appliers.")
+    events_max_deliveries: int = Field(5, description="Deliveries before an event goes to the dead-letter stream.")
+    events_claim_idle_ms: int = Field(30000, description="Idle time after which a dead consumer's entries are reclaimed.")
+    lock_timeout_seconds: float = Field(60.0, description="Lifetime of the per-pool reconcile lock.")
+
+
+class FlowerSettings(BaseModel):
+    """Celery's Flower dashboard."""
+
+    port: int = Field(5555, description="Port Flower listens on.")
+    address: str = Field("127.0.0.1", description="Address Flower binds to.")
+    user: str = Field("admin", description="Basic-auth user of Flower.")
+    password: str = Field(DEV_FLOWER_PASSWORD, description="Basic-auth password of Flower; must be changed outside dev.")
+
+
+class Settings(BaseSettings):
+    """warmpool configuration, read from WARMPOOL_* environment variables and an optional .env file.
+
+    Nested groups use a double underscore: WARMPOOL_ENGINE__FAILURE_THRESHOLD=5.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="WARMPOOL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    env: str = Field("dev", description="dev | test | prod. Outside dev, default secrets are refused.")
+    database_url: str = Field(
+        "sqlite:///.data/warmpool.sqlite3",
+        description="SQLAlchemy URL of the database. PostgreSQL (postgresql+psycopg://…) in production; "
+        "SQLite is the embedded default of `warmpool dev`.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL: Celery broker, event stream, wake-ups.")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    http_port: int = Field(8080, description="Port of the HTTP server (Connect, REST, metrics, health).")
+    grpc_port: int = Field(50051, description="Port of the gRPC server (VMPoolLeaseService, health, reflection).")
+    data_dir: Path = Field(Path(".data"), description="Where local state lives (SQLite file, local provider instances).")
+    log_level: str = Field("INFO", description="Root log level.")
+    db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")
+    auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read.")
+    metrics_public: bool = Field(False, description="Serve /metrics without a token (for a scraper inside a private network).")
+
+    gitpod: GitpodSettings = GitpodSettings()
+    pools: PoolDefaults = PoolDefaults()
+    engine: EngineSettings = EngineSettings()
+    flower: FlowerSettings = FlowerSettings()
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> "Settings":
+        if self.env == "prod" and self.flower.password == DEV_FLOWER_PASSWORD:
+            raise ValueError("WARMPOOL_FLOWER__PASSWORD must be set to a non-default value when WARMPOOL_ENV=prod")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, built once. Tests call get_settings.cache_clear() after changing the env."""
+    return Settings()
