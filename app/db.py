@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.domain import effects
 from config.settings import get_settings
 
 
@@ -53,6 +54,8 @@ def session_scope() -> Iterator[Session]:
         session.commit()
     except BaseException:
         session.rollback()
+        effects.take(session)
         raise
     finally:
         session.close()
+    effects.dispatch(effects.take(session))

@@ -167,8 +167,11 @@ class Pool(SQLModel, table=True):
 
     __tablename__ = "pools"
     __table_args__ = (
-        sa.UniqueConstraint("organization_id", "project_id", "environment_class_id", name="uq_pools_pair"),
-        sa.UniqueConstraint("organization_id", "name", name="uq_pools_org_name"),
+        # One live pool per (project, environment class) and per name; a deleted pool frees both.
+        sa.Index("uq_pools_pair", "organization_id", "project_id", "environment_class_id", unique=True,
+                 postgresql_where=sa.text("deleted_at IS NULL"), sqlite_where=sa.text("deleted_at IS NULL")),
+        sa.Index("uq_pools_org_name", "organization_id", "name", unique=True,
+                 postgresql_where=sa.text("deleted_at IS NULL"), sqlite_where=sa.text("deleted_at IS NULL")),
     )
     id: str = _id()
     organization_id: str = _fk("organizations.id")

@@ -1,8 +1,8 @@
-"""initial schema: the whole data model of DESIGN.md
+"""initial schema: the whole data model of DESIGN.md (pools, instances, leases, reservations, and the Gitpod catalog)
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 13:40:48.070271
+Create Date: 2026-11-23 13:43:52.625297
 """
 from __future__ import annotations
 
@@ -137,14 +137,14 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['runner_id'], ['runners.id'], ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('organization_id', 'name', name='uq_pools_org_name'),
-    sa.UniqueConstraint('organization_id', 'project_id', 'environment_class_id', name='uq_pools_pair')
+    sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('pools', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pools_organization_id'), ['organization_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_pools_phase'), ['phase'], unique=False)
         batch_op.create_index(batch_op.f('ix_pools_runner_id'), ['runner_id'], unique=False)
+        batch_op.create_index('uq_pools_org_name', ['organization_id', 'name'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.create_index('uq_pools_pair', ['organization_id', 'project_id', 'environment_class_id'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
 
     op.create_table('prebuilds',
     sa.Column('id', sa.String(length=36), nullable=False),
@@ -278,6 +278,8 @@ def downgrade() -> None:
 
     op.drop_table('prebuilds')
     with op.batch_alter_table('pools', schema=None) as batch_op:
+        batch_op.drop_index('uq_pools_pair', postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.drop_index('uq_pools_org_name', postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_pools_runner_id'))
         batch_op.drop_index(batch_op.f('ix_pools_phase'))
         batch_op.drop_index(batch_op.f('ix_pools_organization_id'))

@@ -1,0 +1,177 @@
+"""What every Connect façade shares: auth from headers, domain errors as Connect errors, a thread hop
+for the blocking domain call, and the Stainless pagination-query merge."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.concurrency import run_in_threadpool
+
+from app import auth
+from app.db import session_scope
+from app.domain.errors import DomainError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CODES = {c.value: c for c in Code}
+
+
+def to_connect_error(exc: DomainError) -> ConnectError:
+    return ConnectError(_CODES.get(exc.code, Code.UNKNOWN), exc.message)
+
+
+async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Authenticate the caller, then run `fn(org_id, *args, session=…, **kwargs)` in one unit of work
+    on a worker thread. Domain errors become Connect errors; anything else is logged and `internal`."""
+    try:
+        token = auth.bearer_from_header(ctx.request_headers.get("authorization"))
+        return await run_in_threadpool(_unit_of_work, token, fn, args, kwargs)
+    except DomainError as exc:
+        _no_retry(ctx)
+        raise to_connect_error(exc) from None
+    except ConnectError:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+        raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
+
+
+def _unit_of_work(token: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    org_id = auth.organization_for(token)
+    with session_scope() as session:
+        return fn(org_id, *args, session=session, **kwargs)
+
+
+def _no_retry(ctx: Any) -> None:
+    # Stainless clients retry 409/429/5xx unless told not to; a domain answer is final.
+    try:
+        ctx.response_headers["x-should-retry"] = "false"
+    except Exception:  # noqa: BLE001 - best effort header
+        pass
+
+
+def require_uuid(value: str, field: str) -> str:
+    if not value:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"{field} is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"{field} must be a UUID, got {value!r}") from None
+
+
+def optional_uuids(values: Any, field: str, limit: int = 25) -> list[str]:
+    values = list(values)
+    if len(values) > limit:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"{field} takes at most {limit} ids, got {len(values)}")
+    return [require_uuid(v, field) for v in values]
+
+
+def timestamp(dt: Any) -> Timestamp | None:
+    if dt is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+class PaginationQueryMerge:
+    """ASGI middleware: for JSON POSTs carrying `?token=` / `?pageSize=` (the Stainless SDK's way of
+    paging), merge them into the body's `pagination` so the auto-pager moves on instead of looping."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("query_string"):
+            await self.app(scope, receive, send)
+            return
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        headers = dict(scope.get("headers") or [])
+        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if ctype != "application/json" or not ({"token", "pageSize"} & query.keys()):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            data = json.loads(body or b"{}")
+            if isinstance(data, dict):
+                pagination = data.get("pagination") or {}
+                if isinstance(pagination, dict):
+                    if "token" in query:
+                        pagination["token"] = query["token"][-1]
+                    if "pageSize" in query:
+                        size = query["pageSize"][-1]
+                        pagination["pageSize"] = int(size) if size.lstrip("-").isdigit() else size
+                    data["pagination"] = pagination
+                    body = json.dumps(data).encode()
+        except ValueError:
+            pass  # malformed JSON: let the Connect runtime answer invalid_argument
+        new_headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+        new_headers.append((b"content-length", str(len(body)).encode()))
+        scope = dict(scope, headers=new_headers)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class ConnectRouter:
+    """ASGI app mounted at a prefix (e.g. /api) that hands each request to the Connect service
+    application whose path (/package.Service) follows the prefix; anything else is a bare 404."""
+
+    def __init__(self, apps: list[Any]) -> None:
+        self.apps = {a.path: a for a in apps}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        service = "/" + path.lstrip("/").split("/", 1)[0]
+        target = self.apps.get(service)
+        if target is None:
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope.get("method") == "POST":
+            ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+            if ctype.split(";")[0].strip().lower() not in UNARY_CONTENT_TYPES:
+                await _connect_error(send, 415, "invalid_argument",
+                                     f"unsupported content type {ctype or '(none)'!r}: "
+                                     "send application/json or application/proto")
+                return
+        await target(scope, receive, send)
+
+
+UNARY_CONTENT_TYPES = {"application/json", "application/proto"}
+
+
+async def _connect_error(send: Callable, status: int, code: str, message: str) -> None:
+    body = json.dumps({"code": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"accept-post", b"application/json, application/proto"),
+    ]})
+    await send({"type": "http.response.body", "body": body})

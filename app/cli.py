@@ -1,0 +1,136 @@
+"""The `warmpool` command: set-up (migrate, tokens, runners), the server processes, and lease tools."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from config.logging import configure_logging
+from config.settings import get_settings
+
+log = logging.getLogger("warmpool")
+
+
+def _settings_for_cli():
+    s = get_settings()
+    configure_logging(s.log_level)
+    return s
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.migrate import upgrade
+
+    s = _settings_for_cli()
+    upgrade(s.database_url)
+    print(f"database is at the latest schema ({_redact(s.database_url)})")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.domain import tenancy
+
+    _settings_for_cli()
+    with session_scope() as session:
+        org = tenancy.ensure_organization(args.org, session=session)
+        token = tenancy.create_token(org, session=session, name=args.name or "")
+    print(token)
+    return 0
+
+
+def cmd_runner_create(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.domain import tenancy
+    from workers.providers.registry import known_providers
+
+    _settings_for_cli()
+    if args.provider not in known_providers():
+        print(f"unknown provider {args.provider!r}; known: {', '.join(sorted(known_providers()))}", file=sys.stderr)
+        return 2
+    settings: dict[str, str] = {}
+    for item in args.setting or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"--setting takes KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        settings[key] = value
+    with session_scope() as session:
+        org = tenancy.ensure_organization(args.org, session=session)
+        runner = tenancy.create_runner(org.id, args.name, args.provider, settings, session=session)
+    print(runner.id)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from app.serve import serve_api
+
+    s = _settings_for_cli()
+    serve_api(s, host=args.host or s.http_host, port=args.port or s.http_port)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from app.devserver import run_dev
+
+    return run_dev(args)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="warmpool", description="Warm pools of compute instances, leased in milliseconds.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("migrate", help="bring the database schema up to date")
+    sp.set_defaults(fn=cmd_migrate)
+
+    tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    sp = tok.add_parser("create", help="print a new API token for an organization (created if needed)")
+    sp.add_argument("--org", required=True, help="organization name")
+    sp.add_argument("--name", help="a note to tell tokens apart")
+    sp.set_defaults(fn=cmd_token_create)
+
+    run = sub.add_parser("runner", help="runners (a provider + its settings)").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    sp = run.add_parser("create", help="create a runner and print its id")
+    sp.add_argument("name")
+    sp.add_argument("--provider", required=True, help="provider name: fake, local, unikraft, kubernetes, …")
+    sp.add_argument("--setting", action="append", metavar="KEY=VALUE", help="provider setting (repeatable)")
+    sp.add_argument("--org", default=os.environ.get("WARMPOOL_ORG", "dev"), help="organization name (default: dev)")
+    sp.set_defaults(fn=cmd_runner_create)
+
+    sp = sub.add_parser("api", help="serve HTTP (Connect, REST, metrics) and gRPC")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.set_defaults(fn=cmd_api)
+
+    sp = sub.add_parser("dev", help="everything on one machine with embedded defaults")
+    sp.add_argument("--org", default="dev", help="organization whose token is printed")
+    sp.set_defaults(fn=cmd_dev)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from app.domain.errors import DomainError
+
+        if isinstance(exc, DomainError):
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

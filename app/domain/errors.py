@@ -1,0 +1,50 @@
+"""Domain errors: what went wrong in words a user can act on. Each façade maps them to its wire format."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a domain function raises on purpose."""
+
+    code = "unknown"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    code = "invalid_argument"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class AlreadyExists(DomainError):
+    code = "already_exists"
+
+
+class FailedPrecondition(DomainError):
+    code = "failed_precondition"
+
+
+class PermissionDenied(DomainError):
+    code = "permission_denied"
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+
+
+class ResourceExhausted(DomainError):
+    code = "resource_exhausted"
+
+
+class Unavailable(DomainError):
+    code = "unavailable"
+
+
+class Aborted(DomainError):
+    """A compare-and-set lost a race; the caller may retry."""
+
+    code = "aborted"

@@ -1,0 +1,111 @@
+"""Prebuilds: a snapshot of (project, environment class) that warm pools start their instances from."""
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from app.domain import effects, pagination
+from app.domain.catalog import get_environment_class, get_project
+from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from app.domain.pagination import Page
+from app.domain.states import PREBUILD_CANCELLABLE, PREBUILD_TRANSITIONS, PrebuildPhase
+from app.models import Prebuild, utcnow
+
+MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 300, 7200, 3600
+
+
+def create_prebuild(
+    org_id: str, project_id: str, environment_class_id: str | None, *, session: Session,
+    timeout_seconds: int | None = None, creator_id: str = "", triggered_by: str = "manual",
+) -> Prebuild:
+    project = get_project(org_id, project_id, session=session)
+    if not environment_class_id:
+        if not project.prebuild_environment_class_ids:
+            raise FailedPrecondition(
+                f"project {project_id} has no environment class in its prebuild configuration; pass environmentClassId"
+            )
+        environment_class_id = project.prebuild_environment_class_ids[0]
+    ec = get_environment_class(org_id, environment_class_id, session=session)
+    timeout = timeout_seconds or DEFAULT_TIMEOUT
+    if not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
+        raise InvalidArgument(f"spec.timeout must be between {MIN_TIMEOUT}s and {MAX_TIMEOUT}s, got {timeout}s")
+    prebuild = Prebuild(
+        organization_id=org_id, project_id=project.id, environment_class_id=ec.id, timeout_seconds=timeout,
+        creator_id=creator_id, triggered_by=triggered_by,
+    )
+    session.add(prebuild)
+    session.flush()
+    effects.defer(session, "run_prebuild", prebuild_id=prebuild.id)
+    return prebuild
+
+
+def get_prebuild(org_id: str, prebuild_id: str, *, session: Session, for_update: bool = False) -> Prebuild:
+    stmt = select(Prebuild).where(Prebuild.id == prebuild_id, Prebuild.organization_id == org_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    prebuild = session.exec(stmt).first()
+    if prebuild is None:
+        raise NotFound(f"prebuild {prebuild_id} not found")
+    return prebuild
+
+
+def move_prebuild(prebuild: Prebuild, phase: PrebuildPhase, *, message: str = "") -> bool:
+    """Move a prebuild along its lifecycle; False (and no change) if the table forbids the move."""
+    current = PrebuildPhase(prebuild.phase)
+    if phase == current:
+        return False
+    if phase not in PREBUILD_TRANSITIONS[current]:
+        return False
+    prebuild.phase = str(phase)
+    prebuild.status_version += 1
+    prebuild.updated_at = utcnow()
+    if message:
+        prebuild.failure_message = message
+    if phase in (PrebuildPhase.COMPLETED, PrebuildPhase.FAILED, PrebuildPhase.CANCELLED):
+        prebuild.completion_time = utcnow()
+    return True
+
+
+def cancel_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> Prebuild:
+    prebuild = get_prebuild(org_id, prebuild_id, session=session, for_update=True)
+    phase = PrebuildPhase(prebuild.phase)
+    if phase in (PrebuildPhase.CANCELLING, PrebuildPhase.CANCELLED):
+        return prebuild
+    if phase not in PREBUILD_CANCELLABLE:
+        raise FailedPrecondition(f"prebuild {prebuild_id} is {phase.value} and can no longer be cancelled")
+    prebuild.desired_phase = str(PrebuildPhase.CANCELLED)
+    # Not started yet: nothing runs, so it is cancelled at once; otherwise the runner stops it.
+    move_prebuild(prebuild, PrebuildPhase.CANCELLED if phase == PrebuildPhase.PENDING else PrebuildPhase.CANCELLING)
+    session.add(prebuild)
+    if phase != PrebuildPhase.PENDING:
+        effects.defer(session, "run_prebuild", prebuild_id=prebuild.id)
+    return prebuild
+
+
+def delete_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> None:
+    prebuild = get_prebuild(org_id, prebuild_id, session=session, for_update=True)
+    if prebuild.phase in (PrebuildPhase.DELETING, PrebuildPhase.DELETED):
+        return
+    prebuild.desired_phase = str(PrebuildPhase.DELETED)
+    prebuild.phase = str(PrebuildPhase.DELETED)
+    prebuild.status_version += 1
+    prebuild.updated_at = utcnow()
+    session.add(prebuild)
+
+
+def list_prebuilds(
+    org_id: str, page: Page, *, session: Session, project_ids: list[str] | None = None,
+    phases: list[str] | None = None, triggered_by: list[str] | None = None, creator_ids: list[str] | None = None,
+) -> tuple[list[Prebuild], str]:
+    stmt = select(Prebuild).where(Prebuild.organization_id == org_id)
+    if project_ids:
+        stmt = stmt.where(Prebuild.project_id.in_(project_ids))
+    if phases:
+        stmt = stmt.where(Prebuild.phase.in_(phases))
+    else:
+        stmt = stmt.where(Prebuild.phase != str(PrebuildPhase.DELETED))
+    if triggered_by:
+        stmt = stmt.where(Prebuild.triggered_by.in_(triggered_by))
+    if creator_ids:
+        stmt = stmt.where(Prebuild.creator_id.in_(creator_ids))
+    rows = list(session.exec(pagination.apply(stmt, Prebuild, page)).all())
+    return pagination.split(rows, page)

@@ -1,0 +1,48 @@
+"""The ASGI application: every HTTP façade on one port (DESIGN.md, Routes)."""
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.routing import Mount
+
+from app.api import gitpod, ops
+from app.api.connect_common import ConnectRouter, PaginationQueryMerge
+from app.domain import effects
+from config.settings import get_settings
+from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
+from proto.gitpod.v1.prebuild_connect import PrebuildServiceASGIApplication
+from proto.gitpod.v1.project_connect import ProjectServiceASGIApplication
+from proto.gitpod.v1.runner_configuration_connect import RunnerConfigurationServiceASGIApplication
+
+# Unknown JSON fields are rejected (invalid_argument), as upstream's Connect servers do.
+CONNECT_CODECS = [google_protobuf_binary_codec(), google_protobuf_json_codec(ignore_unknown_fields=False)]
+
+
+def connect_apps() -> list:
+    return [
+        PrebuildServiceASGIApplication(gitpod.PrebuildService(), codecs=CONNECT_CODECS),
+        ProjectServiceASGIApplication(gitpod.ProjectService(), codecs=CONNECT_CODECS),
+        RunnerConfigurationServiceASGIApplication(gitpod.RunnerConfigurationService(), codecs=CONNECT_CODECS),
+    ]
+
+
+def install_dispatcher() -> None:
+    """Committed domain effects become Celery tasks (imported lazily: tests may install their own)."""
+    from workers.celery_app import dispatch_effect
+
+    effects.set_dispatcher(dispatch_effect)
+
+
+def create_app(*, dispatcher: bool = True) -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="warmpool",
+        version="0.1.0",
+        description="Warm pools of compute instances. Connect services live under /api, "
+        "openYuanrong pod pools under /serverless/v1, the native admin API under /v1.",
+    )
+    app.include_router(ops.router)
+    app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
+    if dispatcher:
+        install_dispatcher()
+    app.state.settings = settings
+    return app

@@ -1,0 +1,76 @@
+"""Celery configuration: queues, routing, reliability and the beat schedule (DESIGN.md, Processes)."""
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from config.settings import Settings
+
+RECONCILE_QUEUE = "reconcile"
+PROVIDER_QUEUE = "provider"
+
+# Task name -> queue. Names are explicit and stable: they are the wire format between processes.
+TASK_ROUTES = {
+    "warmpool.reconcile_pool": {"queue": RECONCILE_QUEUE},
+    "warmpool.reconcile_sweep": {"queue": RECONCILE_QUEUE},
+    "warmpool.rotate_snapshots": {"queue": RECONCILE_QUEUE},
+    "warmpool.expire_leases": {"queue": RECONCILE_QUEUE},
+    "warmpool.provision_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.start_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.stop_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
+    "warmpool.collect_orphans": {"queue": PROVIDER_QUEUE},
+}
+
+# Effects deferred by the domain (app.domain.effects) -> the Celery task that carries them out.
+EFFECT_TASKS = {
+    "reconcile_pool": "warmpool.reconcile_pool",
+    "provision_instance": "warmpool.provision_instance",
+    "start_instance": "warmpool.start_instance",
+    "stop_instance": "warmpool.stop_instance",
+    "delete_instance": "warmpool.delete_instance",
+    "run_prebuild": "warmpool.run_prebuild",
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    e = settings.engine
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_acks_late": True,  # every task is idempotent, so a redelivery after a crash is harmless
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_default_queue": RECONCILE_QUEUE,
+        "task_queues": [Queue(RECONCILE_QUEUE), Queue(PROVIDER_QUEUE)],
+        "task_routes": TASK_ROUTES,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": 3600},
+        "timezone": "UTC",
+        "beat_schedule": {
+            "reconcile-sweep": {
+                "task": "warmpool.reconcile_sweep", "schedule": e.reconcile_interval_seconds,
+                "options": {"expires": e.reconcile_interval_seconds},
+            },
+            "rotate-snapshots": {
+                "task": "warmpool.rotate_snapshots", "schedule": e.rotation_interval_seconds,
+                "options": {"expires": e.rotation_interval_seconds},
+            },
+            "expire-leases": {
+                "task": "warmpool.expire_leases", "schedule": e.lease_expiry_interval_seconds,
+                "options": {"expires": e.lease_expiry_interval_seconds},
+            },
+            "collect-orphans": {
+                "task": "warmpool.collect_orphans", "schedule": e.orphan_interval_seconds,
+                "options": {"expires": e.orphan_interval_seconds},
+            },
+        },
+    }
