@@ -20,7 +20,16 @@ celery_app = make_celery()
 
 
 def dispatch_effect(name: str, payload: dict[str, Any]) -> None:
-    """app.domain.effects dispatcher: send the task that carries out `name`, by name, ids only."""
+    """app.domain.effects dispatcher, run after commit: a task name becomes a Celery task (ids only);
+    `publish_event` goes to the instance event stream; `notify` is a best-effort pub/sub wake-up."""
+    from app import events
+
+    if name == "publish_event":
+        events.publish(events.InstanceEvent(**payload))
+        return
+    if name == "notify":
+        events.notify(payload["channel"], payload.get("message", ""))
+        return
     task = EFFECT_TASKS.get(name)
     if task is None:
         raise ValueError(f"no task for effect {name!r}")

@@ -1,0 +1,44 @@
+# warmpool: the two commands that matter are `make dev` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+CLIENTS := .clients
+
+.PHONY: dev test install clients unit lint proto bench clean
+
+## make dev: venv + install + migrate + dev token + every process on embedded defaults (SQLite, in-process Redis)
+dev: install
+	$(VENV)/bin/warmpool dev
+
+## make test: the whole suite against throwaway PostgreSQL and Redis started (and stopped) for the run
+test: install clients
+	$(PY) scripts/testenv.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+## The official clients the end-to-end tests drive. Each generation of gitpod-sdk owns the `gitpod`
+## import package, so each lives in its own directory and runs in its own subprocess.
+clients: $(CLIENTS)/gitpod-1.2.0/.ok $(CLIENTS)/gitpod-0.11.0/.ok
+
+$(CLIENTS)/gitpod-%/.ok: | install
+	$(PIP) install -q --target $(CLIENTS)/gitpod-$* gitpod-sdk==$*
+	touch $@
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+lint: install
+	$(VENV)/bin/lint-imports
+
+proto: install
+	PYTHON=$(PY) scripts/genproto.sh
+
+clean:
+	rm -rf .data .pytest_cache .hypothesis

@@ -1,0 +1,171 @@
+"""Shared fixtures: real PostgreSQL and Redis (started here unless WARMPOOL_TEST_*_URL point at running
+ones), per-test isolation (truncate + flush), captured effects, and data factories named after world states."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.testenv import Postgres, Redis  # noqa: E402
+
+TABLES = ["reservations", "leases", "instances", "pools", "prebuilds", "projects", "environment_classes",
+          "runners", "api_tokens", "organizations"]
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    url = os.environ.get("WARMPOOL_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg = Postgres()
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("WARMPOOL_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    rd = Redis()
+    try:
+        yield rd.start()
+    finally:
+        rd.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_url: str) -> str:
+    """A fresh database for this test run, migrated to head."""
+    from app.migrate import upgrade
+
+    name = f"warmpool_test_{os.getpid()}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = pg_server_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str, tmp_path: Path):
+    """Point Settings at the test services; the cached settings and engine are rebuilt."""
+    from app import auth
+    from app.db import reset_engine
+    from config.settings import get_settings
+
+    monkeypatch.setenv("WARMPOOL_ENV", "test")
+    monkeypatch.setenv("WARMPOOL_DATABASE_URL", database_url)
+    monkeypatch.setenv("WARMPOOL_REDIS_URL", redis_url)
+    monkeypatch.setenv("WARMPOOL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    reset_engine()
+    auth.clear_cache()
+    yield get_settings()
+    reset_engine()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def db(settings_env) -> Iterator[None]:
+    """Real PostgreSQL with empty tables for this test."""
+    from app.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(sa.text("TRUNCATE " + ", ".join(TABLES) + " CASCADE"))
+    yield
+
+
+@pytest.fixture
+def redis_client(settings_env, redis_url: str):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def effects_log() -> Iterator[list[tuple[str, dict]]]:
+    """Every effect dispatched after a commit, in order (instead of Celery)."""
+    from app.domain import effects
+
+    seen: list[tuple[str, dict]] = []
+    previous = effects.set_dispatcher(lambda name, payload: seen.append((name, payload)))
+    yield seen
+    effects.set_dispatcher(previous)
+
+
+# ---- world states ----------------------------------------------------------------------------
+
+@dataclass
+class World:
+    org_id: str
+    token: str
+    runner_id: str = ""
+    env_class_id: str = ""
+    project_id: str = ""
+    pool_id: str = ""
+
+
+def make_org(name: str = "acme") -> World:
+    from app.db import session_scope
+    from app.domain import tenancy
+
+    with session_scope() as s:
+        org = tenancy.ensure_organization(name, session=s)
+        token = tenancy.create_token(org, session=s)
+    return World(org_id=org.id, token=token)
+
+
+def make_catalog(world: World, provider: str = "fake", prebuilds_enabled: bool = True) -> World:
+    from app.db import session_scope
+    from app.domain import catalog, tenancy
+
+    with session_scope() as s:
+        runner = tenancy.create_runner(world.org_id, f"runner-{provider}", provider, {}, session=s)
+        ec = catalog.create_environment_class(world.org_id, runner.id, "small", "a small class",
+                                              [{"key": "image", "value": "alpine"}], session=s)
+        project = catalog.create_project(world.org_id, "project", {"prebuildConfiguration": {
+            "enabled": prebuilds_enabled, "environmentClassIds": [ec.id]}}, session=s)
+    world.runner_id, world.env_class_id, world.project_id = runner.id, ec.id, project.id
+    return world
+
+
+@pytest.fixture
+def org(db, effects_log) -> World:
+    return make_org()
+
+
+@pytest.fixture
+def prebuild_ready_project(org: World) -> World:
+    """An org with a runner, an environment class, and a project whose prebuilds cover that class."""
+    return make_catalog(org)
+
+
+@pytest.fixture
+def warm_pool(prebuild_ready_project: World) -> World:
+    from app.db import session_scope
+    from app.domain import pools
+
+    w = prebuild_ready_project
+    with session_scope() as s:
+        pool = pools.create_warm_pool(w.org_id, w.project_id, w.env_class_id, min_size=1, max_size=3, session=s)
+    w.pool_id = pool.id
+    return w

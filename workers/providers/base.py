@@ -1,0 +1,105 @@
+"""The provider adapter contract: how warmpool drives a compute platform.
+
+Every method is idempotent (our instance id is the idempotency key) and raises only
+`ProviderTransient` (retry later, maybe after `retry_after` seconds) or `ProviderPermanent` (retrying
+cannot help). Adapters never write to the database: what they observe is returned, and the task that
+called them publishes it as an event.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+OWNER_TAG = "warmpool.owner"
+INSTANCE_TAG = "warmpool.instance"
+POOL_TAG = "warmpool.pool"
+
+
+class ProviderError(Exception):
+    """Base of the two errors an adapter may raise."""
+
+
+class ProviderTransient(ProviderError):
+    """A failure that may go away (rate limit, 5xx, network); retry after `retry_after` seconds if given."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderPermanent(ProviderError):
+    """A failure retrying cannot fix (invalid image, quota, not found on start)."""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What to create: our ids (for tags and idempotency) and the pool's template."""
+
+    instance_id: str
+    pool_id: str
+    owner: str
+    snapshot_id: str | None = None
+    template: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the provider says about one resource. `state` is one of app.domain.states.InstanceState
+    values; `instance_id`/`pool_id` come from our tags (None if the resource is not ours)."""
+
+    ref: str
+    state: str
+    instance_id: str | None = None
+    pool_id: str | None = None
+    owner: str | None = None
+    address: str = ""
+    boot_ms: int | None = None
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """A compute platform. One instance of the adapter per runner (its settings are the runner's)."""
+
+    name: str = ""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+
+    @abstractmethod
+    def create(self, spec: InstanceSpec, start: bool) -> Observed:
+        """Create the resource for `spec.instance_id`, tagged with our ids, from `spec.snapshot_id` (or the
+        template's image). Started if `start`, else left stopped. Calling it again for the same instance id
+        returns the existing resource instead of making a second one."""
+
+    @abstractmethod
+    def start(self, ref: str) -> Observed:
+        """Start a stopped resource; a running one is left as it is. Unknown ref: ProviderPermanent."""
+
+    @abstractmethod
+    def stop(self, ref: str) -> Observed:
+        """Stop a running resource, keeping its disk; a stopped one is left as it is."""
+
+    @abstractmethod
+    def delete(self, ref: str) -> None:
+        """Delete the resource. Deleting something already gone succeeds."""
+
+    @abstractmethod
+    def get(self, ref: str) -> Observed | None:
+        """The resource's current state, or None if it does not exist."""
+
+    @abstractmethod
+    def list(self, owner_tag: str | None = None) -> list[Observed]:
+        """Everything the adapter can see (not only ours); with `owner_tag`, only resources tagged with it."""
+
+    @abstractmethod
+    def logs(self, ref: str, lines: int = 100) -> str:
+        """The last `lines` lines of the resource's console output."""
+
+    def snapshot(self, ref: str, name: str) -> str:
+        """Make a snapshot (image, template, checkpoint) of a resource and return its id."""
+        raise ProviderPermanent(f"provider {self.name!r} cannot snapshot instances")
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot made by `snapshot`; deleting one already gone succeeds."""
