@@ -71,6 +71,45 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    s = _settings_for_cli()
+    from workers.celery_app import celery_app
+
+    argv = ["worker", "-Q", args.queues, "--pool", "threads", "--concurrency",
+            str(args.concurrency or s.engine.worker_concurrency), "--loglevel", s.log_level, "-E"]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    celery_app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    s = _settings_for_cli()
+    from workers.celery_app import celery_app
+
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "--loglevel", s.log_level, "-s", str(s.data_dir / "celerybeat-schedule")])
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    _settings_for_cli()
+    from workers.events import main as applier_main
+
+    applier_main()
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    s = _settings_for_cli()
+    from workers.celery_app import celery_app
+
+    f = s.flower
+    celery_app.start(["flower", f"--port={args.port or f.port}", f"--address={f.address}",
+                      f"--basic-auth={f.user}:{f.password}"])
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devserver import run_dev
 
@@ -110,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
     sp.set_defaults(fn=cmd_api)
+
+    sp = sub.add_parser("worker", help="Celery worker for the reconcile and provider queues")
+    sp.add_argument("--queues", default="reconcile,provider", help="comma-separated queues (default: both)")
+    sp.add_argument("--concurrency", type=int, help="worker threads (default: WARMPOOL_ENGINE__WORKER_CONCURRENCY)")
+    sp.add_argument("--hostname", help="Celery node name")
+    sp.set_defaults(fn=cmd_worker)
+
+    sp = sub.add_parser("beat", help="the periodic sweeps (run exactly one)")
+    sp.set_defaults(fn=cmd_beat)
+
+    sp = sub.add_parser("events", help="the event applier (Redis Stream -> Postgres)")
+    sp.set_defaults(fn=cmd_events)
+
+    sp = sub.add_parser("flower", help="Celery's Flower dashboard behind basic auth")
+    sp.add_argument("--port", type=int)
+    sp.set_defaults(fn=cmd_flower)
 
     sp = sub.add_parser("dev", help="everything on one machine with embedded defaults")
     sp.add_argument("--org", default="dev", help="organization whose token is printed")

@@ -21,6 +21,8 @@ KIND_STATE = "state"  # a provider observed `state` for the instance
 KIND_LEASED = "leased"  # the instance was claimed by a lease (assignment changed)
 KIND_RETURNED = "returned"  # a lease ended (returned or expired)
 KIND_POOL = "pool"  # something about the pool changed; recount its status
+KIND_FAILURE = "failure"  # a provider call failed transiently (message says why); counts toward DEGRADED
+KIND_SUCCESS = "success"  # a provider call succeeded without a state change worth an event; clears failures
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ class InstanceEvent:
     kind: str = KIND_STATE
     state: str = ""
     ref: str = ""
-    seq: int = 0
-    """Per-instance sequence: a provider event applies only if it is newer than the last one applied."""
+    seq: int = field(default_factory=lambda: time.time_ns() // 1000)
+    """Per-instance order (microseconds at observation): an event applies only if newer than the last applied."""
     message: str = ""
     address: str = ""
     boot_ms: int | None = None

@@ -252,7 +252,7 @@ class Instance(SQLModel, table=True):
     snapshot_id: str | None = Field(default=None, max_length=200)
     state: str = Field(default="requested", max_length=16)
     desired_state: str = Field(default="running", max_length=16)
-    event_seq: int = 0
+    event_seq: int = Field(default=0, sa_type=sa.BigInteger)
     state_changed_at: datetime = _ts()
     stale: bool = False
     draining: bool = False

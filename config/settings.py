@@ -26,6 +26,8 @@ class PoolDefaults(BaseModel):
     reservation_ttl_seconds: int = Field(300, description="How long a queued reservation lives after its last Lease call.")
     rotation_max_surge: int = Field(2, description="Extra instances allowed above max_size while rotating to a new snapshot.")
     stopped_tier_size: int = Field(0, description="Stopped (backfill) instances kept behind the running ones.")
+    idle_recycle_scaled_seconds: int = Field(300, description="Instances above the running target idle this long are "
+                                             "stopped or deleted (-1: never).")
 
 
 class EngineSettings(BaseModel):
@@ -42,7 +44,11 @@ class EngineSettings(BaseModel):
     events_group: str = Field("appliers", description="Consumer group of the event appliers.")
     events_max_deliveries: int = Field(5, description="Deliveries before an event goes to the dead-letter stream.")
     events_claim_idle_ms: int = Field(30000, description="Idle time after which a dead consumer's entries are reclaimed.")
-    lock_timeout_seconds: float = Field(60.0, description="Lifetime of the per-pool reconcile lock.")
+    stuck_after_seconds: float = Field(30.0, description="An instance whose observed state lags its desired state "
+                                       "this long gets its provider task enqueued again (tasks are idempotent).")
+    sweep_batch: int = Field(500, description="Most pools one reconcile sweep enqueues.")
+    provider_retries: int = Field(5, description="Retries of a transient provider error before the instance fails.")
+    worker_concurrency: int = Field(32, description="Threads of the `provider` queue worker (provider calls block).")
 
 
 class FlowerSettings(BaseModel):
@@ -78,6 +84,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Root log level.")
     db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")
     auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read.")
+    owner: str = Field("warmpool", description="Owner tag put on every provider resource; orphan collection only "
+                       "ever deletes resources carrying it. Give each deployment sharing a cloud its own.")
     metrics_public: bool = Field(False, description="Serve /metrics without a token (for a scraper inside a private network).")
 
     gitpod: GitpodSettings = GitpodSettings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
 from config.celery import EFFECT_TASKS, celery_config
 from config.settings import get_settings
@@ -12,7 +13,7 @@ from config.settings import get_settings
 def make_celery() -> Celery:
     app = Celery("warmpool")
     app.conf.update(celery_config(get_settings()))
-    app.conf.imports = ()
+    app.conf.imports = ("tasks.reconcile", "tasks.provision", "tasks.snapshots", "tasks.leases", "tasks.gc")
     return app
 
 
@@ -34,3 +35,11 @@ def dispatch_effect(name: str, payload: dict[str, Any]) -> None:
     if task is None:
         raise ValueError(f"no task for effect {name!r}")
     celery_app.send_task(task, kwargs=payload)
+
+
+@worker_init.connect
+def _install_dispatcher(**_: Any) -> None:
+    """Inside a worker, effects deferred by the domain (reconcile -> provision, …) become tasks."""
+    from app.domain import effects
+
+    effects.set_dispatcher(dispatch_effect)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -53,7 +52,7 @@ def new_pool(org_id: str, *, kind: PoolKind, name: str, min_size: int, max_size:
     values: dict[str, Any] = dict(
         lease_default_seconds=d.lease_default_seconds, lease_max_seconds=d.lease_max_seconds,
         reservation_ttl_seconds=d.reservation_ttl_seconds, rotation_max_surge=d.rotation_max_surge,
-        stopped_size=d.stopped_tier_size,
+        stopped_size=d.stopped_tier_size, idle_recycle_scaled=d.idle_recycle_scaled_seconds,
     )
     values.update(fields)
     pool = Pool(
@@ -220,15 +219,12 @@ def pools_of_pair(project_id: str, environment_class_id: str, *, session: Sessio
     ).all())
 
 
-def pools_needing_reconcile(limit: int, *, session: Session) -> list[str]:
-    """Bounded, read-only: ids of pools the reconcile sweep should enqueue."""
-    now = utcnow()
+def pools_to_sweep(limit: int, *, session: Session) -> list[str]:
+    """Bounded, read-only: ids of the live pools the reconcile sweep enqueues, flagged ones first,
+    then the least recently reconciled (level-triggered: every pool gets a pass now and then)."""
     return list(session.exec(
         select(Pool.id)
-        .where(
-            Pool.phase != str(PoolPhase.DELETED),
-            sa.or_(Pool.needs_reconcile.is_(True), Pool.next_attempt_at <= now, Pool.deleted_at.is_not(None)),
-        )
-        .order_by(Pool.reconciled_at.asc().nulls_first())
+        .where(Pool.phase != str(PoolPhase.DELETED))
+        .order_by(Pool.needs_reconcile.desc(), Pool.reconciled_at.asc().nulls_first())
         .limit(limit)
     ).all())

@@ -109,3 +109,47 @@ def list_prebuilds(
         stmt = stmt.where(Prebuild.creator_id.in_(creator_ids))
     rows = list(session.exec(pagination.apply(stmt, Prebuild, page)).all())
     return pagination.split(rows, page)
+
+
+def advance(prebuild_id: str, phase: PrebuildPhase, *, session: Session, message: str = "",
+            provider_ref: str | None = None) -> Prebuild | None:
+    """The runner moves a prebuild along (compare-and-set under the row lock); None if it cannot move
+    (cancelled or deleted meanwhile, or already past that phase)."""
+    prebuild = session.exec(select(Prebuild).where(Prebuild.id == prebuild_id).with_for_update()).first()
+    if prebuild is None or not move_prebuild(prebuild, phase, message=message):
+        return None
+    if provider_ref is not None:
+        prebuild.provider_ref = provider_ref
+    session.add(prebuild)
+    return prebuild
+
+
+def complete(prebuild_id: str, snapshot_id: str, *, session: Session) -> Prebuild | None:
+    """Mark the prebuild COMPLETED with its snapshot and rotate every pool of its pair onto it."""
+    from app.domain.pools import pools_of_pair, set_snapshot
+
+    prebuild = advance(prebuild_id, PrebuildPhase.COMPLETED, session=session)
+    if prebuild is None:
+        return None
+    prebuild.snapshot_id = snapshot_id
+    prebuild.snapshot_completion_percentage = 100
+    for pool in pools_of_pair(prebuild.project_id, prebuild.environment_class_id, session=session):
+        set_snapshot(pool, snapshot_id, session=session)
+    return prebuild
+
+
+def rotate_all(limit: int, *, session: Session) -> int:
+    """Sweep: point every live pool of a (project, class) pair at the pair's newest completed snapshot."""
+    from app.domain.pools import latest_snapshot, set_snapshot
+    from app.models import Pool
+
+    moved = 0
+    pools = session.exec(
+        select(Pool).where(Pool.project_id.is_not(None), Pool.environment_class_id.is_not(None), Pool.deleted_at.is_(None))
+        .order_by(Pool.id).limit(limit)
+    ).all()
+    for pool in pools:
+        snapshot = latest_snapshot(pool.project_id, pool.environment_class_id, session=session)
+        if snapshot and set_snapshot(pool, snapshot, session=session):
+            moved += 1
+    return moved

@@ -58,6 +58,31 @@ def can_transition(current: InstanceState | str, new: InstanceState | str) -> bo
     return InstanceState(new) in INSTANCE_TRANSITIONS[InstanceState(current)]
 
 
+def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
+    """True when `new` can be reached from `current` along the table without passing through
+    DELETED or FAILED, nor DELETING unless `new` is DELETED. Events from different consumers may
+    arrive out of order, so the applier accepts an observation that skips intermediate states
+    (requested -> running means provisioning happened) but never one that goes backwards."""
+    current, new = InstanceState(current), InstanceState(new)
+    if current == new:
+        return False
+    seen, frontier = {current}, [current]
+    while frontier:
+        nxt = []
+        for state in frontier:
+            for target in INSTANCE_TRANSITIONS[state]:
+                if target == new:
+                    return True
+                if target in seen or target in (S.DELETED, S.FAILED):
+                    continue
+                if target == S.DELETING and new != S.DELETED:
+                    continue
+                seen.add(target)
+                nxt.append(target)
+        frontier = nxt
+    return False
+
+
 class PoolPhase(StrEnum):
     """A pool's lifecycle phase; the names follow Gitpod's WarmPoolPhase."""
 

@@ -187,7 +187,7 @@ def upgrade() -> None:
     sa.Column('snapshot_id', sa.String(length=200), nullable=True),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('desired_state', sa.String(length=16), nullable=False),
-    sa.Column('event_seq', sa.Integer(), nullable=False),
+    sa.Column('event_seq', sa.BigInteger(), nullable=False),
     sa.Column('state_changed_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('stale', sa.Boolean(), nullable=False),
     sa.Column('draining', sa.Boolean(), nullable=False),

@@ -26,3 +26,22 @@ def provider_class(name: str) -> type:
             f"(entry point group {GROUP!r})"
         ) from None
     return ep.load()
+
+
+_instances: dict[tuple[str, str], Any] = {}
+
+
+def provider_for(name: str, settings: dict[str, Any], key: str = "") -> Any:
+    """One adapter object per (runner, settings), reused across tasks in this process."""
+    import json
+
+    cache_key = (key or name, json.dumps(settings, sort_keys=True))
+    adapter = _instances.get(cache_key)
+    if adapter is None:
+        adapter = provider_class(name)(settings)
+        _instances[cache_key] = adapter
+    return adapter
+
+
+def clear_cache() -> None:
+    _instances.clear()

@@ -1,0 +1,228 @@
+"""Instances: the event applier's compare-and-set writes of observed state, and the pool status
+derived from them in the same transaction (DESIGN.md flow 4)."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.domain import effects
+from app.domain.pools import bump_status, request_reconcile
+from app.domain.states import ALIVE, DesiredState, InstanceState as S, PoolPhase, reachable
+from app.models import Instance, Pool, utcnow
+from config.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def observe(
+    instance_id: str, state: str, *, seq: int, session: Session, now: datetime | None = None,
+    ref: str = "", address: str = "", boot_ms: int | None = None, message: str = "",
+) -> Instance | None:
+    """Apply one provider observation with a compare-and-set. Returns the instance if its state changed,
+    None for a stale, duplicate or impossible observation (which changes nothing but the sequence)."""
+    now = now or utcnow()
+    inst = session.get(Instance, instance_id)
+    if inst is None or seq <= inst.event_seq:
+        return None
+    previous = inst.state
+    values: dict[str, Any] = {"event_seq": seq}
+    if ref:
+        values["provider_ref"] = ref
+    changed = state != previous and reachable(previous, state)
+    if changed:
+        values.update(state=state, state_changed_at=now)
+        if state == S.RUNNING:
+            values.update(ready_at=now, idle_since=now, address=address or inst.address, draining=inst.draining)
+            if boot_ms is not None:
+                values["boot_ms"] = boot_ms
+        elif state == S.STOPPED:
+            values.update(address="", draining=False, idle_since=None)
+        elif state == S.FAILED:
+            values.update(last_error=message[:2000], failure_count=inst.failure_count + 1)
+    elif state == previous and address:
+        values["address"] = address
+    result = session.execute(
+        sa.update(Instance)
+        .where(Instance.id == instance_id, Instance.state == previous, Instance.event_seq == inst.event_seq)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return None  # another applier got there first; its event wins
+    session.refresh(inst)
+    return inst if changed else None
+
+
+def note_failure(pool: Pool, message: str, *, now: datetime | None = None) -> None:
+    """A transient provider failure: count it, back creation off exponentially, DEGRADED after N."""
+    e = get_settings().engine
+    now = now or utcnow()
+    pool.consecutive_failures += 1
+    pool.failure_message = message[:2000]
+    delay = min(e.backoff_base_seconds * (2 ** (pool.consecutive_failures - 1)), e.backoff_max_seconds)
+    pool.next_attempt_at = now + timedelta(seconds=delay)
+    bump_status(pool)
+
+
+def note_success(pool: Pool) -> None:
+    if pool.consecutive_failures or pool.next_attempt_at or pool.failure_message:
+        pool.consecutive_failures = 0
+        pool.next_attempt_at = None
+        pool.failure_message = ""
+        bump_status(pool)
+
+
+def recount(pool: Pool, *, session: Session) -> bool:
+    """Derive the pool's status counters and phase from its instances; True if the status changed."""
+    rows = session.execute(
+        sa.select(Instance.state, Instance.lease_id.is_not(None), Instance.draining, Instance.desired_state, sa.func.count())
+        .where(Instance.pool_id == pool.id)
+        .group_by(Instance.state, Instance.lease_id.is_not(None), Instance.draining, Instance.desired_state)
+    ).all()
+    ready = running = stopped = leased = alive = 0
+    for state, is_leased, draining, desired, count in rows:
+        if state in ALIVE:
+            alive += count
+        if is_leased and state not in (S.DELETED,):
+            leased += count
+        if state == S.RUNNING:
+            running += count
+            if not is_leased and not draining:
+                ready += count
+        if state == S.STOPPED and not is_leased and desired == DesiredState.STOPPED:
+            stopped += count
+    phase = _phase(pool, ready=ready, alive=alive)
+    new = dict(ready_instances=ready, running_instances=running, stopped_instances=stopped,
+               leased_instances=leased, phase=str(phase))
+    if all(getattr(pool, k) == v for k, v in new.items()):
+        return False
+    for k, v in new.items():
+        setattr(pool, k, v)
+    if phase == PoolPhase.DELETED:
+        pool.needs_reconcile = False
+    bump_status(pool)
+    session.add(pool)
+    return True
+
+
+def _phase(pool: Pool, *, ready: int, alive: int) -> PoolPhase:
+    current = PoolPhase(pool.phase)
+    if pool.deleted_at is not None:
+        return PoolPhase.DELETED if alive == 0 else PoolPhase.DELETING
+    if pool.consecutive_failures >= get_settings().engine.failure_threshold:
+        return PoolPhase.DEGRADED
+    if ready >= pool.desired_size:
+        return PoolPhase.READY
+    # Once READY, a pool stays READY while it backfills claimed instances: the phase is not a counter.
+    return PoolPhase.READY if current == PoolPhase.READY else PoolPhase.PENDING
+
+
+def apply_event(event: Any, *, session: Session, now: datetime | None = None) -> bool:
+    """The event applier's unit of work for one InstanceEvent (app.events). Idempotent: a duplicate or
+    stale event changes nothing. Returns True if anything was written."""
+    from app import events as ev
+
+    now = now or utcnow()
+    pool = session.exec(select(Pool).where(Pool.id == event.pool_id).with_for_update()).first()
+    if pool is None:
+        return False
+    changed = False
+    if event.kind == ev.KIND_STATE:
+        inst = observe(event.instance_id, event.state, seq=event.seq, session=session, now=now, ref=event.ref,
+                       address=event.address, boot_ms=event.boot_ms, message=event.message)
+        if inst is not None:
+            changed = True
+            if inst.state in (S.RUNNING, S.STOPPED):
+                note_success(pool)
+            if inst.state == S.RUNNING:
+                _learn_refill(pool, inst, now)
+                if inst.lease_id is None and not inst.draining and inst.desired_state == DesiredState.RUNNING:
+                    _serve_reservations(inst.id, session=session)
+            if inst.state == S.FAILED:
+                pool.failure_message = (event.message or "instance failed")[:2000]
+                bump_status(pool)
+            request_reconcile(pool, session=session)
+    elif event.kind == ev.KIND_FAILURE:
+        note_failure(pool, event.message or "provider call failed", now=now)
+        changed = True
+    elif event.kind == ev.KIND_SUCCESS:
+        note_success(pool)
+        changed = True
+    elif event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED, ev.KIND_POOL):
+        changed = True
+    changed = recount(pool, session=session) or changed
+    if changed:
+        effects.defer(session, "notify", channel=f"warmpool:pool:{pool.id}", message=pool.phase)
+    return changed
+
+
+def _learn_refill(pool: Pool, inst: Instance, now: datetime) -> None:
+    """Exponentially weighted refill time (request or start -> running), the autoscaler's input."""
+    began = inst.requested_at if inst.boot_ms is None else now - timedelta(milliseconds=inst.boot_ms)
+    seconds = max((now - began).total_seconds(), 0.0)
+    pool.refill_seconds = seconds if pool.refill_seconds <= 0 else 0.7 * pool.refill_seconds + 0.3 * seconds
+
+
+def set_desired(instance_id: str, desired: DesiredState, *, session: Session, expect: str | None = None,
+                free_only: bool = True, drain: bool = False) -> bool:
+    """Compare-and-set an instance's desired state (free instances only, unless told otherwise)."""
+    stmt = sa.update(Instance).where(Instance.id == instance_id)
+    if free_only:
+        stmt = stmt.where(Instance.lease_id.is_(None))
+    if expect is not None:
+        stmt = stmt.where(Instance.desired_state == expect)
+    values: dict[str, Any] = {"desired_state": str(desired), "state_changed_at": utcnow()}
+    if drain:
+        values["draining"] = True
+    return session.execute(stmt.values(**values)).rowcount == 1
+
+
+def _serve_reservations(instance_id: str, *, session: Session) -> None:
+    """Hand a newly ready instance to the oldest waiting reservation of its pool, if any."""
+    try:
+        from app.domain.reservations import assign_ready_instance
+    except ImportError:  # the lease domain is optional for pools nobody leases from
+        return
+    assign_ready_instance(instance_id, session=session)
+
+
+def note_missing(pool_ids: list[str], present_refs: set[str], *, session: Session) -> list[Instance]:
+    """Orphan collection's other half: instances of these pools that should exist at the provider but
+    were not listed. Each pass without the resource bumps `missing_seen`; returned are those seen
+    missing twice (the caller publishes them as failed so they are replaced). Seen again: reset."""
+    rows = session.exec(
+        select(Instance).where(
+            Instance.pool_id.in_(pool_ids), Instance.provider_ref.is_not(None),
+            Instance.state.in_([str(S.RUNNING), str(S.STOPPED)]),
+        )
+    ).all()
+    gone = []
+    for inst in rows:
+        if inst.provider_ref in present_refs:
+            if inst.missing_seen:
+                inst.missing_seen = 0
+                session.add(inst)
+            continue
+        inst.missing_seen += 1
+        session.add(inst)
+        if inst.missing_seen >= 2:
+            gone.append(inst)
+    return gone
+
+
+def is_wanted(instance_id: str | None, *, session: Session) -> bool:
+    """Whether a provider resource tagged with this instance id still belongs to a live instance
+    (or to a prebuild that is still running)."""
+    from app.domain.states import PREBUILD_FINISHED
+    from app.models import Prebuild
+
+    if not instance_id:
+        return False
+    if instance_id.startswith("prebuild-"):
+        p = session.get(Prebuild, instance_id.removeprefix("prebuild-"))
+        return p is not None and p.phase not in PREBUILD_FINISHED
+    inst = session.get(Instance, instance_id)
+    return inst is not None and inst.state != S.DELETED

@@ -1,0 +1,102 @@
+"""reconcile_pool: re-read a pool and its instances under the pool's row lock, let the pure planner and
+autoscaler decide, persist the decisions, and defer the provider tasks until after commit."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.domain import autoscale, effects, instances as inst_domain, planner
+from app.domain.pools import bump_status
+from app.domain.states import DesiredState, InstanceState as S, PoolPhase
+from app.models import Instance, Lease, Pool, Runner, utcnow
+from config.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+CLAIM_RATE_WINDOW = timedelta(minutes=5)
+
+
+def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) -> planner.Plan | None:
+    """One level-triggered pass over one pool. Returns the plan it applied (None if the pool is gone)."""
+    now = now or utcnow()
+    # The row lock is the per-pool lock: a duplicate reconcile waits here, then sees this one's result.
+    pool = session.exec(select(Pool).where(Pool.id == pool_id).with_for_update()).first()
+    if pool is None or pool.phase == PoolPhase.DELETED:
+        return None
+    rows = list(session.exec(select(Instance).where(Instance.pool_id == pool.id, Instance.state != str(S.DELETED))).all())
+
+    if pool.deleted_at is None:
+        _autoscale(pool, now, session=session)
+    view = planner.PoolView(
+        target=pool.desired_size, max_size=pool.max_size, stopped_size=pool.stopped_size, snapshot_id=pool.snapshot_id,
+        surge=pool.rotation_max_surge, reuse=pool.reuse, deleting=pool.deleted_at is not None,
+        creation_allowed=pool.next_attempt_at is None or pool.next_attempt_at <= now,
+        idle_recycle_reserved=pool.idle_recycle_reserved, idle_recycle_scaled=pool.idle_recycle_scaled,
+        stuck_after=get_settings().engine.stuck_after_seconds,
+    )
+    views = [
+        planner.InstanceView(
+            id=i.id, state=i.state, desired_state=i.desired_state, leased=i.lease_id is not None,
+            snapshot_id=i.snapshot_id, draining=i.draining, idle_since=i.idle_since, ready_at=i.ready_at,
+            state_changed_at=i.state_changed_at,
+        )
+        for i in rows
+    ]
+    plan = planner.plan(view, views, now)
+    _apply(pool, plan, session=session)
+    pool.needs_reconcile = False
+    pool.reconciled_at = now
+    inst_domain.recount(pool, session=session)
+    session.add(pool)
+    return plan
+
+
+def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
+    provider = ""
+    if pool.runner_id:
+        runner = session.get(Runner, pool.runner_id)
+        provider = runner.provider if runner else ""
+    for desired, count in ((DesiredState.RUNNING, plan.create_running), (DesiredState.STOPPED, plan.create_stopped)):
+        for _ in range(count):
+            inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=provider,
+                            snapshot_id=pool.snapshot_id, desired_state=str(desired),
+                            scaled=False, zone=str(pool.template.get("zone", "")))
+            session.add(inst)
+            session.flush()
+            effects.defer(session, "provision_instance", instance_id=inst.id)
+    for instance_id in plan.start:
+        if inst_domain.set_desired(instance_id, DesiredState.RUNNING, expect=DesiredState.STOPPED, session=session):
+            effects.defer(session, "start_instance", instance_id=instance_id)
+    for instance_id in plan.stop:
+        # Draining keeps the claim away while it stops; the applier clears it once stopped.
+        if inst_domain.set_desired(instance_id, DesiredState.STOPPED, expect=DesiredState.RUNNING, drain=True, session=session):
+            effects.defer(session, "stop_instance", instance_id=instance_id)
+    for instance_id in plan.delete:
+        if inst_domain.set_desired(instance_id, DesiredState.DELETED, drain=True, session=session):
+            effects.defer(session, "delete_instance", instance_id=instance_id)
+    for instance_id, task in plan.kick:
+        effects.defer(session, task, instance_id=instance_id)
+
+
+def _autoscale(pool: Pool, now: datetime, *, session: Session) -> None:
+    claims = session.execute(
+        sa.select(sa.func.count()).select_from(Lease)
+        .where(Lease.pool_id == pool.id, Lease.created_at >= now - CLAIM_RATE_WINDOW)
+    ).scalar_one()
+    state = dict(pool.autoscale or {})
+    changed_at = datetime.fromisoformat(state["changed_at"]) if state.get("changed_at") else None
+    decision = autoscale.decide(
+        pool.desired_size, changed_at, now, min_size=pool.min_size, max_size=pool.max_size,
+        claims_per_second=claims / CLAIM_RATE_WINDOW.total_seconds(),
+        refill_seconds=pool.refill_seconds, headroom=float(state.get("headroom", 0.5)),
+        cooldown=float(state.get("cooldown", 60.0)),
+    )
+    if decision.target != pool.desired_size:
+        log.info("pool %s: running target %d -> %d", pool.id, pool.desired_size, decision.target)
+        pool.desired_size = decision.target
+        state["changed_at"] = decision.changed_at.isoformat()
+        pool.autoscale = state
+        bump_status(pool)

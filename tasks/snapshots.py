@@ -1,0 +1,21 @@
+"""Prebuild and snapshot-rotation tasks."""
+from __future__ import annotations
+
+from app.db import session_scope
+from app.domain import prebuilds
+from workers import operations, prebuild
+from workers.celery_app import celery_app
+
+
+@celery_app.task(name="warmpool.run_prebuild", bind=True, acks_late=True)
+def run_prebuild(self, prebuild_id: str) -> str:
+    try:
+        return prebuild.run(prebuild_id, self.request.retries)
+    except operations.Failed as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=None) from exc
+
+
+@celery_app.task(name="warmpool.rotate_snapshots")
+def rotate_snapshots() -> int:
+    with session_scope() as session:
+        return prebuilds.rotate_all(1000, session=session)

@@ -1,0 +1,178 @@
+"""Provider operations on one instance: read what to do, call the adapter, publish what happened.
+
+These never write instance state: every observation goes to the event stream and the applier writes
+it with a compare-and-set. Each operation is idempotent (our instance id is the provider's key), so a
+redelivered or re-kicked task is harmless.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from app import events
+from app.db import session_scope
+from app.domain.states import DesiredState, InstanceState as S
+from app.models import Instance, Pool, Runner
+from config.settings import get_settings
+from workers.providers.base import InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient
+from workers.providers.registry import provider_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    instance: Instance
+    pool: Pool
+    provider: Provider
+
+    def spec(self) -> InstanceSpec:
+        return InstanceSpec(instance_id=self.instance.id, pool_id=self.pool.id, owner=get_settings().owner,
+                            snapshot_id=self.instance.snapshot_id, template=dict(self.pool.template or {}))
+
+
+def load(instance_id: str) -> Target | None:
+    """The instance, its pool and its runner's adapter; None if any of them is gone."""
+    with session_scope() as s:
+        inst = s.get(Instance, instance_id)
+        if inst is None:
+            return None
+        pool = s.get(Pool, inst.pool_id)
+        runner = s.get(Runner, pool.runner_id) if pool and pool.runner_id else None
+        if pool is None or runner is None:
+            return None
+        return Target(inst, pool, provider_for(runner.provider, runner.settings, key=runner.id))
+
+
+def emit(target: Target, state: str, obs: Observed | None = None, message: str = "") -> None:
+    events.publish(events.InstanceEvent(
+        instance_id=target.instance.id, pool_id=target.pool.id, state=state, ref=obs.ref if obs else "",
+        address=obs.address if obs else "", boot_ms=obs.boot_ms if obs else None, message=message,
+    ))
+
+
+def emit_kind(target: Target, kind: str, message: str = "") -> None:
+    events.publish(events.InstanceEvent(instance_id=target.instance.id, pool_id=target.pool.id, kind=kind, message=message))
+
+
+def backoff(retries: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the provider's Retry-After."""
+    e = get_settings().engine
+    delay = min(e.backoff_base_seconds * (2 ** retries), e.backoff_max_seconds)
+    delay = delay * (0.5 + random.random() / 2)
+    return max(delay, retry_after or 0.0)
+
+
+class Failed(Exception):
+    """The operation failed transiently; the task retries after `countdown` seconds."""
+
+    def __init__(self, countdown: float) -> None:
+        super().__init__(countdown)
+        self.countdown = countdown
+
+
+def _guard(target: Target, op: str, retries: int, fn: Any) -> Any:
+    """Run a provider call: transient errors are published (toward DEGRADED) and retried with backoff
+    until the budget is spent, then the instance fails; permanent errors fail it at once."""
+    try:
+        return fn()
+    except ProviderTransient as exc:
+        emit_kind(target, events.KIND_FAILURE, f"{op} failed: {exc}")
+        if retries >= get_settings().engine.provider_retries:
+            emit(target, S.FAILED, message=f"{op} failed {retries + 1} times: {exc}")
+            return None
+        raise Failed(backoff(retries, exc.retry_after)) from exc
+    except ProviderPermanent as exc:
+        emit(target, S.FAILED, message=f"{op} failed: {exc}")
+        emit_kind(target, events.KIND_FAILURE, f"{op} failed permanently: {exc}")
+        return None
+
+
+def provision(instance_id: str, retries: int = 0) -> str:
+    target = load(instance_id)
+    if target is None:
+        return "gone"
+    inst = target.instance
+    if inst.desired_state == DesiredState.DELETED:
+        return "not wanted"
+    if inst.state not in (S.REQUESTED, S.PROVISIONING):
+        return "already provisioned"
+    if inst.state == S.REQUESTED:
+        emit(target, S.PROVISIONING)
+    obs = _guard(target, "create", retries, lambda: target.provider.create(target.spec(), start=inst.desired_state == DesiredState.RUNNING))
+    if obs is None:
+        return "failed"
+    emit(target, obs.state, obs)
+    # Deleted while we were creating it: do not leave the resource behind.
+    again = load(instance_id)
+    if again is None or again.instance.desired_state == DesiredState.DELETED:
+        return delete(instance_id, retries) if again else _delete_ref(target, obs.ref)
+    return obs.state
+
+
+def _delete_ref(target: Target, ref: str) -> str:
+    try:
+        target.provider.delete(ref)
+    except (ProviderTransient, ProviderPermanent):
+        log.warning("could not delete %s of a vanished instance; orphan collection will", ref)
+    return "deleted"
+
+
+def start(instance_id: str, retries: int = 0) -> str:
+    target = load(instance_id)
+    if target is None or target.instance.desired_state != DesiredState.RUNNING:
+        return "not wanted"
+    inst = target.instance
+    if inst.state in (S.REQUESTED, S.PROVISIONING):
+        return provision(instance_id, retries)
+    if inst.state == S.RUNNING or not inst.provider_ref:
+        return "nothing to do"
+    if inst.state == S.STOPPED:
+        emit(target, S.STARTING)
+    obs = _guard(target, "start", retries, lambda: target.provider.start(inst.provider_ref))
+    if obs is None:
+        return "failed"
+    emit(target, obs.state, obs)
+    return obs.state
+
+
+def stop(instance_id: str, retries: int = 0) -> str:
+    target = load(instance_id)
+    if target is None or target.instance.desired_state != DesiredState.STOPPED:
+        return "not wanted"
+    inst = target.instance
+    if inst.state == S.STOPPED or not inst.provider_ref:
+        return "nothing to do"
+    if inst.state == S.RUNNING:
+        emit(target, S.STOPPING)
+    obs = _guard(target, "stop", retries, lambda: target.provider.stop(inst.provider_ref))
+    if obs is None:
+        return "failed"
+    emit(target, obs.state, obs)
+    return obs.state
+
+
+def delete(instance_id: str, retries: int = 0) -> str:
+    target = load(instance_id)
+    if target is None:
+        return "gone"
+    inst = target.instance
+    if inst.state == S.DELETED:
+        return "already deleted"
+    if inst.state != S.DELETING:
+        emit(target, S.DELETING)
+    ref = inst.provider_ref
+    if ref:
+        try:
+            target.provider.delete(ref)
+        except ProviderTransient as exc:
+            emit_kind(target, events.KIND_FAILURE, f"delete failed: {exc}")
+            if retries >= get_settings().engine.provider_retries:
+                return "left for orphan collection"
+            raise Failed(backoff(retries, exc.retry_after)) from exc
+        except ProviderPermanent as exc:
+            log.warning("delete of %s refused (%s); treating it as gone", ref, exc)
+    emit(target, S.DELETED)
+    return "deleted"
