@@ -124,8 +124,11 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
     fresh_stopped = [i for i in stopped_side if not (pool.snapshot_id and i.snapshot_id != pool.snapshot_id)]
     stale_stopped = [i for i in stopped_side if i not in fresh_stopped]
 
-    # Stopped instances on an old snapshot are not capacity: replace them.
+    # Stopped instances on an old snapshot are not capacity, nor are stale ones not yet ready:
+    # replace them (removing them costs no ready capacity).
     p.delete.extend(i.id for i in stale_stopped)
+    p.delete.extend(i.id for i in stale_running if i.state != S.RUNNING)
+    stale_running = [i for i in stale_running if i.state == S.RUNNING]
 
     deficit = want_running - len(fresh_running)
     if deficit > 0:
@@ -163,10 +166,7 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
 
     # Rotation: remove stale running instances while ready capacity stays at the target.
     fresh_ready = sum(1 for i in fresh_running if i.state == S.RUNNING and i.id not in p.delete and i.id not in p.stop)
-    stale_ready = [i for i in stale_running if i.state == S.RUNNING]
-    for i in stale_running:
-        if i.state != S.RUNNING:
-            p.delete.append(i.id)  # not ready yet: removing it costs no ready capacity
+    stale_ready = stale_running
     ready_total = fresh_ready + len(stale_ready)
     for i in sorted(stale_ready, key=lambda i: (i.ready_at or now, i.id)):
         if ready_total - 1 >= want_running:
@@ -176,7 +176,7 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
     # The stopped tier behind the running side.
     stopped_deficit = pool.stopped_size - len(fresh_stopped)
     if stopped_deficit > 0 and pool.creation_allowed:
-        total_alive = len(live) - len(set(p.delete)) + p.create_running
+        total_alive = len([i for i in free if i.id not in set(p.delete)]) + counted_leased + p.create_running
         room = pool.max_size + pool.stopped_size + (pool.surge if stale_running else 0) - total_alive
         p.create_stopped = max(0, min(stopped_deficit, room, MAX_CREATES_PER_PASS - p.create_running))
     elif stopped_deficit < 0:
