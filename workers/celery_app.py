@@ -20,6 +20,17 @@ def make_celery() -> Celery:
 celery_app = make_celery()
 
 
+def reconfigure() -> None:
+    """Re-read the settings (tests point the process at other servers after import)."""
+    config = celery_config(get_settings())
+    if config["broker_url"] == celery_app.conf.broker_url:
+        celery_app.conf.update(config)
+        return
+    celery_app.conf.update(config)
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
 def dispatch_effect(name: str, payload: dict[str, Any]) -> None:
     """app.domain.effects dispatcher, run after commit: a task name becomes a Celery task (ids only);
     `publish_event` goes to the instance event stream; `notify` is a best-effort pub/sub wake-up."""
