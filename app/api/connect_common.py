@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from app import auth
@@ -39,6 +40,11 @@ async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise to_connect_error(exc) from None
     except ConnectError:
         raise
+    except DataError as exc:
+        # A value the database cannot store (a NUL byte, longer than its column) came from the caller.
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        log.warning("refused a value in %s: %s", getattr(fn, "__name__", fn), reason)
+        raise ConnectError(Code.INVALID_ARGUMENT, f"a value in the request cannot be stored: {reason}") from None
     except Exception:
         log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
@@ -96,7 +102,10 @@ class PaginationQueryMerge:
         query = parse_qs(scope["query_string"].decode("latin-1"))
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if ctype != "application/json" or not ({"token", "pageSize"} & query.keys()):
+        # Only List* requests have a `pagination` field; adding one elsewhere would make a stray
+        # ?token= an "unknown field" error.
+        is_list = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].startswith("List")
+        if ctype != "application/json" or not is_list or not ({"token", "pageSize"} & query.keys()):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -114,6 +123,7 @@ class PaginationQueryMerge:
                     if "token" in query:
                         pagination["token"] = query["token"][-1]
                     if "pageSize" in query:
+                        pagination.pop("page_size", None)  # a snake_case twin would be a duplicate field
                         size = query["pageSize"][-1]
                         pagination["pageSize"] = int(size) if size.lstrip("-").isdigit() else size
                     data["pagination"] = pagination
@@ -155,6 +165,8 @@ class ConnectRouter:
             await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
+        if not await _authenticated(scope, send):
+            return
         if scope.get("method") == "POST":
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
             if ctype.split(";")[0].strip().lower() not in UNARY_CONTENT_TYPES:
@@ -166,6 +178,23 @@ class ConnectRouter:
 
 
 UNARY_CONTENT_TYPES = {"application/json", "application/proto"}
+
+
+async def _authenticated(scope: dict, send: Callable) -> bool:
+    """Check the bearer token before the body is decoded or validated, so a caller without a valid
+    token always gets `unauthenticated`, whatever it sent. `call` re-checks it (from the auth cache)."""
+    value = dict(scope.get("headers") or []).get(b"authorization")
+    try:
+        token = auth.bearer_from_header(value.decode("latin-1") if value is not None else None)
+        await run_in_threadpool(auth.organization_for, token)
+    except DomainError as exc:
+        await _connect_error(send, 401, exc.code, exc.message)
+        return False
+    except Exception:
+        log.exception("could not verify an API token")
+        await _connect_error(send, 503, "unavailable", "cannot verify the API token right now; retry later")
+        return False
+    return True
 
 
 async def _connect_error(send: Callable, status: int, code: str, message: str) -> None:

@@ -251,8 +251,7 @@ class ProjectService:
     """gitpod.v1.ProjectService: the projects whose prebuild configuration allows warm pools."""
 
     async def create_project(self, req: pb.CreateProjectRequest, ctx: Any) -> pb.CreateProjectResponse:
-        if not req.name.strip():
-            raise ConnectError(Code.INVALID_ARGUMENT, "name is required")
+        _check_project_name(req.name)
         doc = _document(req, PROJECT_FIELDS)
         _check_class_ids(req.prebuild_configuration)
         project = await call(ctx, catalog.create_project, req.name, doc)
@@ -269,7 +268,7 @@ class ProjectService:
         changes = _document(req, UPDATE_PROJECT_FIELDS)
         if req.HasField("prebuild_configuration") and "prebuildConfiguration" not in changes:
             changes["prebuildConfiguration"] = {}  # explicitly set to the empty (disabled) configuration
-        name = req.name if req.HasField("name") else None
+        name = _check_project_name(req.name) if req.HasField("name") else None
         project = await call(ctx, catalog.update_project, project_id, changes, name=name)
         return pb.UpdateProjectResponse(project=project_message(project))
 
@@ -297,6 +296,14 @@ class ProjectService:
         doc = MessageToDict(pb.Project(environment_classes=req.project_environment_classes))
         await call(ctx, catalog.update_project, project_id, {"environmentClasses": doc.get("environmentClasses", [])})
         return pb.UpdateProjectEnvironmentClassesResponse()
+
+
+def _check_project_name(name: str) -> str:
+    if not name.strip():
+        raise ConnectError(Code.INVALID_ARGUMENT, "name is required")
+    if len(name) > 80:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"name must be at most 80 characters long, got {len(name)}")
+    return name
 
 
 def _check_class_ids(cfg: pb.ProjectPrebuildConfiguration) -> None:
@@ -336,6 +343,8 @@ class RunnerConfigurationService:
         ec_id = require_uuid(req.environment_class_id, "environment_class_id")
         if req.HasField("display_name") and not 3 <= len(req.display_name) <= 127:
             raise ConnectError(Code.INVALID_ARGUMENT, "display_name must be 3 to 127 characters long")
+        if req.HasField("description") and not 3 <= len(req.description) <= 200:
+            raise ConnectError(Code.INVALID_ARGUMENT, "description must be 3 to 200 characters long")
         await call(
             ctx, catalog.update_environment_class, ec_id,
             display_name=req.display_name if req.HasField("display_name") else None,
