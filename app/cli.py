@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("dev", help="everything on one machine with embedded defaults")
     sp.add_argument("--org", default="dev", help="organization whose token is printed")
+    sp.add_argument("--embedded-redis", choices=["auto", "server", "fakeredis"], default="auto",
+                    help="without WARMPOOL_REDIS_URL: a private redis-server if installed (auto), or fakeredis in-process")
     sp.set_defaults(fn=cmd_dev)
     return p
 

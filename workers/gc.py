@@ -38,6 +38,9 @@ def collect(client: redis_lib.Redis | None = None) -> dict[str, int]:
         with session_scope() as session:
             pool_ids = list(session.exec(select(Pool.id).where(Pool.runner_id == runner.id)).all())
             orphans = [o for o in listed if not instances.is_wanted(o.instance_id, session=session)]
+            # Resources the provider itself reports failed (a crashed process, a dead VM) are replaced.
+            broken = [(o.instance_id, o.pool_id, o.message) for o in listed
+                      if o.state == S.FAILED and o.instance_id and o.pool_id and o not in orphans]
             vanished = instances.note_missing(pool_ids, present, session=session) if pool_ids else []
             vanished = [(i.id, i.pool_id) for i in vanished]
         for obs in orphans:
@@ -56,6 +59,9 @@ def collect(client: redis_lib.Redis | None = None) -> dict[str, int]:
             ref = ref.decode() if isinstance(ref, bytes) else ref
             if ref not in orphan_refs and ref in present:
                 client.hdel(SEEN_KEY, ref)  # adopted meanwhile: the sighting no longer counts
+        for instance_id, pool_id, message in broken:
+            events.publish(events.InstanceEvent(instance_id=instance_id, pool_id=pool_id, state=S.FAILED,
+                                                message=message or "the provider reports the instance failed"))
         for instance_id, pool_id in vanished:
             events.publish(events.InstanceEvent(instance_id=instance_id, pool_id=pool_id, state=S.FAILED,
                                                 message="the provider resource vanished"))

@@ -211,6 +211,17 @@ class LocalProvider(Provider):
         except OSError:
             return ""
 
+    def halt_all(self) -> int:
+        """Stop every instance process (files and records stay): `warmpool dev` calls this on exit so a
+        laptop is not left with stray processes. The next orphan pass reports them failed; they are replaced."""
+        halted = 0
+        for d in (self.root / "instances").iterdir():
+            meta = self._meta(d.name)
+            if meta and _alive(meta.get("pid")):
+                self._kill(meta["pid"])
+                halted += 1
+        return halted
+
     def snapshot(self, ref: str, name: str) -> str:
         if self._meta(ref) is None:
             raise ProviderPermanent(f"no local instance {ref}")

@@ -1,0 +1,175 @@
+"""`warmpool dev`: every process on one machine under one supervisor, on embedded defaults.
+
+- Database: WARMPOOL_DATABASE_URL if set, else SQLite in .data/.
+- Redis: WARMPOOL_REDIS_URL if set, else a private `redis-server` on a free loopback port if one is
+  installed, else an in-process Redis-protocol server (fakeredis) — nothing to install by hand.
+- Migrates, makes sure the `dev` organization and a `local` runner exist, prints a fresh token, then
+  runs api, worker, beat, events and flower as children and prints where each listens.
+  Ctrl-C (or SIGTERM) stops every child; if one child dies, the others are stopped too.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class EmbeddedRedis:
+    """A private Redis for dev: the real server when installed, else fakeredis over TCP in a thread."""
+
+    def __init__(self, data_dir: Path, kind: str = "auto") -> None:
+        self.want = kind
+        self.port = _free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen | None = None
+        self.server: Any = None
+        self.kind = ""
+
+    def start(self) -> str:
+        exe = shutil.which("redis-server") if self.want in ("auto", "server") else None
+        if self.want == "server" and not exe:
+            raise RuntimeError("--embedded-redis server: redis-server is not installed")
+        if exe:
+            self.kind = "redis-server"
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.data_dir)], stdout=subprocess.DEVNULL, start_new_session=True)
+        else:
+            from fakeredis import TcpFakeServer
+
+            self.kind = "in-process fakeredis"
+            self.server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+            threading.Thread(target=self.server.serve_forever, daemon=True, name="embedded-redis").start()
+        if not _wait_port(self.port):
+            raise RuntimeError("the embedded Redis did not start")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.server is not None:
+            self.server.shutdown()
+
+
+def prepare(org_name: str) -> tuple[str, str]:
+    """Migrate, ensure the org and its `local` runner; returns (token, runner id)."""
+    from sqlmodel import select
+
+    from app.db import session_scope
+    from app.domain import tenancy
+    from app.migrate import upgrade
+    from app.models import Runner
+    from config.settings import get_settings
+
+    upgrade(get_settings().database_url)
+    with session_scope() as s:
+        org = tenancy.ensure_organization(org_name, session=s)
+        token = tenancy.create_token(org, session=s, name="warmpool dev")
+        runner = s.exec(select(Runner).where(Runner.organization_id == org.id, Runner.name == "local")).first()
+        if runner is None:
+            runner = tenancy.create_runner(org.id, "local", "local", {}, session=s)
+    return token, runner.id
+
+
+def run_dev(args: Any) -> int:
+    from config.logging import configure_logging
+    from config.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    redis = None
+    if not os.environ.get("WARMPOOL_REDIS_URL"):
+        redis = EmbeddedRedis(settings.data_dir, getattr(args, "embedded_redis", "auto"))
+        env["WARMPOOL_REDIS_URL"] = redis.start()
+        os.environ["WARMPOOL_REDIS_URL"] = env["WARMPOOL_REDIS_URL"]
+        get_settings.cache_clear()
+        settings = get_settings()
+    token, runner_id = prepare(args.org)
+
+    exe = str(Path(sys.executable).with_name("warmpool"))
+    if not Path(exe).exists():
+        exe = sys.argv[0]
+    children = {
+        "api": [exe, "api"],
+        "worker": [exe, "worker", "--concurrency", "8"],
+        "beat": [exe, "beat"],
+        "events": [exe, "events"],
+        "flower": [exe, "flower"],
+    }
+    procs: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
+
+    def stop(*_: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name, argv in children.items():
+        procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    print(f"""
+warmpool dev is starting (Ctrl-C stops everything)
+  database   {settings.database_url}
+  redis      {env['WARMPOOL_REDIS_URL']}{f' ({redis.kind})' if redis else ''}
+  api        {base}  (Connect under {base}/api, OpenAPI at {base}/docs, health {base}/healthz)
+  grpc       {settings.http_host}:{settings.grpc_port}
+  flower     http://{settings.flower.address}:{settings.flower.port}  (user {settings.flower.user})
+  runner     local  {runner_id}
+
+  export WARMPOOL_TOKEN={token}
+""", flush=True)
+    code = 0
+    try:
+        while not stopping.is_set():
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"warmpool dev: {name} exited with {proc.returncode}; stopping the others", file=sys.stderr)
+                    code = proc.returncode or 1
+                    stopping.set()
+                    break
+            stopping.wait(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if redis:
+            redis.stop()
+        from workers.providers.local import LocalProvider
+
+        halted = LocalProvider().halt_all()
+        print(f"warmpool dev: stopped (and {halted} local instance processes)", flush=True)
+    return code

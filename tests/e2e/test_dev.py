@@ -1,0 +1,86 @@
+"""`warmpool dev` on embedded defaults, as a new user runs it: no PostgreSQL, no Redis configured.
+SQLite is the database; Redis is the in-process fakeredis server (the path with nothing installed)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base: str, token: str, method: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}/api/{method}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
+    http, grpc, flower = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
+    env.update(WARMPOOL_HTTP_PORT=str(http), WARMPOOL_GRPC_PORT=str(grpc), WARMPOOL_FLOWER__PORT=str(flower),
+               WARMPOOL_DATA_DIR=str(tmp_path / "data"), WARMPOOL_DATABASE_URL=f"sqlite:///{tmp_path}/data/wp.sqlite3",
+               WARMPOOL_LOG_LEVEL="WARNING")
+    log = open(tmp_path / "dev.log", "w+")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "dev", "--embedded-redis", "fakeredis"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        token = runner = ""
+        while time.monotonic() < deadline and not (token and runner):
+            text = (tmp_path / "dev.log").read_text()
+            for line in text.splitlines():
+                if "export WARMPOOL_TOKEN=" in line:
+                    token = line.split("=", 1)[1].strip()
+                if line.strip().startswith("runner") and "local" in line:
+                    runner = line.split()[-1]
+            assert proc.poll() is None, text
+            time.sleep(0.2)
+        assert token and runner, (tmp_path / "dev.log").read_text()
+        base = f"http://127.0.0.1:{http}"
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        ec = call(base, token, "gitpod.v1.RunnerConfigurationService/CreateEnvironmentClass",
+                  {"runnerId": runner, "displayName": "local"})["id"]
+        project = call(base, token, "gitpod.v1.ProjectService/CreateProject",
+                       {"name": "p", "prebuildConfiguration": {"enabled": True, "environmentClassIds": [ec]}})["project"]["id"]
+        pool = call(base, token, "gitpod.v1.PrebuildService/CreateWarmPool",
+                    {"projectId": project, "environmentClassId": ec, "minSize": 1, "maxSize": 1})["warmPool"]["id"]
+        status = {}
+        while time.monotonic() < deadline + 30:
+            status = call(base, token, "gitpod.v1.PrebuildService/GetWarmPool", {"warmPoolId": pool})["warmPool"]["status"]
+            if status.get("phase") == "WARM_POOL_PHASE_READY" and status.get("runningInstances") == 1:
+                break
+            time.sleep(0.3)
+        assert status.get("phase") == "WARM_POOL_PHASE_READY", (status, (tmp_path / "dev.log").read_text()[-3000:])
+        req = urllib.request.Request(f"http://127.0.0.1:{flower}/api/workers")
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise AssertionError("flower must ask for credentials")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0, (tmp_path / "dev.log").read_text()[-2000:]
+    assert "warmpool dev: stopped" in (tmp_path / "dev.log").read_text()
