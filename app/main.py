@@ -4,7 +4,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.routing import Mount
 
-from app.api import gitpod, ops
+from app.api import gitpod, ops, vmpool
+from app.api import podpools as podpools_api
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.domain import effects
 from config.settings import get_settings
@@ -12,6 +13,7 @@ from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json
 from proto.gitpod.v1.prebuild_connect import PrebuildServiceASGIApplication
 from proto.gitpod.v1.project_connect import ProjectServiceASGIApplication
 from proto.gitpod.v1.runner_configuration_connect import RunnerConfigurationServiceASGIApplication
+from proto.intrinsic_proto.vmpoolleaseapi.v1.lease_api_connect import VMPoolLeaseServiceASGIApplication
 
 # Unknown JSON fields are rejected (invalid_argument), as upstream's Connect servers do.
 CONNECT_CODECS = [google_protobuf_binary_codec(), google_protobuf_json_codec(ignore_unknown_fields=False)]
@@ -22,6 +24,7 @@ def connect_apps() -> list:
         PrebuildServiceASGIApplication(gitpod.PrebuildService(), codecs=CONNECT_CODECS),
         ProjectServiceASGIApplication(gitpod.ProjectService(), codecs=CONNECT_CODECS),
         RunnerConfigurationServiceASGIApplication(gitpod.RunnerConfigurationService(), codecs=CONNECT_CODECS),
+        VMPoolLeaseServiceASGIApplication(vmpool.VMPoolLeaseConnect(), codecs=CONNECT_CODECS),
     ]
 
 
@@ -41,6 +44,7 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
         "openYuanrong pod pools under /serverless/v1, the native admin API under /v1.",
     )
     app.include_router(ops.router)
+    app.include_router(podpools_api.router)
     app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
     if dispatcher:
         install_dispatcher()
