@@ -1,0 +1,368 @@
+"""Leases: claim a ready instance in one short transaction, extend, return and expire (DESIGN.md flows 5, 6).
+
+The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the README repeats them):
+
+- **Pool choice.** A named pool is looked up among the caller's live pools by its stable name
+  (`pool.name`; a Gitpod pool's name is its id); unknown or being deleted: NotFound. An empty name
+  picks the caller's live pool with the most ready instances (ties: the oldest pool, then the name);
+  no live pool at all: NotFound.
+- **Duration.** A wished expiry that is unset, zero or not in the future gets the pool's default
+  duration (`lease_default_seconds`); one beyond `lease_max_seconds` is clamped to it. What the
+  response says is what was granted. A lease never lives past `created_at + lease_max_seconds`.
+- **Identity.** The Intrinsic API names a lease by its instance: GetLease, ExtendTo and Return act on
+  the instance's latest lease. Unknown instance (or another organization's): NotFound. Another
+  service tag than the lease's (Return, ExtendTo): PermissionDenied. A lease that already ended,
+  returned or expired, also by the clock before the expiry sweep ran: FailedPrecondition.
+- **ExtendTo.** `to` is clamped to `created_at + lease_max_seconds`. With `extend_only` a `to` at or
+  before the current expiry changes nothing (and the lease is never shortened, even by the clamp
+  after a lowered maximum); without it a `to` that is not in the future is InvalidArgument (Return
+  ends a lease).
+- **Return / expiry.** The instance is destroyed (desired state `deleted`) and the pool backfills; on
+  a `reuse` pool it is freed instead and handed at once to the oldest waiting reservation, if any.
+- **Empty pool.** With a reservation id the reservation is queued FIFO (app.domain.reservations).
+  Without one, the pool's `empty_policy`: `reserve` queues a server-side reservation that lives only
+  as long as the call waits for it; `reject` answers ResourceExhausted; `cold` creates a new instance
+  and leases it at once while it boots (at most `max_size` such cold instances in flight per pool).
+- **Claim.** One transaction: one probe of `ix_instances_ready` with FOR UPDATE SKIP LOCKED (fresh
+  before stale, then the longest-ready), insert the lease, point the instance at it, commit; the
+  `leased` event and a reconcile (backfill) are deferred until after commit. Pool status counters are
+  not touched here: the event applier recounts them, so concurrent claims never queue on the pool row.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app import events as ev
+from app.domain import effects, reservations
+from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from app.domain.pools import find_pool
+from app.domain.states import IN_FLIGHT, DesiredState, EmptyPoolPolicy, InstanceState as S, LeaseState
+from app.models import Instance, Lease, Pool, Runner, new_id, utcnow
+
+READY = sa.and_(Instance.state == str(S.RUNNING), Instance.lease_id.is_(None), Instance.draining == sa.false())
+"""The predicate of the partial index ix_instances_ready, written so the planner can match it."""
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """A lease as the façades show it (the Intrinsic `Lease`: instance, pool, expires, zone)."""
+
+    instance_id: str
+    pool_name: str
+    expires_at: datetime
+    zone: str = ""
+    service_tag: str = ""
+    state: str = str(LeaseState.ACTIVE)
+    lease_id: str = ""
+    pool_id: str = ""
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """No instance was free: the caller's reservation waits in the pool's FIFO queue."""
+
+    reservation_id: str
+    """The reservation row's id: its wake-up channel is app.events.reservation_channel(reservation_id)."""
+    client_id: str
+    pool_name: str
+    expires_at: datetime
+    automatic: bool
+    """Made by the `reserve` empty-pool policy for a call without a reservation id: the call that made it
+    cancels it when it stops waiting."""
+
+
+def grant_expiry(pool: Pool, wished: datetime | None, now: datetime) -> datetime:
+    """The expiry a new lease gets: the wish, clamped to the maximum; unset or not future: the default."""
+    longest = timedelta(seconds=max(pool.lease_max_seconds, 1))
+    if wished is None or wished <= now:
+        return now + min(timedelta(seconds=max(pool.lease_default_seconds, 1)), longest)
+    return min(wished, now + longest)
+
+
+def choose_pool(org_id: str, *, session: Session) -> Pool:
+    """The caller's live pool with the most ready instances (ties: oldest, then by name)."""
+    ready = sa.func.count(Instance.id)
+    row = session.execute(
+        sa.select(Pool, ready)
+        .outerjoin(Instance, sa.and_(Instance.pool_id == Pool.id, READY))
+        .where(Pool.organization_id == org_id, Pool.deleted_at.is_(None))
+        .group_by(Pool.id)
+        .order_by(ready.desc(), Pool.created_at, Pool.name)
+        .limit(1)
+    ).first()
+    if row is None:
+        raise NotFound("there is no pool to lease from: create one first")
+    return row[0]
+
+
+def resolve_pool(org_id: str, name: str, *, session: Session) -> Pool:
+    return find_pool(org_id, name, session=session) if name else choose_pool(org_id, session=session)
+
+
+def lease(
+    org_id: str, pool_name: str, *, session: Session, service_tag: str = "", wished_expiry: datetime | None = None,
+    reservation_id: str | None = None, now: datetime | None = None,
+) -> LeaseView | Queued:
+    """Lease a ready instance of the pool, or queue (or reject, or create cold) by the rules above.
+
+    A reservation id that was already served returns the same lease while it is active; one whose
+    lease has ended starts over (a fresh claim, else the back of the queue)."""
+    now = now or utcnow()
+    existing = None
+    if reservation_id is not None:
+        existing = reservations.find(org_id, reservation_id, session=session)
+    if existing is not None:
+        pool = reservations.pool_for(existing, pool_name, session=session)
+        served = reservations.served_lease(existing, session=session, now=now)
+        if served is not None:
+            return served
+    else:
+        pool = resolve_pool(org_id, pool_name, session=session)
+    granted = claim(pool, service_tag=service_tag, expires_at=grant_expiry(pool, wished_expiry, now),
+                    reservation_id=reservation_id, session=session, now=now)
+    if granted is not None:
+        if existing is not None:
+            reservations.mark_fulfilled(existing, granted, session=session)
+        return granted
+    if reservation_id is not None:
+        return reservations.enqueue(pool, reservation_id, existing, service_tag=service_tag,
+                                    wished_expiry=wished_expiry, session=session, now=now)
+    policy = pool.empty_policy
+    if policy == EmptyPoolPolicy.REJECT:
+        raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and its empty-pool policy is 'reject'; "
+                                "retry later, or send a reservation_id to queue")
+    if policy == EmptyPoolPolicy.COLD:
+        return lease_cold(pool, service_tag=service_tag, wished_expiry=wished_expiry, session=session, now=now)
+    return reservations.enqueue(pool, None, None, service_tag=service_tag, wished_expiry=wished_expiry,
+                                session=session, now=now)
+
+
+def claim(
+    pool: Pool, *, service_tag: str, expires_at: datetime, session: Session, now: datetime,
+    reservation_id: str | None = None,
+) -> LeaseView | None:
+    """Take the best ready instance of the pool for a new lease; None if there is none free right now."""
+    row = session.execute(
+        sa.select(Instance.id, Instance.zone)
+        .where(Instance.pool_id == pool.id, READY)
+        .order_by(Instance.stale, Instance.ready_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if row is None:
+        return None
+    return bind(pool, row.id, row.zone, service_tag=service_tag, expires_at=expires_at,
+                reservation_id=reservation_id, session=session, now=now)
+
+
+def bind(
+    pool: Pool, instance_id: str, zone: str, *, service_tag: str, expires_at: datetime, session: Session,
+    now: datetime, reservation_id: str | None = None,
+) -> LeaseView:
+    """Insert the lease for an instance the caller holds locked, and point the instance at it."""
+    lease_id = new_id()
+    session.execute(sa.insert(Lease).values(
+        id=lease_id, organization_id=pool.organization_id, pool_id=pool.id, instance_id=instance_id,
+        service_tag=service_tag, state=str(LeaseState.ACTIVE), reservation_id=reservation_id,
+        created_at=now, expires_at=expires_at, end_reason="",
+    ))
+    session.execute(sa.update(Instance).where(Instance.id == instance_id).values(lease_id=lease_id, idle_since=None))
+    announce(instance_id, pool.id, ev.KIND_LEASED, session=session)
+    return LeaseView(instance_id=instance_id, pool_name=pool.name, expires_at=expires_at, zone=zone,
+                     service_tag=service_tag, lease_id=lease_id, pool_id=pool.id, created_at=now)
+
+
+def announce(instance_id: str, pool_id: str, kind: str, *, session: Session) -> None:
+    """After commit: the assignment change goes on the event stream, and the pool gets a reconcile."""
+    event = ev.InstanceEvent(instance_id=instance_id, pool_id=pool_id, kind=kind)
+    effects.defer(session, "publish_event", **asdict(event))
+    effects.defer(session, "reconcile_pool", pool_id=pool_id)
+
+
+def lease_cold(
+    pool: Pool, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
+) -> LeaseView:
+    """The `cold` empty-pool policy: a new instance, leased at once; it boots after commit."""
+    runner = session.get(Runner, pool.runner_id) if pool.runner_id else None
+    if runner is None:
+        raise FailedPrecondition(f"pool {pool.name!r} has no runner to create a cold instance on")
+    booting = session.execute(
+        sa.select(sa.func.count()).select_from(Instance).where(
+            Instance.pool_id == pool.id, Instance.lease_id.is_not(None),
+            Instance.state.in_([str(s) for s in IN_FLIGHT]),
+        )
+    ).scalar_one()
+    if booting >= max(pool.max_size, 1):
+        raise ResourceExhausted(f"pool {pool.name!r} is empty and already boots {booting} cold instances "
+                                f"(at most max_size={pool.max_size}); retry later")
+    inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=runner.provider,
+                    snapshot_id=pool.snapshot_id, desired_state=str(DesiredState.RUNNING),
+                    zone=str((pool.template or {}).get("zone", "")))
+    session.add(inst)
+    session.flush()
+    view = bind(pool, inst.id, inst.zone, service_tag=service_tag, expires_at=grant_expiry(pool, wished_expiry, now),
+                session=session, now=now)
+    effects.defer(session, "provision_instance", instance_id=inst.id)
+    return view
+
+
+# ---- one lease, named by its instance ----------------------------------------------------------
+
+def _latest(org_id: str, instance_id: str, *, session: Session, lock: bool = False) -> Lease:
+    stmt = (select(Lease).where(Lease.instance_id == instance_id, Lease.organization_id == org_id)
+            .order_by(Lease.created_at.desc()).limit(1))
+    if lock:
+        stmt = stmt.with_for_update()
+    found = session.exec(stmt).first()
+    if found is None:
+        raise NotFound(f"instance {instance_id!r} not found (or it was never leased)")
+    return found
+
+
+def _check_live(row: Lease, now: datetime) -> None:
+    if row.state != LeaseState.ACTIVE:
+        raise FailedPrecondition(f"the lease of instance {row.instance_id} already ended: "
+                                 f"{row.state} at {_iso(row.ended_at)}")
+    if row.expires_at <= now:
+        raise FailedPrecondition(f"the lease of instance {row.instance_id} expired at {_iso(row.expires_at)}")
+
+
+def _check_tag(row: Lease, service_tag: str) -> None:
+    if row.service_tag != service_tag:
+        raise PermissionDenied(f"the lease of instance {row.instance_id} belongs to another service tag; "
+                               "only the service that leased it may change it")
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "?"
+
+
+def view(row: Lease, *, session: Session, pool: Pool | None = None) -> LeaseView:
+    pool = pool or session.get(Pool, row.pool_id)
+    inst = session.get(Instance, row.instance_id)
+    return LeaseView(instance_id=row.instance_id, pool_name=pool.name if pool else row.pool_id,
+                     expires_at=row.expires_at, zone=inst.zone if inst else "", service_tag=row.service_tag,
+                     state=row.state, lease_id=row.id, pool_id=row.pool_id, created_at=row.created_at,
+                     ended_at=row.ended_at)
+
+
+def get_lease(org_id: str, instance_id: str, *, session: Session, now: datetime | None = None) -> LeaseView:
+    """The instance's active lease; an ended or lapsed one is FailedPrecondition (never served late)."""
+    row = _latest(org_id, instance_id, session=session)
+    _check_live(row, now or utcnow())
+    return view(row, session=session)
+
+
+def extend_to(
+    org_id: str, instance_id: str, to: datetime, *, service_tag: str = "", extend_only: bool = False,
+    session: Session, now: datetime | None = None,
+) -> LeaseView:
+    """Move the lease's expiry to `to`, clamped to created_at + the pool's maximum (rules above)."""
+    now = now or utcnow()
+    row = _latest(org_id, instance_id, session=session, lock=True)
+    _check_tag(row, service_tag)
+    _check_live(row, now)
+    pool = session.get(Pool, row.pool_id)
+    if extend_only and to <= row.expires_at:
+        return view(row, session=session, pool=pool)
+    if to <= now:
+        raise InvalidArgument(f"to ({_iso(to)}) must be in the future; to end a lease, return it")
+    new = min(to, row.created_at + timedelta(seconds=max(pool.lease_max_seconds, 1)))
+    if extend_only:
+        new = max(new, row.expires_at)
+    if new != row.expires_at:
+        row.expires_at = new
+        session.add(row)
+    return view(row, session=session, pool=pool)
+
+
+def return_lease(
+    org_id: str, instance_id: str, *, service_tag: str = "", session: Session, now: datetime | None = None,
+) -> LeaseView:
+    """End the instance's lease; the instance is destroyed (recycled on a `reuse` pool)."""
+    now = now or utcnow()
+    row = _latest(org_id, instance_id, session=session, lock=True)
+    _check_tag(row, service_tag)
+    _check_live(row, now)
+    pool = session.get(Pool, row.pool_id)
+    end(row, LeaseState.RETURNED, pool=pool, session=session, now=now)
+    return view(row, session=session, pool=pool)
+
+
+def end(row: Lease, state: LeaseState, *, pool: Pool, session: Session, now: datetime) -> bool:
+    """Compare-and-set an active lease to `state` and release its instance; False if it had ended already."""
+    done = session.execute(
+        sa.update(Lease).where(Lease.id == row.id, Lease.state == str(LeaseState.ACTIVE))
+        .values(state=str(state), ended_at=now, end_reason=str(state))
+    ).rowcount == 1
+    if not done:
+        return False
+    held = sa.and_(Instance.id == row.instance_id, Instance.lease_id == row.id)
+    if pool.reuse and pool.deleted_at is None:
+        freed = session.execute(sa.update(Instance).where(held).values(lease_id=None, idle_since=now)).rowcount
+        if freed:
+            reservations.assign_ready_instance(row.instance_id, session=session, now=now)
+    else:
+        # Draining keeps the claim away until the provider task has deleted it.
+        session.execute(sa.update(Instance).where(held).values(
+            lease_id=None, draining=True, desired_state=str(DesiredState.DELETED), state_changed_at=now,
+        ))
+        effects.defer(session, "delete_instance", instance_id=row.instance_id)
+    announce(row.instance_id, row.pool_id, ev.KIND_RETURNED, session=session)
+    return True
+
+
+def expire_due(now: datetime, limit: int, *, session: Session) -> int:
+    """The beat sweep: end at most `limit` leases past their expiry (instance destroyed or recycled) and
+    expire at most `limit` waiting reservations past theirs. Returns how many rows it ended."""
+    rows = session.exec(
+        select(Lease).where(Lease.state == str(LeaseState.ACTIVE), Lease.expires_at <= now)
+        .order_by(Lease.expires_at).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    pools: dict[str, Pool | None] = {}
+    ended = 0
+    for row in rows:
+        if row.pool_id not in pools:
+            pools[row.pool_id] = session.get(Pool, row.pool_id)
+        ended += end(row, LeaseState.EXPIRED, pool=pools[row.pool_id], session=session, now=now)
+    return ended + reservations.expire_due(now, limit, session=session)
+
+
+def list_leases(
+    org_id: str, *, session: Session, include_ended: bool = False, pool_name: str = "", limit: int = 100,
+) -> list[LeaseView]:
+    """The organization's leases, newest first (active ones only unless `include_ended`)."""
+    stmt = (sa.select(Lease, Pool, Instance.zone)
+            .join(Pool, Pool.id == Lease.pool_id)
+            .outerjoin(Instance, Instance.id == Lease.instance_id)
+            .where(Lease.organization_id == org_id))
+    if not include_ended:
+        stmt = stmt.where(Lease.state == str(LeaseState.ACTIVE))
+    if pool_name:
+        stmt = stmt.where(Pool.name == pool_name)
+    rows = session.execute(stmt.order_by(Lease.created_at.desc()).limit(limit)).all()
+    return [
+        LeaseView(instance_id=row.instance_id, pool_name=pool.name, expires_at=row.expires_at, zone=zone or "",
+                  service_tag=row.service_tag, state=row.state, lease_id=row.id, pool_id=pool.id,
+                  created_at=row.created_at, ended_at=row.ended_at)
+        for row, pool, zone in rows
+    ]
+
+
+def leasable_pools(org_id: str, *, session: Session) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(name, labels) of every live pool of the organization, by name: the pool's own labels sorted by
+    key, then ("kind", pool.kind)."""
+    rows = session.exec(
+        select(Pool).where(Pool.organization_id == org_id, Pool.deleted_at.is_(None)).order_by(Pool.name, Pool.id)
+    ).all()
+    out = []
+    for pool in rows:
+        labels = sorted((str(k), str(v)) for k, v in (pool.labels or {}).items() if k != "kind")
+        out.append((pool.name, [*labels, ("kind", pool.kind)]))
+    return out
