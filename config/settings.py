@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Root log level.")
     db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")
     auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read.")
+    lease_wait_seconds: float = Field(20.0, description="Longest a Lease call waits for its queued reservation to be "
+                                      "served before answering UNAVAILABLE (a shorter client deadline wins).")
     owner: str = Field("warmpool", description="Owner tag put on every provider resource; orphan collection only "
                        "ever deletes resources carrying it. Give each deployment sharing a cloud its own.")
     metrics_public: bool = Field(False, description="Serve /metrics without a token (for a scraper inside a private network).")

@@ -1,0 +1,337 @@
+"""The Intrinsic VMPoolLeaseService, implemented once (LeaseService) and served over Connect here;
+app/api/vmpool_grpc.py serves the same object over gRPC.
+
+Thin: check the request, call one domain function (app.domain.leases), map the result. The one thing
+the edge adds is waiting: a Lease call whose reservation is queued waits for it, woken by a Redis
+pub/sub push the moment the event applier assigns an instance (ReservationWaiter), until the caller's
+deadline (capped by `lease_wait_seconds`), then answers UNAVAILABLE and the client calls again with
+the same reservation id. Authentication: `authorization: Bearer <token>` (HTTP header or gRPC
+metadata); Ping is open, like a health check. Malformed requests are INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+
+from app import auth
+from app.api.connect_common import to_connect_error
+from app.db import session_scope
+from app.domain import leases, reservations
+from app.domain.errors import DomainError, InvalidArgument, Unavailable
+from app.events import reservation_channel
+from config.settings import get_settings
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_NAME = 200  # pools.name and leases.service_tag are 200 characters
+MAX_RESERVATION_ID = 64  # reservations.client_id
+FALLBACK_POLL_SECONDS = 0.2  # only while the pub/sub listener is (re)connecting
+
+
+# ---- request checks and message mapping ----------------------------------------------------------
+
+def text(value: str, field: str, *, limit: int = MAX_NAME, required: bool = False) -> str:
+    if required and not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is at most {limit} characters, got {len(value)}")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidArgument(f"{field} must not contain control characters")
+    return value
+
+
+def wished_time(msg: Any, field: str) -> datetime | None:
+    """A Timestamp field as an aware datetime; unset, zero or before 1970 -> None (the server decides)."""
+    if not msg.HasField(field):
+        return None
+    ts = getattr(msg, field)
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field}.nanos must be between 0 and 999999999, got {ts.nanos}")
+    if ts.seconds < 0 or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field} is not a valid timestamp (seconds={ts.seconds})") from None
+
+
+def lease_message(v: leases.LeaseView) -> pb.Lease:
+    msg = pb.Lease(instance=v.instance_id, pool=v.pool_name, zone=v.zone)
+    msg.expires.FromDatetime(v.expires_at)
+    return msg
+
+
+def wait_budget(remaining: float | None) -> float:
+    """Seconds a Lease call may wait for its reservation: up to the caller's deadline, answering a
+    little before it so the client sees UNAVAILABLE rather than its own DEADLINE_EXCEEDED."""
+    cap = get_settings().lease_wait_seconds
+    if remaining is None:
+        return cap
+    return max(0.0, min(cap, remaining - min(0.25, remaining * 0.1)))
+
+
+def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    org_id = auth.organization_for(auth.bearer_from_header(authorization))
+    with session_scope() as session:
+        return fn(org_id, *args, session=session, **kwargs)
+
+
+# ---- the service, transport-neutral -------------------------------------------------------------
+
+class LeaseService:
+    """Each method takes the caller's Authorization value, the request message and the seconds left
+    before the caller's deadline (None: no deadline), and returns the response message or raises a
+    DomainError that the transport maps to its status."""
+
+    def __init__(self, executor: ThreadPoolExecutor | None = None, waiter: ReservationWaiter | None = None) -> None:
+        # Blocking database work runs here, sized like the connection pool (pool_size + overflow).
+        self.executor = executor or ThreadPoolExecutor(max_workers=2 * get_settings().db_pool_size,
+                                                       thread_name_prefix="vmpool-db")
+        self.waiter = waiter or ReservationWaiter()
+
+    async def _run(self, authorization: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(_unit_of_work, authorization, fn, args, kwargs))
+
+    async def ping(self, authorization: str | None, req: Any, remaining: float | None) -> pb.PingResponse:
+        return pb.PingResponse(msg="pong")
+
+    async def pools(self, authorization: str | None, req: pb.PoolsRequest, remaining: float | None) -> pb.PoolsResponse:
+        rows = await self._run(authorization, leases.leasable_pools)
+        return pb.PoolsResponse(pools=[
+            pb.Pool(name=name, labels=[pb.Label(key=k, value=v) for k, v in labels]) for name, labels in rows
+        ])
+
+    async def lease(self, authorization: str | None, req: pb.LeaseRequest, remaining: float | None) -> pb.LeaseResponse:
+        pool = text(req.pool, "pool")
+        tag = text(req.service_tag, "service_tag")
+        reservation_id = None
+        if req.HasField("reservation_id"):
+            reservation_id = text(req.reservation_id, "reservation_id", limit=MAX_RESERVATION_ID, required=True)
+        wished = wished_time(req, "expires")
+        result = await self._run(authorization, leases.lease, pool, service_tag=tag, wished_expiry=wished,
+                                 reservation_id=reservation_id)
+        if isinstance(result, leases.Queued):
+            result = await self._wait(authorization, result, remaining)
+        return pb.LeaseResponse(lease=lease_message(result))
+
+    async def _wait(self, authorization: str | None, queued: leases.Queued, remaining: float | None) -> leases.LeaseView:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_budget(remaining)
+        try:
+            with self.waiter.watch(reservation_channel(queued.reservation_id)) as wake:
+                while True:
+                    # Checked after the watch is registered, so a wake-up between the two is not lost.
+                    served = await self._run(authorization, reservations.outcome, queued.reservation_id)
+                    if served is not None:
+                        return served
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    await wake.wait(left if self.waiter.healthy else min(left, FALLBACK_POLL_SECONDS))
+        except asyncio.CancelledError:
+            if queued.automatic:  # the caller went away: free its place in the queue
+                self.executor.submit(_unit_of_work, authorization, reservations.cancel, (queued.reservation_id,), {})
+            raise
+        if queued.automatic:
+            served = await self._run(authorization, reservations.cancel, queued.reservation_id)
+            if served is not None:
+                return served
+            raise Unavailable(f"no instance of pool {queued.pool_name!r} became ready before the call's deadline; "
+                              "retry, or send a reservation_id to keep a place in the queue")
+        raise Unavailable(f"no instance of pool {queued.pool_name!r} became ready before the call's deadline; "
+                          f"reservation {queued.client_id!r} keeps its place in the queue until "
+                          f"{queued.expires_at.isoformat(timespec='seconds')}: call Lease again with the same reservation_id")
+
+    async def get_lease(self, authorization: str | None, req: pb.GetLeaseRequest, remaining: float | None) -> pb.GetLeaseResponse:
+        instance = text(req.instance, "instance", required=True)
+        found = await self._run(authorization, leases.get_lease, instance)
+        return pb.GetLeaseResponse(lease=lease_message(found))
+
+    async def extend_to(self, authorization: str | None, req: pb.ExtendToRequest, remaining: float | None) -> pb.ExtendToResponse:
+        instance = text(req.instance, "instance", required=True)
+        tag = text(req.service_tag, "service_tag")
+        to = wished_time(req, "to")
+        if to is None:
+            raise InvalidArgument("to is required: the time to extend the lease to")
+        extended = await self._run(authorization, leases.extend_to, instance, to, service_tag=tag,
+                                   extend_only=req.extend_only)
+        return pb.ExtendToResponse(lease=lease_message(extended))
+
+    async def return_(self, authorization: str | None, req: pb.ReturnRequest, remaining: float | None) -> pb.ReturnResponse:
+        instance = text(req.instance, "instance", required=True)
+        tag = text(req.service_tag, "service_tag")
+        await self._run(authorization, leases.return_lease, instance, service_tag=tag)
+        return pb.ReturnResponse()
+
+
+# ---- waking waiting calls -----------------------------------------------------------------------
+
+class _Watch:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+
+    def fire(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # its loop has closed: nobody is waiting any more
+            pass
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self.event.clear()
+
+
+class ReservationWaiter:
+    """One pattern subscription per process (on every reservation channel), started at the first wait,
+    fanning each message out to the calls watching that channel, on whichever event loop they run.
+    After a reconnect every watch is woken, so a message lost meanwhile costs a re-check, not a wait."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
+        self.healthy = False
+        self._watches: dict[str, set[_Watch]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @contextmanager
+    def watch(self, channel: str) -> Iterator[_Watch]:
+        self.start()
+        w = _Watch(asyncio.get_running_loop())
+        with self._lock:
+            self._watches.setdefault(channel, set()).add(w)
+        try:
+            yield w
+        finally:
+            with self._lock:
+                ws = self._watches.get(channel)
+                if ws is not None:
+                    ws.discard(w)
+                    if not ws:
+                        del self._watches[channel]
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="reservation-waiter", daemon=True)
+                self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the subscription is confirmed (tests and start-up use it)."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.healthy
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _fire(self, channel: str | None) -> None:
+        with self._lock:
+            targets = [w for ws in self._watches.values() for w in ws] if channel is None else list(self._watches.get(channel, ()))
+        for w in targets:
+            w.fire()
+
+    def _listen(self) -> None:
+        pattern = reservation_channel("*")
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                client = redis.Redis.from_url(self.url or get_settings().redis_url, socket_connect_timeout=5,
+                                              socket_keepalive=True, health_check_interval=15)
+                pubsub = client.pubsub()
+                pubsub.psubscribe(pattern)
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "psubscribe":
+                        self.healthy, backoff = True, 0.1
+                        self._fire(None)
+                    elif msg["type"] == "pmessage":
+                        channel = msg["channel"]
+                        self._fire(channel.decode() if isinstance(channel, bytes) else channel)
+            except Exception as exc:  # noqa: BLE001 - keep listening; waiters fall back to polling meanwhile
+                if self.healthy:
+                    log.warning("reservation wake-ups: lost Redis (%s); reconnecting", exc)
+                self.healthy = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+
+@functools.lru_cache(maxsize=1)
+def default_service() -> LeaseService:
+    """The process's one LeaseService: both transports share its executor and its waiter."""
+    return LeaseService()
+
+
+# ---- Connect ------------------------------------------------------------------------------------
+
+class VMPoolLeaseConnect:
+    """intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService over Connect (mounted under /api)."""
+
+    def __init__(self, service: LeaseService | None = None) -> None:
+        self._service = service
+
+    @property
+    def service(self) -> LeaseService:
+        return self._service or default_service()
+
+    async def _call(self, ctx: Any, method: Callable[..., Any], req: Any) -> Any:
+        remaining = ctx.timeout_ms / 1000.0 if ctx.timeout_ms is not None else None
+        try:
+            return await method(ctx.request_headers.get("authorization"), req, remaining)
+        except DomainError as exc:
+            raise to_connect_error(exc) from None
+        except ConnectError:
+            raise
+        except Exception:
+            log.exception("unexpected error in VMPoolLeaseService/%s", ctx.method.name)
+            raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
+
+    async def ping(self, req: Any, ctx: Any) -> pb.PingResponse:
+        return await self._call(ctx, self.service.ping, req)
+
+    async def lease(self, req: pb.LeaseRequest, ctx: Any) -> pb.LeaseResponse:
+        return await self._call(ctx, self.service.lease, req)
+
+    async def return_(self, req: pb.ReturnRequest, ctx: Any) -> pb.ReturnResponse:
+        return await self._call(ctx, self.service.return_, req)
+
+    async def extend_to(self, req: pb.ExtendToRequest, ctx: Any) -> pb.ExtendToResponse:
+        return await self._call(ctx, self.service.extend_to, req)
+
+    async def pools(self, req: pb.PoolsRequest, ctx: Any) -> pb.PoolsResponse:
+        return await self._call(ctx, self.service.pools, req)
+
+    async def get_lease(self, req: pb.GetLeaseRequest, ctx: Any) -> pb.GetLeaseResponse:
+        return await self._call(ctx, self.service.get_lease, req)

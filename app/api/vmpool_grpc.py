@@ -1,0 +1,145 @@
+"""The lease service over gRPC: a grpc.aio server on its own thread and event loop beside uvicorn in the
+`warmpool api` process, with the standard health and reflection services. Bearer token from the
+`authorization` metadata; Ping is open. The implementation is app.api.vmpool.LeaseService, shared
+with the Connect transport; this module only maps requests, deadlines and errors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from app.api.vmpool import LeaseService, default_service
+from app.domain.errors import DomainError
+from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["VMPoolLeaseService"].full_name
+OPEN_METHODS = {"Ping"}
+
+# RPC name -> (LeaseService method, request type, response type)
+METHODS: dict[str, tuple[str, Any, Any]] = {
+    "Ping": ("ping", empty_pb2.Empty, pb.PingResponse),
+    "Lease": ("lease", pb.LeaseRequest, pb.LeaseResponse),
+    "Return": ("return_", pb.ReturnRequest, pb.ReturnResponse),
+    "ExtendTo": ("extend_to", pb.ExtendToRequest, pb.ExtendToResponse),
+    "Pools": ("pools", pb.PoolsRequest, pb.PoolsResponse),
+    "GetLease": ("get_lease", pb.GetLeaseRequest, pb.GetLeaseResponse),
+}
+
+STATUS = {code.name.lower(): code for code in grpc.StatusCode}
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the handler can answer INVALID_ARGUMENT
+    (grpcio itself would answer INTERNAL)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _parser(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is the client's
+            return _Malformed(exc)
+
+    return parse
+
+
+def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
+    attr, request_type, response_type = METHODS[rpc]
+    method = getattr(service, attr)
+    needs_token = rpc not in OPEN_METHODS
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {request.error}")
+        authorization = None
+        if needs_token:
+            authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        try:
+            return await method(authorization, request, context.time_remaining())
+        except DomainError as exc:
+            status = STATUS.get(exc.code, grpc.StatusCode.UNKNOWN)
+            await context.abort(status, exc.message)
+        except Exception:
+            log.exception("unexpected error in %s/%s", SERVICE, rpc)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=_parser(request_type), response_serializer=response_type.SerializeToString,
+    )
+
+
+class GrpcServer:
+    """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
+
+    def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0) -> None:
+        self.host, self.port, self.grace = host, port, grace
+        self.service = service or default_service()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 15.0) -> int:
+        self._thread = threading.Thread(target=self._run, name="grpc-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError(f"the gRPC server did not start within {timeout}s")
+        if self._error is not None:
+            raise RuntimeError(f"the gRPC server could not start on {self.host}:{self.port}: {self._error}")
+        return self.port
+
+    def stop(self) -> None:
+        if self._loop is None or self._stopping is None or self._thread is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        except RuntimeError:  # loop already closed
+            pass
+        self._thread.join(self.grace + 5)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start(), or logged after
+            self._error = exc
+            if self._started.is_set():
+                log.exception("the gRPC server stopped with an error")
+        finally:
+            self._started.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {rpc: _handler(self.service, rpc) for rpc in METHODS}),))
+        checks = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        if not self.port:
+            raise OSError("address in use or not available")
+        await server.start()
+        await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+        await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info("warmpool api: gRPC on %s:%d (%s, health, reflection)", self.host, self.port, SERVICE)
+        self._started.set()
+        await self._stopping.wait()
+        await checks.enter_graceful_shutdown()
+        await server.stop(self.grace)
