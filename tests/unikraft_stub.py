@@ -92,7 +92,7 @@ class UnikraftStub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     @property
@@ -177,7 +177,10 @@ class UnikraftStub:
             return None, ()
         rest = parts[2:]
         if not rest:
-            return {"GET": "list", "POST": "create"}.get(method), ()
+            return {"GET": "list", "POST": "create", "DELETE": "bulk_delete"}.get(method), ()
+        if len(rest) == 1 and (method, rest[0]) in (("PUT", "start"), ("PUT", "stop"), ("PUT", "suspend"),
+                                                    ("GET", "wait"), ("GET", "log")):
+            return f"bulk_{rest[0]}", ()
         if rest[0] in ("templates", "checkpoints"):
             kind = rest[0][:-1]
             if len(rest) == 1:
@@ -420,6 +423,37 @@ class UnikraftStub:
         del self.records[rec["uuid"]]
         return 200, self._envelope([{"status": "success", "uuid": rec["uuid"], "name": rec["name"],
                                      "previous_state": rec["state"]}])
+
+    # ---- bulk forms (what the SDK's idiomatic layer sends): a JSON array of {uuid|name, ...} ---------
+    def _each(self, op: str, body: Any) -> tuple[int, dict]:
+        results = []
+        for entry in body or []:
+            ref = entry.get("uuid") or entry.get("name")
+            try:
+                status, payload = getattr(self, f"op_{op}")(ref, query={}, body=entry)
+                results.extend((status, item) for item in payload["data"]["instances"])
+            except Answer as answer:
+                results.append((answer.http, {"status": "error", "error": answer.code, "uuid": ref,
+                                              "message": answer.message}))
+        return self._bulk(results)
+
+    def op_bulk_start(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("start", body)
+
+    def op_bulk_stop(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("stop", body)
+
+    def op_bulk_suspend(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("suspend", body)
+
+    def op_bulk_wait(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("wait", body)
+
+    def op_bulk_log(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("log", body)
+
+    def op_bulk_delete(self, *, query: dict, body: Any) -> tuple[int, dict]:
+        return self._each("delete", body)
 
     # ---- templates and checkpoints ---------------------------------------------------------------
     def op_template(self, *, query: dict, body: Any) -> tuple[int, dict]:

@@ -22,6 +22,7 @@ Runner settings (`runner.settings`):
   snapshot_timeout_s how long `snapshot` waits for the snapshot to be made (default 120)
   timeout_s          HTTP timeout per request, on top of any server-side wait (default 30)
   name_prefix        prefix of instance names (default "wp-"); the name is the idempotency key
+  page_size          instances per listing page (default 100)
 
 Our ids travel twice: as tags `warmpool.owner:<owner>`, `warmpool.instance:<id>`, `warmpool.pool:<id>`
 (tags are plain strings on Unikraft and `GET /v1/instances?tags=` filters on them server side) and as
@@ -38,6 +39,7 @@ import base64
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,9 +77,9 @@ class ApiFailure(Exception):
     """One failed API answer, before it is mapped to the contract (never leaves this module)."""
 
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None,
-                 retry_after: float | None = None, network: bool = False) -> None:
+                 retry_after: float | None = None, network: bool = False, state: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.status, self.code = message, status, code
+        self.message, self.status, self.code, self.state = message, status, code, state
         self.retry_after, self.network = retry_after, network
 
     @property
@@ -149,11 +151,19 @@ class UnikraftProvider(Provider):
         self.snapshot_timeout_s = int(s.get("snapshot_timeout_s", 120))
         self.timeout_s = float(s.get("timeout_s", 30))
         self.name_prefix = str(s.get("name_prefix", "wp-"))
+        self.page_size = int(s.get("page_size", 100))
+        self._ssl_context: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         return f"<UnikraftProvider {self.base_url}>"
 
     # ---- transport -------------------------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext:
+        # Loading the CA bundle costs ~30 ms, more than a call to a nearby metro: do it once.
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 
@@ -169,7 +179,7 @@ class UnikraftProvider(Provider):
 
         async def run() -> Any:
             timeout = httpx.Timeout(self.timeout_s + max(wait_s, 0), connect=min(self.timeout_s, 10.0))
-            async with httpx.AsyncClient(timeout=timeout, trust_env=True, event_hooks={"response": [remember]}) as http:
+            async with httpx.AsyncClient(timeout=timeout, verify=self._ssl(), event_hooks={"response": [remember]}) as http:
                 config = ApiClientConfig(base_url=self.base_url, token=self._token or None, http=http,
                                          user_agent=USER_AGENT, timeout=timeout)
                 return await fn(InstancesApi(config))
@@ -192,7 +202,7 @@ class UnikraftProvider(Provider):
         if mine and mine[0].get("status") == "error":
             item = mine[0]
             raise ApiFailure(self._scrub(item.get("message") or envelope.get("message") or "the API refused"),
-                             code=item.get("error"))
+                             code=item.get("error"), state=item.get("state"))
         if envelope.get("status") == "error" and not mine:
             message = self._scrub(envelope.get("message") or "the API answered with an error")
             raise ApiFailure(message, code=12 if "timed out" in message.lower() else None)
@@ -258,7 +268,7 @@ class UnikraftProvider(Provider):
             async def page(count: int, start: str | None) -> list[dict[str, Any]]:
                 res = _envelope(await api.get_instances(count=count, from_=start, details=True, tags=tags))
                 return [i for i in (res.get("data") or {}).get("instances") or [] if i.get("status") != "error"]
-            return {"data": {"instances": await collect(paginate(page, lambda i: i.get("uuid")))}}
+            return {"data": {"instances": await collect(paginate(page, lambda i: i.get("uuid"), self.page_size))}}
 
         try:
             items = self._call(everything)["data"]["instances"]
@@ -286,6 +296,8 @@ class UnikraftProvider(Provider):
             item = self._item(self._call(lambda api: api.wait_instance_by_uuid(
                 ref, body={"state": state, "timeout_s": seconds}), wait_s=seconds), ref)
         except ApiFailure as failure:
+            if failure.code == 12 and failure.state:
+                failure.message = f"{failure.message}; it is {failure.state}"
             raise self._error(f"wait for {state}", ref, failure) from None
         if item.get("state") != state:
             raise ProviderTransient(f"unikraft wait for {state} {ref}: timed out after {seconds}s, "
@@ -379,7 +391,7 @@ class UnikraftProvider(Provider):
         (`snapshot_kind: template`). Returns `checkpoint:<uuid>` or `template:<uuid>`."""
         if self.snapshot_kind == "template":
             return self._template(ref)
-        cp_name = instance_name(self.name_prefix, name)
+        cp_name = instance_name(f"{self.name_prefix}snap-", name)  # prebuilds name both alike: keep them apart
         body = [{"from": name_or_uuid(ref), "name": cp_name, "timeout_s": self.snapshot_timeout_s,
                  "tags": [tag("warmpool.snapshot", name)]}]
         try:
