@@ -70,8 +70,27 @@ def test_create_running_carries_the_template_and_our_ids(stub, provider):
     assert obs.extra["private_fqdn"] == "wp-inst-1.internal" and obs.extra["fqdns"] == ["wp-inst-1.fra.unikraft.app"]
 
 
-def test_create_with_autostart_off_leaves_it_stopped(stub, provider):
+def test_create_stopped_boots_then_suspends_into_standby(stub, provider):
     obs = provider.create(spec(), start=False)
+    assert last_body(stub, "create")["autostart"] is True and stub.calls("suspend") == 1
+    assert (obs.state, obs.extra["provider_state"]) == ("stopped", "standby")
+    assert provider.logs(obs.ref).splitlines()[-2:] == ["ready", "suspended"]  # booted before it slept
+    assert provider.create(spec(), start=False).extra["provider_state"] == "standby"  # a retry changes nothing
+    assert stub.calls("suspend") == 1 and len(stub.instances()) == 1
+
+
+def test_a_create_cut_short_before_its_suspend_is_finished_by_the_retry(stub, provider):
+    stub.inject("suspend", status=503, message="busy")
+    with pytest.raises(ProviderTransient, match="busy"):
+        provider.create(spec(), start=False)
+    assert stub.instances()[0]["state"] == "running"
+    obs = provider.create(spec(), start=False)
+    assert obs.extra["provider_state"] == "standby" and len(stub.instances()) == 1
+
+
+def test_create_with_autostart_off_leaves_it_stopped(stub):
+    p = UnikraftProvider({"metro": stub.url, "token": TOKEN, **FAST, "standby_boot": "false"})
+    obs = p.create(spec(), start=False)
     body = last_body(stub, "create")
     assert body["autostart"] is False and "timeout_s" not in body
     assert obs.state == "stopped" and obs.extra["provider_state"] == "stopped"
@@ -81,7 +100,7 @@ def test_create_with_autostart_off_leaves_it_stopped(stub, provider):
 def test_flat_string_template_of_a_gitpod_environment_class(stub):
     p = UnikraftProvider({"metro": stub.url, "token": TOKEN, "default_memory_mb": "512", **FAST})
     template = {"image": "nginx:latest", "args": "-c 'echo hi'", "env": '{"A": "1"}', "memory": "1Gi",
-                "ports": "443:8080,8080", "scale_to_zero": "on", "autostart": "false"}
+                "ports": "443:8080,8080", "scale_to_zero": "on"}
     p.create(spec(template=template), start=False)
     body = last_body(stub, "create")
     assert body["args"] == ["-c", "echo hi"] and body["env"] == {"A": "1"} and body["memory_mb"] == 1024
@@ -138,8 +157,8 @@ def test_wait_for_state_that_never_comes_is_transient(stub, provider):
     ref = provider.create(spec(), start=False).ref
     with pytest.raises(ProviderTransient, match="timed out") as info:
         provider.wait_for_state(ref, "running", 1)
-    assert "stopped" in str(info.value)
-    assert provider.wait_for_state(ref, "stopped", 1).state == "stopped"
+    assert "it is standby" in str(info.value)  # the state it was left in
+    assert provider.wait_for_state(ref, "standby", 1).state == "stopped"
 
 
 def test_list_returns_everything_visible_and_filters_by_owner_tag(stub):

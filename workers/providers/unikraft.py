@@ -16,6 +16,8 @@ Runner settings (`runner.settings`):
   default_memory_mb  memory of instances whose pool template sets none (default 128); default_vcpus likewise
   stopped_tier       "standby" (default): `stop` suspends to standby, our stopped tier, woken in milliseconds;
                      "stopped": `stop` shuts the instance down
+  standby_boot       with the standby tier, `create(start=False)` boots the instance and suspends it (default
+                     true), so a backfill resumes a booted instance; false: autostart off, it waits in `stopped`
   drain_timeout_ms   connection drain on stop/suspend (default 1000; -1 = the platform's maximum)
   start_timeout_s    how long create/start wait for `running` (default 30); stop_timeout_s likewise (30)
   snapshot_kind      "checkpoint" (default) or "template": what `snapshot` makes
@@ -145,6 +147,7 @@ class UnikraftProvider(Provider):
         self.snapshot_kind = str(s.get("snapshot_kind", "checkpoint"))
         if self.snapshot_kind not in SNAPSHOT_KINDS:
             raise ValueError(f"unikraft: snapshot_kind must be one of {SNAPSHOT_KINDS}, got {self.snapshot_kind!r}")
+        self.standby_boot = str(s.get("standby_boot", True)).lower() not in ("false", "0", "no")
         self.drain_timeout_ms = int(s.get("drain_timeout_ms", 1000))
         self.start_timeout_s = int(s.get("start_timeout_s", 30))
         self.stop_timeout_s = int(s.get("stop_timeout_s", 30))
@@ -306,8 +309,17 @@ class UnikraftProvider(Provider):
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def create(self, spec: InstanceSpec, start: bool) -> Observed:
+        """With the standby tier, an instance created stopped is booted and then suspended, so the stopped
+        tier holds booted instances a start resumes in milliseconds (`standby_boot: false`: autostart off)."""
+        via_standby = not start and self.stopped_tier == "standby" and self.standby_boot
+        obs = self._create(spec, start=start, boot=start or via_standby)
+        if via_standby and obs.extra.get("provider_state") not in ("stopped", "standby"):
+            return self.stop(obs.ref)
+        return obs
+
+    def _create(self, spec: InstanceSpec, *, start: bool, boot: bool) -> Observed:
         name = instance_name(self.name_prefix, spec.instance_id)
-        body = create_body(spec, name=name, start=start, start_timeout_s=self.start_timeout_s,
+        body = create_body(spec, name=name, start=boot, start_timeout_s=self.start_timeout_s,
                            default_memory_mb=self.default_memory_mb, default_vcpus=self.default_vcpus,
                            snapshot_kind=self.snapshot_kind)
         try:
@@ -327,9 +339,9 @@ class UnikraftProvider(Provider):
             return self._observed(item)
         ref = str(item.get("uuid"))
         log.info("unikraft: created %s as %s (%s)", name, ref, item.get("state"))
-        if start and item.get("state") != "running":
+        if boot and item.get("state") != "running":
             return self.wait_for_state(ref, "running", self.start_timeout_s)
-        if "tags" not in item or (start and item.get("boot_time_us") is None):
+        if "tags" not in item or (boot and item.get("boot_time_us") is None):
             item = self._fetch(ref, "create") or item  # a short answer: read the whole instance
         return self._observed(item)
 
