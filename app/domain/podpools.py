@@ -3,9 +3,8 @@
 A pod pool is a `Pool` of kind `podpool` whose `name` is the pool id and `group_name` its group:
 - `size` -> `min_size` (the reserved base), `max_size` -> `max_size` (the ceiling; scalable = max > size).
 - `reuse` -> `reuse`. The idle recycle times the engine honours are folded into `idle_recycle_reserved` /
-  `idle_recycle_scaled` (seconds, -1 never): from `idle_recycle_time` when the pool is scalable (its 0,
-  "unset", is stored as -1), and from the `yr-idle-to-recycle` label when it is fixed-size (the label
-  applies to fixed pools, `idle_recycle_time` only to scalable ones).
+  `idle_recycle_scaled` (seconds, -1 never) by `effective_idle_recycle`: `idle_recycle_time` where set on a
+  scalable pool (its 0 means unset), else the `yr-idle-to-recycle` label ("unlimited" or absent = -1).
 - `template` holds what a pod is built from, parsed (the JSON-in-string fields as objects); `extra["podpool"]`
   keeps every field exactly as the client sent it, so a query echoes it back unchanged.
 - `extra["spec_changed_at"]` marks the last spec change: until a reconcile pass has run after it, the pool
@@ -172,12 +171,14 @@ def _check_resources(resources: dict[str, dict[str, str] | None] | None) -> dict
 
 def effective_idle_recycle(size: int, max_size: int, labels: dict[str, str] | None,
                            idle: dict[str, int] | None) -> tuple[int, int]:
-    """(reserved, scaled) seconds the engine honours, -1 never. A scalable pool uses idle_recycle_time
-    (0 = unset = -1); a fixed-size pool has no scaled pods and recycles idle base pods per the label."""
+    """(reserved, scaled) seconds the engine honours, -1 never. As openYuanrong labels its pods: a scalable
+    pool's idle_recycle_time wins where set (0 = unset), else the pool's `yr-idle-to-recycle` label applies;
+    a fixed-size pool has no scaled pods and recycles idle pods per the label only."""
+    label = label_idle_seconds(labels)
     if max_size > size:
         reserved, scaled = (idle or {}).get("reserved", 0), (idle or {}).get("scaled", 0)
-        return (reserved or -1), (scaled or -1)
-    return label_idle_seconds(labels), -1
+        return (reserved or label), (scaled or label)
+    return label, -1
 
 
 def validate(p: PodPoolInput) -> tuple[int, dict[str, Any]]:

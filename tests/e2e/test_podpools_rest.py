@@ -128,7 +128,8 @@ def test_every_field_round_trips_and_is_stored_for_the_engine(http: httpx.Client
 def test_defaults_and_fixed_size_pools(http: httpx.Client) -> None:
     ok(create(http, minimal("p-min"), minimal("p-fixed", size=3, labels={"yr-idle-to-recycle": 5}),
               minimal("p-never", size=2, max_size=2, labels={"yr-idle-to-recycle": "unlimited"},
-                      idle_recycle_time={"reserved": 30, "scaled": 0}, horizontal_pod_autoscaler_spec='{"minReplicas":2}')),
+                      idle_recycle_time={"reserved": 30, "scaled": 0}, horizontal_pod_autoscaler_spec='{"minReplicas":2}'),
+              minimal("p-mixed", size=1, max_size=3, labels={"yr-idle-to-recycle": "45"}, idle_recycle_time={"scaled": 7})),
        {"failed_pools": None})
     got = get_one(http, "p-min")
     assert got == {
@@ -146,6 +147,9 @@ def test_defaults_and_fixed_size_pools(http: httpx.Client) -> None:
     assert (row("p-fixed")["idle_recycle_reserved"], row("p-fixed")["idle_recycle_scaled"]) == (5, -1)
     assert (row("p-never")["idle_recycle_reserved"], row("p-never")["idle_recycle_scaled"]) == (-1, -1)
     assert get_one(http, "p-never")["horizontal_pod_autoscaler_spec"] == '{"minReplicas":2}'
+    # Scalable: idle_recycle_time where set, else the label (as openYuanrong labels its scaled-up pods).
+    assert (row("p-mixed")["idle_recycle_reserved"], row("p-mixed")["idle_recycle_scaled"]) == (45, 7)
+    assert get_one(http, "p-mixed")["idle_recycle_time"] == {"reserved": 0, "scaled": 7}
 
 
 def test_paging_counts_and_filters(http: httpx.Client) -> None:
