@@ -76,7 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.celery_app import celery_app
 
     argv = ["worker", "-Q", args.queues, "--pool", "threads", "--concurrency",
-            str(args.concurrency or s.engine.worker_concurrency), "--loglevel", s.log_level, "-E"]
+            str(args.concurrency or s.engine.worker_concurrency), "--loglevel", s.log_level]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     celery_app.worker_main(argv)

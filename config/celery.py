@@ -47,8 +47,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,  # every task is idempotent, so a redelivery after a crash is harmless
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_send_task_events": False,
         "task_default_queue": RECONCILE_QUEUE,
         "task_queues": [Queue(RECONCILE_QUEUE), Queue(PROVIDER_QUEUE)],
         "task_routes": TASK_ROUTES,

@@ -121,42 +121,65 @@ def _phase(pool: Pool, *, ready: int, alive: int) -> PoolPhase:
 
 
 def apply_event(event: Any, *, session: Session, now: datetime | None = None) -> bool:
-    """The event applier's unit of work for one InstanceEvent (app.events). Idempotent: a duplicate or
-    stale event changes nothing. Returns True if anything was written."""
+    """The event applier's unit of work for one InstanceEvent (app.events)."""
+    return apply_events([event], session=session, now=now) > 0
+
+
+def apply_events(batch: list[Any], *, session: Session, now: datetime | None = None) -> int:
+    """Apply a batch of InstanceEvents in one transaction. Idempotent: a duplicate or stale event
+    changes nothing. Each pool is locked once (in id order, so concurrent appliers cannot deadlock)
+    and its status recounted once, however many of its instances moved. Returns how many events
+    changed something."""
+    now = now or utcnow()
+    pool_ids = sorted({e.pool_id for e in batch})
+    locked = {p.id: p for p in session.exec(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update()).all()}
+    changed_pools: set[str] = set()
+    applied = 0
+    for event in batch:
+        pool = locked.get(event.pool_id)
+        if pool is not None and _apply_one(event, pool, session=session, now=now):
+            applied += 1
+            changed_pools.add(pool.id)
+    for pool_id, pool in locked.items():
+        if recount(pool, session=session) or pool_id in changed_pools:
+            effects.defer(session, "notify", channel=f"warmpool:pool:{pool.id}", message=pool.phase)
+    return applied
+
+
+# Observed states after which the planner may have something new to do.
+_REPLAN = frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.DELETED})
+
+
+def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bool:
     from app import events as ev
 
-    now = now or utcnow()
-    pool = session.exec(select(Pool).where(Pool.id == event.pool_id).with_for_update()).first()
-    if pool is None:
-        return False
-    changed = False
     if event.kind == ev.KIND_STATE:
         inst = observe(event.instance_id, event.state, seq=event.seq, session=session, now=now, ref=event.ref,
                        address=event.address, boot_ms=event.boot_ms, message=event.message)
-        if inst is not None:
-            changed = True
-            if inst.state in (S.RUNNING, S.STOPPED):
-                note_success(pool)
-            if inst.state == S.RUNNING:
-                _learn_refill(pool, inst, now)
-                if inst.lease_id is None and not inst.draining and inst.desired_state == DesiredState.RUNNING:
-                    _serve_reservations(inst.id, session=session)
-            if inst.state == S.FAILED:
-                pool.failure_message = (event.message or "instance failed")[:2000]
-                bump_status(pool)
+        if inst is None:
+            return False
+        if inst.state in (S.RUNNING, S.STOPPED):
+            note_success(pool)
+        if inst.state == S.RUNNING:
+            _learn_refill(pool, inst, now)
+            if inst.lease_id is None and not inst.draining and inst.desired_state == DesiredState.RUNNING:
+                _serve_reservations(inst.id, session=session)
+        if inst.state == S.FAILED:
+            pool.failure_message = (event.message or "instance failed")[:2000]
+            bump_status(pool)
+        if inst.state in _REPLAN:
             request_reconcile(pool, session=session)
-    elif event.kind == ev.KIND_FAILURE:
+        return True
+    if event.kind == ev.KIND_FAILURE:
         note_failure(pool, event.message or "provider call failed", now=now)
-        changed = True
-    elif event.kind == ev.KIND_SUCCESS:
+        return True
+    if event.kind == ev.KIND_SUCCESS:
         note_success(pool)
-        changed = True
-    elif event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED, ev.KIND_POOL):
-        changed = True
-    changed = recount(pool, session=session) or changed
-    if changed:
-        effects.defer(session, "notify", channel=f"warmpool:pool:{pool.id}", message=pool.phase)
-    return changed
+        return True
+    if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
+        request_reconcile(pool, session=session)  # backfill what was taken, recycle what came back
+        return True
+    return event.kind == ev.KIND_POOL
 
 
 def _learn_refill(pool: Pool, inst: Instance, now: datetime) -> None:

@@ -95,7 +95,7 @@ def test_poison_entries_are_dead_lettered_after_n_deliveries(pool_with_instance,
     def boom(*a, **k):
         raise RuntimeError("database says no")
 
-    monkeypatch.setattr(instances, "apply_event", boom)
+    monkeypatch.setattr(instances, "apply_events", boom)
     applier = Applier(client=redis_client, consumer="a")
     send(redis_client, pool_id, inst_id, "provisioning", 10)
     assert applier.poll(block_ms=10) == 0
