@@ -6,12 +6,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    """Built in code (not from alembic.ini) so an installed wheel migrates as well as a checkout."""
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).resolve().parent))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

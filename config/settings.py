@@ -90,10 +90,10 @@ class Settings(BaseSettings):
                        "ever deletes resources carrying it. Give each deployment sharing a cloud its own.")
     metrics_public: bool = Field(False, description="Serve /metrics without a token (for a scraper inside a private network).")
 
-    gitpod: GitpodSettings = GitpodSettings()
-    pools: PoolDefaults = PoolDefaults()
-    engine: EngineSettings = EngineSettings()
-    flower: FlowerSettings = FlowerSettings()
+    gitpod: GitpodSettings = Field(default_factory=GitpodSettings, description="The Gitpod/Ona façade (WARMPOOL_GITPOD__*).")
+    pools: PoolDefaults = Field(default_factory=PoolDefaults, description="Defaults of new pools (WARMPOOL_POOLS__*).")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Reconciler, applier, sweeps (WARMPOOL_ENGINE__*).")
+    flower: FlowerSettings = Field(default_factory=FlowerSettings, description="Flower dashboard (WARMPOOL_FLOWER__*).")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
