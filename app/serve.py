@@ -1,6 +1,7 @@
 """Serving the API process: uvicorn for HTTP; the gRPC server runs beside it in the same process."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvicorn
@@ -18,9 +19,22 @@ def serve_api(settings: Settings, *, host: str, port: int) -> None:
     grpc_server = GrpcServer(host, settings.grpc_port)
     grpc_server.start()
     log.info("warmpool api: HTTP on http://%s:%d (Connect under /api, docs at /docs)", host, port)
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=5)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                    timeout_graceful_shutdown=5)
+        _Server(config, grpc_server).run()
     finally:
-        # uvicorn returns after SIGINT/SIGTERM once HTTP has drained; then gRPC drains the same way.
-        grpc_server.stop()
+        grpc_server.stop()  # a no-op when the shutdown below already stopped it
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with the gRPC server drained in the same graceful shutdown (after SIGTERM/SIGINT
+    uvicorn re-raises the signal once it has shut down, so code after `run()` would never run)."""
+
+    def __init__(self, config: uvicorn.Config, grpc_server) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self.grpc_server = grpc_server
+
+    async def shutdown(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        await super().shutdown(sockets)
+        await asyncio.to_thread(self.grpc_server.stop)

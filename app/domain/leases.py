@@ -43,8 +43,19 @@ from app.domain.pools import find_pool
 from app.domain.states import IN_FLIGHT, DesiredState, EmptyPoolPolicy, InstanceState as S, LeaseState
 from app.models import Instance, Lease, Pool, Runner, new_id, utcnow
 
-READY = sa.and_(Instance.state == str(S.RUNNING), Instance.lease_id.is_(None), Instance.draining == sa.false())
+
+
+def inline(value: str) -> sa.ColumnElement:
+    """A constant rendered into the SQL instead of bound: a partial index's predicate (state = 'running')
+    only matches a literal, and psycopg's prepared statements get generic plans after five runs, which
+    would otherwise sort the whole pool instead of probing the index."""
+    return sa.literal_column("'" + value.replace("'", "''") + "'")
+
+
+READY = sa.and_(Instance.state == inline(S.RUNNING), Instance.lease_id.is_(None), Instance.draining == sa.false())
 """The predicate of the partial index ix_instances_ready, written so the planner can match it."""
+ACTIVE = Lease.state == inline(LeaseState.ACTIVE)
+"""The predicate of the partial index ix_leases_active_expiry."""
 
 
 @dataclass(frozen=True)
@@ -111,36 +122,41 @@ def lease(
 ) -> LeaseView | Queued:
     """Lease a ready instance of the pool, or queue (or reject, or create cold) by the rules above.
 
-    A reservation id that was already served returns the same lease while it is active; one whose
-    lease has ended starts over (a fresh claim, else the back of the queue)."""
+    A reservation id is recorded even when an instance is free at once, so every Lease call naming it
+    returns the same lease while it is active (a retry after a lost response gets no second
+    instance); once that lease has ended the id starts over (a fresh claim, else the back of the queue)."""
     now = now or utcnow()
-    existing = None
-    if reservation_id is not None:
-        existing = reservations.find(org_id, reservation_id, session=session)
-    if existing is not None:
-        pool = reservations.pool_for(existing, pool_name, session=session)
-        served = reservations.served_lease(existing, session=session, now=now)
+    res, fresh = None, False
+    if reservation_id is not None and not pool_name:
+        res = reservations.find(org_id, reservation_id, session=session)
+    if res is None:
+        pool = resolve_pool(org_id, pool_name, session=session)
+        if reservation_id is not None:
+            res, fresh = reservations.take(org_id, reservation_id, pool, service_tag=service_tag,
+                                           wished_expiry=wished_expiry, session=session, now=now)
+    if res is not None and not fresh:
+        pool = reservations.pool_for(res, pool_name, session=session)
+        served = reservations.served_lease(res, session=session, now=now)
         if served is not None:
             return served
-    else:
-        pool = resolve_pool(org_id, pool_name, session=session)
     granted = claim(pool, service_tag=service_tag, expires_at=grant_expiry(pool, wished_expiry, now),
                     reservation_id=reservation_id, session=session, now=now)
     if granted is not None:
-        if existing is not None:
-            reservations.mark_fulfilled(existing, granted, session=session)
+        if res is not None:
+            reservations.mark_fulfilled(res, granted, session=session, wake=not fresh)
         return granted
-    if reservation_id is not None:
-        return reservations.enqueue(pool, reservation_id, existing, service_tag=service_tag,
-                                    wished_expiry=wished_expiry, session=session, now=now)
+    if res is not None:
+        return reservations.requeue(res, pool, service_tag=service_tag, wished_expiry=wished_expiry,
+                                    session=session, now=now)
     policy = pool.empty_policy
     if policy == EmptyPoolPolicy.REJECT:
         raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and its empty-pool policy is 'reject'; "
                                 "retry later, or send a reservation_id to queue")
     if policy == EmptyPoolPolicy.COLD:
         return lease_cold(pool, service_tag=service_tag, wished_expiry=wished_expiry, session=session, now=now)
-    return reservations.enqueue(pool, None, None, service_tag=service_tag, wished_expiry=wished_expiry,
-                                session=session, now=now)
+    res, _ = reservations.take(org_id, None, pool, service_tag=service_tag, wished_expiry=wished_expiry,
+                               session=session, now=now)
+    return reservations.queued(res, pool)
 
 
 def claim(
@@ -322,7 +338,7 @@ def expire_due(now: datetime, limit: int, *, session: Session) -> int:
     """The beat sweep: end at most `limit` leases past their expiry (instance destroyed or recycled) and
     expire at most `limit` waiting reservations past theirs. Returns how many rows it ended."""
     rows = session.exec(
-        select(Lease).where(Lease.state == str(LeaseState.ACTIVE), Lease.expires_at <= now)
+        select(Lease).where(ACTIVE, Lease.expires_at <= now)
         .order_by(Lease.expires_at).limit(limit).with_for_update(skip_locked=True)
     ).all()
     pools: dict[str, Pool | None] = {}

@@ -7,7 +7,8 @@
   transaction: the oldest waiting, unexpired reservation of the pool gets a lease on it, and a
   wake-up is published after commit on `app.events.reservation_channel(<reservation row id>)`, so a
   Lease call waiting on it answers at once (push, not poll).
-- A Lease call naming a fulfilled reservation gets the same lease back while it is active. An
+- A reservation id is recorded even when a free instance serves it at once, so a Lease call naming a
+  fulfilled reservation gets the same lease back while it is active (retries are idempotent). An
   expired or cancelled reservation named again goes back in the queue, at the back; so does a
   fulfilled one whose lease has ended.
 """
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from app import events as ev
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from app.domain.leases import LeaseView, Queued
 
 AUTOMATIC_PREFIX = "auto-"
+WAITING = Reservation.state == sa.literal_column(f"'{R.WAITING}'")
+"""The predicate of the partial index ix_reservations_waiting (inlined: see leases.inline)."""
 
 
 def find(org_id: str, client_id: str, *, session: Session) -> Reservation | None:
@@ -61,47 +64,58 @@ def served_lease(res: Reservation, *, session: Session, now: datetime) -> LeaseV
     return leases.view(row, session=session)
 
 
-def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session) -> None:
+def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, wake: bool = True) -> None:
+    """Record the lease a reservation got; `wake` publishes it to Lease calls waiting on it (after commit)."""
     res.state, res.lease_id, res.instance_id = str(R.FULFILLED), granted.lease_id, granted.instance_id
     session.add(res)
-    effects.defer(session, "notify", channel=ev.reservation_channel(res.id), message=granted.instance_id)
+    if wake:
+        effects.defer(session, "notify", channel=ev.reservation_channel(res.id), message=granted.instance_id)
 
 
-def enqueue(
-    pool: Pool, client_id: str | None, existing: Reservation | None, *, service_tag: str,
-    wished_expiry: datetime | None, session: Session, now: datetime,
+def take(
+    org_id: str, client_id: str | None, pool: Pool, *, service_tag: str, wished_expiry: datetime | None,
+    session: Session, now: datetime,
+) -> tuple[Reservation, bool]:
+    """The organization's reservation `client_id`, queued on `pool` if it is new; (row, True) when this
+    call created it. `client_id=None` makes an automatic one (the `reserve` empty-pool policy). A
+    concurrent call with the same new id waits for the first one's commit and then sees its row."""
+    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
+    values = dict(
+        id=new_id(), organization_id=org_id, client_id=client_id or f"{AUTOMATIC_PREFIX}{uuid.uuid4()}",
+        pool_id=pool.id, service_tag=service_tag, state=str(R.WAITING), requested_expires_at=wished_expiry,
+        created_at=now, expires_at=now + _ttl(pool),
+    )
+    created = session.scalars(
+        insert(Reservation).values(**values)
+        .on_conflict_do_nothing(index_elements=["organization_id", "client_id"]).returning(Reservation)
+    ).first()
+    if created is not None:
+        return created, True
+    existing = find(org_id, values["client_id"], session=session)
+    if existing is None:  # deleted between the two statements: cannot happen while rows are never deleted
+        raise Unavailable(f"reservation {values['client_id']!r} changed concurrently; retry")
+    return existing, False
+
+
+def _ttl(pool: Pool) -> timedelta:
+    return timedelta(seconds=max(pool.reservation_ttl_seconds, 1))
+
+
+def requeue(
+    res: Reservation, pool: Pool, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
 ) -> Queued:
-    """Queue a reservation (or defer the expiry of the waiting one). `client_id=None`: an automatic
-    one for a call without a reservation id (the `reserve` empty-pool policy)."""
-    ttl = timedelta(seconds=max(pool.reservation_ttl_seconds, 1))
-    if existing is None:
-        res = Reservation(
-            id=new_id(), organization_id=pool.organization_id,
-            client_id=client_id or f"{AUTOMATIC_PREFIX}{uuid.uuid4()}", pool_id=pool.id, service_tag=service_tag,
-            state=str(R.WAITING), requested_expires_at=wished_expiry, created_at=now, expires_at=now + ttl,
-        )
-        try:
-            with session.begin_nested():
-                session.add(res)
-                session.flush()
-            return _queued(res, pool)
-        except IntegrityError:
-            # A concurrent call with the same id queued it first: wait in its place.
-            existing = find(pool.organization_id, res.client_id, session=session)
-            if existing is None:
-                raise
-    res = existing
+    """A Lease call named `res` and found no free instance: defer its expiry (keeping its place), or put
+    it back in the queue, at the back, if it had expired, been cancelled or been spent."""
     if res.state != R.WAITING or res.expires_at <= now:
-        # Expired, cancelled or spent: back of the line.
         res.state, res.created_at, res.pool_id = str(R.WAITING), now, pool.id
         res.lease_id = res.instance_id = None
-    res.expires_at = now + ttl
+    res.expires_at = now + _ttl(pool)
     res.service_tag, res.requested_expires_at = service_tag, wished_expiry
     session.add(res)
-    return _queued(res, pool)
+    return queued(res, pool)
 
 
-def _queued(res: Reservation, pool: Pool) -> Queued:
+def queued(res: Reservation, pool: Pool) -> Queued:
     return leases.Queued(reservation_id=res.id, client_id=res.client_id, pool_name=pool.name,
                          expires_at=res.expires_at, automatic=res.client_id.startswith(AUTOMATIC_PREFIX))
 
@@ -150,7 +164,7 @@ def assign_ready_instance(instance_id: str, *, session: Session, now: datetime |
         return None
     res = session.exec(
         select(Reservation)
-        .where(Reservation.pool_id == inst.pool_id, Reservation.state == str(R.WAITING), Reservation.expires_at > now)
+        .where(Reservation.pool_id == inst.pool_id, WAITING, Reservation.expires_at > now)
         .order_by(Reservation.created_at, Reservation.id).limit(1).with_for_update(skip_locked=True)
     ).first()
     if res is None:
@@ -167,7 +181,7 @@ def assign_ready_instance(instance_id: str, *, session: Session, now: datetime |
 def expire_due(now: datetime, limit: int, *, session: Session) -> int:
     """Bounded: mark at most `limit` waiting reservations past their expiry as expired."""
     due = (sa.select(Reservation.id)
-           .where(Reservation.state == str(R.WAITING), Reservation.expires_at <= now)
+           .where(WAITING, Reservation.expires_at <= now)
            .order_by(Reservation.expires_at).limit(limit).with_for_update(skip_locked=True))
     ids = list(session.execute(due).scalars())
     if not ids:
@@ -181,6 +195,6 @@ def expire_due(now: datetime, limit: int, *, session: Session) -> int:
 def list_waiting(pool_id: str, *, session: Session) -> list[Reservation]:
     """The pool's queue, in the order it is served."""
     return list(session.exec(
-        select(Reservation).where(Reservation.pool_id == pool_id, Reservation.state == str(R.WAITING))
+        select(Reservation).where(Reservation.pool_id == pool_id, WAITING)
         .order_by(Reservation.created_at, Reservation.id)
     ).all())

@@ -31,7 +31,7 @@ def wide_engine(org, monkeypatch):
     reset_engine()
 
 
-def run_clients(org_id: str, pool_name: str) -> list[object]:
+def run_clients(org_id: str, pool_name: str, reservation_ids: list[str | None] | None = None) -> list[object]:
     barrier = threading.Barrier(CLIENTS)
     results: list[object] = [None] * CLIENTS
 
@@ -39,7 +39,8 @@ def run_clients(org_id: str, pool_name: str) -> list[object]:
         barrier.wait()
         try:
             with session_scope() as s:
-                results[i] = leases.lease(org_id, pool_name, service_tag=f"c{i}", session=s)
+                rid = reservation_ids[i] if reservation_ids else None
+                results[i] = leases.lease(org_id, pool_name, service_tag=f"c{i}", reservation_id=rid, session=s)
         except Exception as exc:  # noqa: BLE001 - the answer is what we check
             results[i] = exc
 
@@ -56,15 +57,16 @@ def test_64_clients_get_exactly_n_leases_and_no_instance_twice(wide_engine):
     get_engine()  # warm the pool outside the timed race
     for rnd in range(ROUNDS):
         n = (rnd * 7) % 50 + 1  # 1..50 ready instances, always fewer than the clients
-        policy = "reject" if rnd % 2 == 0 else "reserve"
-        pool = make_pool(org.org_id, f"race-{rnd}", empty_policy=policy)
+        # reject: RESOURCE_EXHAUSTED; reserve: automatic reservations; ids: each client's own reservation.
+        policy = ("reject", "reserve", "ids")[rnd % 3]
+        pool = make_pool(org.org_id, f"race-{rnd}", empty_policy="reject" if policy == "reject" else "reserve")
         ready = set(add_ready(pool, n))
-        results = run_clients(org.org_id, pool.name)
+        ids = [f"r{rnd}-{i}" for i in range(CLIENTS)] if policy == "ids" else None
+        results = run_clients(org.org_id, pool.name, ids)
 
         granted = [r for r in results if isinstance(r, leases.LeaseView)]
         others = Counter(type(r).__name__ for r in results if not isinstance(r, leases.LeaseView))
         assert len(granted) == n, (rnd, others)
-        assert len({g.instance_id for g in granted}) == n
         assert {g.instance_id for g in granted} == ready
         if policy == "reject":
             assert others == {"ResourceExhausted": CLIENTS - n}, rnd
@@ -76,6 +78,19 @@ def test_64_clients_get_exactly_n_leases_and_no_instance_twice(wide_engine):
             assert len(rows) == n and len({r.instance_id for r in rows}) == n
             held = dict(s.execute(sa.select(Instance.id, Instance.lease_id).where(Instance.pool_id == pool.id)).all())
             assert {held[r.instance_id] for r in rows} == {r.id for r in rows}
-            waiting = s.execute(sa.select(sa.func.count()).select_from(Reservation)
-                                .where(Reservation.pool_id == pool.id, Reservation.state == "waiting")).scalar_one()
-            assert waiting == (0 if policy == "reject" else CLIENTS - n)
+            states = Counter(s.execute(sa.select(Reservation.state).where(Reservation.pool_id == pool.id)).scalars())
+            expected = {"reject": {}, "reserve": {"waiting": CLIENTS - n},
+                        "ids": {"waiting": CLIENTS - n, "fulfilled": n}}[policy]
+            assert states == expected, rnd
+
+
+def test_concurrent_calls_with_one_reservation_id_get_one_lease(wide_engine):
+    org = wide_engine
+    pool = make_pool(org.org_id, "same-id")
+    add_ready(pool, 20)
+    for rnd in range(3):
+        results = run_clients(org.org_id, pool.name, [f"shared-{rnd}"] * CLIENTS)
+        assert all(isinstance(r, leases.LeaseView) for r in results), Counter(type(r).__name__ for r in results)
+        assert len({r.lease_id for r in results}) == 1
+    with session_scope() as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Lease)).scalar_one() == 3

@@ -190,12 +190,15 @@ def test_a_lapsed_reservation_is_skipped_even_before_the_sweep(org, pushed):
     assert reservation(org.org_id, "old").state == "waiting"
 
 
-def test_a_free_instance_ignores_the_reservation_and_a_served_one_is_returned_again(org, pushed):
+def test_a_free_instance_serves_the_reservation_at_once_and_a_served_one_is_returned_again(org, pushed):
     pool = make_pool(org.org_id)
     [iid] = add_ready(pool)
     got = lease(org.org_id, reservation_id="lucky")
     assert isinstance(got, leases.LeaseView) and got.instance_id == iid
-    assert reservation(org.org_id, "lucky") is None  # ignored: nothing was queued
+    assert reservation(org.org_id, "lucky").state == "fulfilled"  # recorded, so a retry gets the same one
+    [spare] = add_ready(pool)  # free, yet a retry with the same id gets the same lease, not this one
+    assert lease(org.org_id, reservation_id="lucky").lease_id == got.lease_id
+    assert lease(org.org_id).instance_id == spare
     queued = lease(org.org_id, reservation_id="later")
     iid2, _ = becomes_ready(pool)
     assert lease(org.org_id, reservation_id="later").instance_id == iid2
