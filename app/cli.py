@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--embedded-redis", choices=["auto", "server", "fakeredis"], default="auto",
                     help="without WARMPOOL_REDIS_URL: a private redis-server if installed (auto), or fakeredis in-process")
     sp.set_defaults(fn=cmd_dev)
+
+    from app.cli_leases import add_commands as add_lease_commands
+
+    add_lease_commands(sub)  # lease, leases, return
     return p
 
 

@@ -1,0 +1,155 @@
+"""The lease commands of `warmpool`: lease, leases, return. They call the lease domain directly for an
+organization (--org, like `runner create`), print readable tables, and hand the deferred work
+(backfill, instance deletion, events) to Celery after commit like the API does."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from app.models import utcnow
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(\d+)([dhms])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30m', '1h30m', '90s', '2d' or plain seconds ('600') -> timedelta; ValueError otherwise."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return timedelta(seconds=int(text))
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h30m, 90s or seconds)")
+    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
+def human_until(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "-"
+    secs = int((when - now).total_seconds())
+    stamp = when.strftime("%Y-%m-%d %H:%M:%SZ")
+    if secs <= 0:
+        return f"{stamp} (past)"
+    h, rest = divmod(secs, 3600)
+    m, s = divmod(rest, 60)
+    left = f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+    return f"{stamp} (in {left})"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (headers, *rows)]
+    return "\n".join(lines)
+
+
+def _lease_rows(views: Sequence, now: datetime) -> list[list[str]]:
+    return [[v.instance_id, v.pool_name, v.state, v.service_tag or "-", human_until(v.expires_at, now), v.zone or "-"]
+            for v in views]
+
+
+LEASE_HEADERS = ("INSTANCE", "POOL", "STATE", "TAG", "EXPIRES", "ZONE")
+
+
+def _organization(name: str) -> str:
+    from app.db import session_scope
+    from app.domain import tenancy
+
+    with session_scope() as session:
+        return tenancy.ensure_organization(name, session=session).id
+
+
+def _dispatch_after_commit() -> None:
+    from app.domain import effects
+    from workers.celery_app import dispatch_effect
+
+    effects.set_dispatcher(dispatch_effect)
+
+
+def cmd_lease(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.domain import leases, reservations
+
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        print(f"error: --for: {exc}", file=sys.stderr)
+        return 2
+    _dispatch_after_commit()
+    org_id = _organization(args.org)
+    now = utcnow()
+    with session_scope() as session:
+        got = leases.lease(org_id, args.pool or "", service_tag=args.tag, wished_expiry=now + duration,
+                           reservation_id=args.reservation, session=session, now=now)
+        if isinstance(got, leases.Queued) and got.automatic:
+            # Nobody would wait on it: do not leave it in the queue.
+            reservations.cancel(org_id, got.reservation_id, session=session)
+    if isinstance(got, leases.Queued):
+        if got.automatic:
+            print(f"pool {got.pool_name!r} has no ready instance; try again, or pass --reservation ID to queue",
+                  file=sys.stderr)
+        else:
+            print(f"pool {got.pool_name!r} has no ready instance: reservation {got.client_id!r} is queued until "
+                  f"{got.expires_at:%H:%M:%SZ}; run the same command again to pick up its instance", file=sys.stderr)
+        return 3
+    print(table(LEASE_HEADERS, _lease_rows([got], utcnow())))
+    return 0
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.domain import leases
+
+    org_id = _organization(args.org)
+    with session_scope() as session:
+        rows = leases.list_leases(org_id, session=session, include_ended=args.all, pool_name=args.pool or "",
+                                  limit=args.limit)
+    if not rows:
+        print("no active leases" if not args.all else "no leases")
+        return 0
+    print(table(LEASE_HEADERS, _lease_rows(rows, utcnow())))
+    return 0
+
+
+def cmd_return(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.domain import leases
+    from app.models import Pool
+
+    _dispatch_after_commit()
+    org_id = _organization(args.org)
+    with session_scope() as session:
+        ended = leases.return_lease(org_id, args.instance, service_tag=args.tag, session=session)
+        reuse = bool(getattr(session.get(Pool, ended.pool_id), "reuse", False))
+    fate = "it goes back to the pool" if reuse else "it is destroyed and the pool backfills"
+    print(f"returned the lease of instance {ended.instance_id} (pool {ended.pool_name}); {fate}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    org_default = os.environ.get("WARMPOOL_ORG", "dev")
+
+    sp = sub.add_parser("lease", help="lease a ready instance from a pool and print it")
+    sp.add_argument("--pool", default="", help="pool name (default: the pool with the most ready instances)")
+    sp.add_argument("--for", dest="duration", default="30m", help="lease duration, e.g. 30m, 2h, 90s (default 30m; "
+                    "clamped to the pool's maximum)")
+    sp.add_argument("--tag", default="", help="service tag; returning or extending needs the same one")
+    sp.add_argument("--reservation", help="reservation id: queue FIFO when the pool is empty; run again to pick it up")
+    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.set_defaults(fn=cmd_lease)
+
+    sp = sub.add_parser("leases", help="list leases as a table (active ones unless --all)")
+    sp.add_argument("--all", action="store_true", help="include returned and expired leases")
+    sp.add_argument("--pool", default="", help="only this pool")
+    sp.add_argument("--limit", type=int, default=100, help="at most this many rows, newest first (default 100)")
+    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.set_defaults(fn=cmd_leases)
+
+    sp = sub.add_parser("return", help="return a lease by its instance id (the instance is destroyed)")
+    sp.add_argument("instance", metavar="ID", help="instance id, as `warmpool lease` printed it")
+    sp.add_argument("--tag", default="", help="the service tag the lease was taken with")
+    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.set_defaults(fn=cmd_return)
