@@ -22,6 +22,7 @@ TASK_ROUTES = {
     "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
     "warmpool.collect_orphans": {"queue": PROVIDER_QUEUE},
+    "warmpool.delete_snapshot": {"queue": PROVIDER_QUEUE},
 }
 
 # Effects deferred by the domain (app.domain.effects) -> the Celery task that carries them out.
@@ -32,6 +33,7 @@ EFFECT_TASKS = {
     "stop_instance": "warmpool.stop_instance",
     "delete_instance": "warmpool.delete_instance",
     "run_prebuild": "warmpool.run_prebuild",
+    "delete_snapshot": "warmpool.delete_snapshot",
 }
 
 

@@ -19,3 +19,11 @@ def run_prebuild(self, prebuild_id: str) -> str:
 def rotate_snapshots() -> int:
     with session_scope() as session:
         return prebuilds.rotate_all(1000, session=session)
+
+
+@celery_app.task(name="warmpool.delete_snapshot", bind=True, acks_late=True)
+def delete_snapshot(self, runner_id: str, snapshot_id: str) -> str:
+    try:
+        return prebuild.delete_snapshot(runner_id, snapshot_id, self.request.retries)
+    except operations.Failed as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=None) from exc

@@ -57,6 +57,8 @@ class InlineEngine:
             except operations.Failed as exc:
                 self.failures.append((name, payload, exc.countdown))
                 return None
+        if name == "delete_snapshot":
+            return prebuild.delete_snapshot(payload["runner_id"], payload["snapshot_id"])
         if name == "publish_event":
             return events.publish(events.InstanceEvent(**payload), client=self.client)
         if name == "notify":

@@ -87,3 +87,24 @@ def _quiet_delete(provider, ref: str) -> None:  # type: ignore[no-untyped-def]
         provider.delete(ref)
     except (ProviderTransient, ProviderPermanent):
         log.warning("could not delete prebuild resource %s; orphan collection will", ref)
+
+
+def delete_snapshot(runner_id: str, snapshot_id: str, retries: int = 0) -> str:
+    """Delete a snapshot no pool keeps any more (neither current nor rollback), if still unused."""
+    from app.domain.pools import snapshot_in_use
+
+    with session_scope() as s:
+        runner = s.get(Runner, runner_id)
+        if runner is None or snapshot_in_use(snapshot_id, session=s):
+            return "kept"
+    provider = provider_for(runner.provider, runner.settings, key=runner.id)
+    try:
+        provider.delete_snapshot(snapshot_id)
+    except ProviderTransient as exc:
+        if retries >= get_settings().engine.provider_retries:
+            return "left"
+        raise Failed(backoff(retries, exc.retry_after)) from exc
+    except ProviderPermanent as exc:
+        log.warning("snapshot %s could not be deleted: %s", snapshot_id, exc)
+        return "refused"
+    return "deleted"

@@ -203,11 +203,27 @@ def set_snapshot(pool: Pool, snapshot_id: str, *, session: Session) -> bool:
     """Point the pool at a new snapshot (keeping the previous one for rollback); True if it changed."""
     if pool.snapshot_id == snapshot_id or pool.deleted_at is not None:
         return False
+    retired = pool.previous_snapshot_id
     pool.previous_snapshot_id = pool.snapshot_id
     pool.snapshot_id = snapshot_id
     bump_spec(pool)
     request_reconcile(pool, session=session)
+    session.flush()
+    if retired and retired not in (snapshot_id, pool.previous_snapshot_id) and pool.runner_id and not snapshot_in_use(retired, session=session):
+        effects.defer(session, "delete_snapshot", runner_id=pool.runner_id, snapshot_id=retired)
     return True
+
+
+def snapshot_in_use(snapshot_id: str, *, session: Session) -> bool:
+    """Whether any live pool (current or rollback snapshot) or live instance still needs the snapshot."""
+    from app.models import Instance
+
+    by_pool = session.exec(select(Pool.id).where(
+        Pool.deleted_at.is_(None),
+        (Pool.snapshot_id == snapshot_id) | (Pool.previous_snapshot_id == snapshot_id)).limit(1)).first()
+    by_instance = session.exec(select(Instance.id).where(
+        Instance.snapshot_id == snapshot_id, Instance.state != "deleted").limit(1)).first()
+    return bool(by_pool or by_instance)
 
 
 def pools_of_pair(project_id: str, environment_class_id: str, *, session: Session) -> list[Pool]:

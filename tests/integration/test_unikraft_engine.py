@@ -151,3 +151,27 @@ def test_failed_deletes_are_retried_and_leave_no_orphan(engine, stub):
     settle_with_retries(engine)
     assert pool_row(pool_id).phase == "deleted"
     assert stub.instances() == []
+
+
+def test_prebuilds_become_checkpoints_pools_branch_from_them_and_old_ones_are_retired(engine, stub):
+    from app.domain import prebuilds
+
+    pool_id = make_pool(stub, 1)
+    engine.settle()
+    p = pool_row(pool_id)
+    snaps = []
+    for _ in range(3):
+        with session_scope() as s:
+            prebuilds.create_prebuild(p.organization_id, p.project_id, p.environment_class_id, session=s)
+        engine.settle()
+        snaps.append(pool_row(pool_id).snapshot_id)
+        assert len(stub.instances("running")) == 1  # rotated: one instance, on the new checkpoint
+    assert all(sn and sn.startswith("checkpoint:") for sn in snaps) and len(set(snaps)) == 3
+    p = pool_row(pool_id)
+    assert (p.snapshot_id, p.previous_snapshot_id) == (snaps[2], snaps[1])  # the previous one kept for rollback
+    kept = {c["uuid"] for c in stub.instances("checkpoint")}
+    assert kept == {snaps[2].split(":")[1], snaps[1].split(":")[1]}  # the first one was retired
+    with session_scope() as s:
+        (inst,) = s.execute(sa.select(Instance).where(Instance.pool_id == pool_id, Instance.state == "running")).scalars().all()
+    assert inst.snapshot_id == snaps[2]
+    assert [r for r in stub.requests if r["op"] == "create"][-1]["body"]["checkpoint"] == {"uuid": snaps[2].split(":")[1]}
