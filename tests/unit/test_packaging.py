@@ -53,3 +53,22 @@ def test_every_setting_is_documented():
                 walk(ann)
 
     walk(Settings)
+
+
+def test_env_example_lists_every_setting():
+    from pydantic import BaseModel
+
+    names = set()
+
+    def walk(model, prefix):
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+            else:
+                names.add(f"{prefix}{name.upper()}")
+
+    walk(Settings, "WARMPOOL_")
+    listed = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert names == listed, f"missing: {names - listed}, stale: {listed - names}"
