@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +23,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
+from sqlmodel import Session
 
 from app import auth
 from app.api.connect_common import to_connect_error
-from app.db import session_scope
-from app.domain import leases, reservations
+from app.db import get_engine
+from app.domain import effects, leases, reservations
 from app.domain.errors import DomainError, InvalidArgument, Unavailable
 from app.events import reservation_channel
 from config.settings import get_settings
@@ -85,9 +87,95 @@ def wait_budget(remaining: float | None) -> float:
 
 
 def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    """session_scope's unit of work, except that the effects committed here go to AFTER_COMMIT instead of
+    being dispatched on this thread: a Lease answers without waiting for the broker."""
     org_id = auth.organization_for(auth.bearer_from_header(authorization))
-    with session_scope() as session:
-        return fn(org_id, *args, session=session, **kwargs)
+    session = Session(get_engine(), expire_on_commit=False)
+    try:
+        result = fn(org_id, *args, session=session, **kwargs)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        effects.take(session)
+        raise
+    finally:
+        session.close()
+    AFTER_COMMIT.submit(effects.take(session))
+    return result
+
+
+class AfterCommit:
+    """Hands committed effects to the process's dispatcher (app.domain.effects) on one background
+    thread. Events go out in commit order, at once. A `reconcile_pool` waits `delay` seconds and
+    absorbs every identical one committed meanwhile: a burst of leases on a pool asks for one backfill
+    reconcile, not one Celery task per lease (reconcile is level-triggered, so the one sent after the
+    burst's commits sees all of them)."""
+
+    COALESCED = frozenset({"reconcile_pool"})
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: dict[tuple, tuple[float, str, dict]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, committed: list[tuple[str, dict]]) -> None:
+        if not committed:
+            return
+        self._start()
+        for name, payload in committed:
+            if name in self.COALESCED:
+                key = (name, tuple(sorted(payload.items())))
+                with self._lock:
+                    if key not in self._held:
+                        self._held[key] = (time.monotonic() + self.delay, name, payload)
+                        self._queue.put(None)  # wake the thread so it knows the new due time
+            else:
+                self._queue.put((name, payload))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send everything submitted so far, held ones included, and wait for it (tests, shutdown)."""
+        done = threading.Event()
+        self._start()
+        self._queue.put(("", done))
+        return done.wait(timeout)
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="vmpool-after-commit", daemon=True)
+                    self._thread.start()
+
+    def _send_held(self, force: bool = False) -> float | None:
+        """Send the held effects that are due; returns seconds until the next one is (None: none held)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [k for k, (at, _, _) in self._held.items() if force or at <= now]
+            ready = [self._held.pop(k) for k in due]  # popped before sending: a later commit holds its own
+            nxt = min((at for at, _, _ in self._held.values()), default=None)
+        effects.dispatch([(name, payload) for _, name, payload in ready])
+        return None if nxt is None else max(0.0, nxt - now)
+
+    def _run(self) -> None:
+        wait: float | None = None
+        while True:
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                name, payload = item
+                if name:
+                    effects.dispatch([(name, payload)])
+                else:
+                    self._send_held(force=True)
+                    payload.set()
+            wait = self._send_held()
+
+
+AFTER_COMMIT = AfterCommit()
 
 
 # ---- the service, transport-neutral -------------------------------------------------------------

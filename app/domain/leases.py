@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -39,7 +40,6 @@ from sqlmodel import Session, select
 from app import events as ev
 from app.domain import effects, reservations
 from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
-from app.domain.pools import find_pool
 from app.domain.states import IN_FLIGHT, DesiredState, EmptyPoolPolicy, InstanceState as S, LeaseState
 from app.models import Instance, Lease, Pool, Runner, new_id, utcnow
 
@@ -88,7 +88,7 @@ class Queued:
     cancels it when it stops waiting."""
 
 
-def grant_expiry(pool: Pool, wished: datetime | None, now: datetime) -> datetime:
+def grant_expiry(pool: Any, wished: datetime | None, now: datetime) -> datetime:
     """The expiry a new lease gets: the wish, clamped to the maximum; unset or not future: the default."""
     longest = timedelta(seconds=max(pool.lease_max_seconds, 1))
     if wished is None or wished <= now:
@@ -96,11 +96,17 @@ def grant_expiry(pool: Pool, wished: datetime | None, now: datetime) -> datetime
     return min(wished, now + longest)
 
 
-def choose_pool(org_id: str, *, session: Session) -> Pool:
+# What the claim path reads of a pool: a light row, not the ORM object with its JSON columns (the
+# slow paths that need more, cold creation and reservations, load the full row themselves).
+POLICY = (Pool.id, Pool.name, Pool.organization_id, Pool.lease_default_seconds, Pool.lease_max_seconds,
+          Pool.reservation_ttl_seconds, Pool.empty_policy)
+
+
+def choose_pool(org_id: str, *, session: Session) -> Any:
     """The caller's live pool with the most ready instances (ties: oldest, then by name)."""
     ready = sa.func.count(Instance.id)
     row = session.execute(
-        sa.select(Pool, ready)
+        sa.select(*POLICY, ready)
         .outerjoin(Instance, sa.and_(Instance.pool_id == Pool.id, READY))
         .where(Pool.organization_id == org_id, Pool.deleted_at.is_(None))
         .group_by(Pool.id)
@@ -109,11 +115,19 @@ def choose_pool(org_id: str, *, session: Session) -> Pool:
     ).first()
     if row is None:
         raise NotFound("there is no pool to lease from: create one first")
-    return row[0]
+    return row
 
 
-def resolve_pool(org_id: str, name: str, *, session: Session) -> Pool:
-    return find_pool(org_id, name, session=session) if name else choose_pool(org_id, session=session)
+def resolve_pool(org_id: str, name: str, *, session: Session) -> Any:
+    """The live pool a Lease names (the same lookup as pools.find_pool), as a POLICY row."""
+    if not name:
+        return choose_pool(org_id, session=session)
+    row = session.execute(
+        sa.select(*POLICY).where(Pool.organization_id == org_id, Pool.name == name, Pool.deleted_at.is_(None))
+    ).first()
+    if row is None:
+        raise NotFound(f"pool {name!r} not found")
+    return row
 
 
 def lease(
@@ -160,25 +174,58 @@ def lease(
 
 
 def claim(
-    pool: Pool, *, service_tag: str, expires_at: datetime, session: Session, now: datetime,
+    pool: Any, *, service_tag: str, expires_at: datetime, session: Session, now: datetime,
     reservation_id: str | None = None,
 ) -> LeaseView | None:
-    """Take the best ready instance of the pool for a new lease; None if there is none free right now."""
-    row = session.execute(
-        sa.select(Instance.id, Instance.zone)
-        .where(Instance.pool_id == pool.id, READY)
-        .order_by(Instance.stale, Instance.ready_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    """Take the best ready instance of the pool for a new lease; None if there is none free right now.
+    On PostgreSQL the probe, the lease row and the assignment are one statement (one round trip)."""
+    if session.get_bind().dialect.name != "postgresql":
+        row = session.execute(
+            sa.select(Instance.id, Instance.zone)
+            .where(Instance.pool_id == pool.id, READY)
+            .order_by(Instance.stale, Instance.ready_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:
+            return None
+        return bind(pool, row.id, row.zone, service_tag=service_tag, expires_at=expires_at,
+                    reservation_id=reservation_id, session=session, now=now)
+    lease_id = new_id()
+    row = session.execute(_CLAIM, {
+        "pool_id": pool.id, "lease_id": lease_id, "org_id": pool.organization_id, "service_tag": service_tag,
+        "reservation_id": reservation_id, "now": now, "expires_at": expires_at,
+    }).first()
     if row is None:
         return None
-    return bind(pool, row.id, row.zone, service_tag=service_tag, expires_at=expires_at,
-                reservation_id=reservation_id, session=session, now=now)
+    announce(row.id, pool.id, ev.KIND_LEASED, session=session)
+    return LeaseView(instance_id=row.id, pool_name=pool.name, expires_at=expires_at, zone=row.zone,
+                     service_tag=service_tag, lease_id=lease_id, pool_id=pool.id, created_at=now)
+
+
+# The same steps as `bind`, after the same probe (READY, fresh first, longest ready), in one statement.
+_CLAIM = sa.text("""
+WITH pick AS (
+    SELECT id FROM instances
+    WHERE pool_id = :pool_id AND state = 'running' AND lease_id IS NULL AND draining = false
+    ORDER BY stale, ready_at LIMIT 1 FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE instances SET lease_id = :lease_id, idle_since = NULL FROM pick
+    WHERE instances.id = pick.id RETURNING instances.id, instances.zone
+), made AS (
+    INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, reservation_id,
+                        created_at, expires_at, ended_at, end_reason)
+    SELECT :lease_id, :org_id, :pool_id, taken.id, :service_tag, 'active', :reservation_id, :now, :expires_at,
+           NULL, '' FROM taken
+    RETURNING instance_id
+)
+SELECT taken.id, taken.zone FROM taken JOIN made ON made.instance_id = taken.id
+""").bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+                sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)))
 
 
 def bind(
-    pool: Pool, instance_id: str, zone: str, *, service_tag: str, expires_at: datetime, session: Session,
+    pool: Any, instance_id: str, zone: str, *, service_tag: str, expires_at: datetime, session: Session,
     now: datetime, reservation_id: str | None = None,
 ) -> LeaseView:
     """Insert the lease for an instance the caller holds locked, and point the instance at it."""
@@ -202,9 +249,10 @@ def announce(instance_id: str, pool_id: str, kind: str, *, session: Session) -> 
 
 
 def lease_cold(
-    pool: Pool, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
+    pool: Any, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
 ) -> LeaseView:
     """The `cold` empty-pool policy: a new instance, leased at once; it boots after commit."""
+    pool = session.get(Pool, pool.id)
     runner = session.get(Runner, pool.runner_id) if pool.runner_id else None
     if runner is None:
         raise FailedPrecondition(f"pool {pool.name!r} has no runner to create a cold instance on")

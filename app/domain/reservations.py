@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -73,7 +73,7 @@ def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, wa
 
 
 def take(
-    org_id: str, client_id: str | None, pool: Pool, *, service_tag: str, wished_expiry: datetime | None,
+    org_id: str, client_id: str | None, pool: Any, *, service_tag: str, wished_expiry: datetime | None,
     session: Session, now: datetime,
 ) -> tuple[Reservation, bool]:
     """The organization's reservation `client_id`, queued on `pool` if it is new; (row, True) when this
@@ -97,12 +97,12 @@ def take(
     return existing, False
 
 
-def _ttl(pool: Pool) -> timedelta:
+def _ttl(pool: Any) -> timedelta:
     return timedelta(seconds=max(pool.reservation_ttl_seconds, 1))
 
 
 def requeue(
-    res: Reservation, pool: Pool, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
+    res: Reservation, pool: Any, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
 ) -> Queued:
     """A Lease call named `res` and found no free instance: defer its expiry (keeping its place), or put
     it back in the queue, at the back, if it had expired, been cancelled or been spent."""
@@ -115,7 +115,7 @@ def requeue(
     return queued(res, pool)
 
 
-def queued(res: Reservation, pool: Pool) -> Queued:
+def queued(res: Reservation, pool: Any) -> Queued:
     return leases.Queued(reservation_id=res.id, client_id=res.client_id, pool_name=pool.name,
                          expires_at=res.expires_at, automatic=res.client_id.startswith(AUTOMATIC_PREFIX))
 

@@ -119,3 +119,34 @@ def test_table_and_human_times():
     assert human_until(NOW + timedelta(minutes=29, seconds=59), NOW).endswith("(in 29m59s)")
     assert human_until(NOW + timedelta(hours=2, minutes=5), NOW).endswith("(in 2h05m)")
     assert human_until(NOW - timedelta(seconds=1), NOW).endswith("(past)")
+
+
+def test_after_commit_sends_events_at_once_and_one_reconcile_per_burst():
+    import threading
+    import time
+
+    from app.domain import effects
+
+    sent: list[tuple[str, dict, float]] = []
+    previous = effects.set_dispatcher(lambda name, payload: sent.append((name, payload, time.monotonic())))
+    try:
+        after = vmpool.AfterCommit(delay=0.2)
+        began = time.monotonic()
+        for i in range(50):
+            after.submit([("publish_event", {"seq": i}), ("reconcile_pool", {"pool_id": "p"})])
+        after.submit([("reconcile_pool", {"pool_id": "q"})])
+        deadline = time.monotonic() + 5
+        while len([s for s in sent if s[0] == "reconcile_pool"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events = [s for s in sent if s[0] == "publish_event"]
+        reconciles = [s for s in sent if s[0] == "reconcile_pool"]
+        assert [p["seq"] for _, p, _ in events] == list(range(50))
+        assert sorted(p["pool_id"] for _, p, _ in reconciles) == ["p", "q"]  # one per pool for the burst
+        assert all(at - began >= 0.2 for _, _, at in reconciles)
+        assert all(at - began < 0.2 for _, _, at in events)
+        # Once sent, a new commit gets its own; flush sends a held one at once.
+        after.submit([("reconcile_pool", {"pool_id": "p"})])
+        assert after.flush()
+        assert [p["pool_id"] for n, p, _ in sent if n == "reconcile_pool"].count("p") == 2
+    finally:
+        effects.set_dispatcher(previous)

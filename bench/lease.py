@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Lease and Return throughput and latency over gRPC and Connect JSON, next to raw pgbench.
+
+Starts throwaway PostgreSQL and Redis and a `warmpool api` (HTTP + gRPC, like a user runs it), seeds
+one pool per measurement with enough ready instances, then for 1, 8 and 32 concurrent clients:
+  - pgbench runs the server's claim SQL for one Lease (pool by name, SELECT … FOR UPDATE SKIP LOCKED
+    on the ready index, INSERT the lease, point the instance at it, COMMIT) on the same PostgreSQL;
+  - Connect JSON Lease, then Return of what was leased: `wrk` with a Lua script (apt-get install wrk;
+    without it, Python client processes do the same);
+  - gRPC Lease, then Return: client processes with one channel and one call in flight per client,
+    stubs generated from our .proto.
+It prints throughput, p50/p99 latency and the ratio to pgbench's claim rate. The load generators share
+the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
+
+Usage: python bench/lease.py [--seconds 5] [--clients 1,8,32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SERVICE = "intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService"
+
+# The statements the server runs for one Lease of a named pool (app.domain.leases.lease with the
+# auth cache warm), in the form pgbench takes: -D org=… -D name=…
+CLAIM_SQL = """\
+BEGIN;
+SELECT id AS pool_id FROM pools WHERE organization_id = :org AND name = :name AND deleted_at IS NULL \\gset
+SELECT id AS iid, zone FROM instances WHERE pool_id = :pool_id AND state = 'running' AND lease_id IS NULL AND draining = false ORDER BY stale, ready_at LIMIT 1 FOR UPDATE SKIP LOCKED \\gset
+INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, reservation_id, created_at, expires_at, ended_at, end_reason) VALUES (gen_random_uuid()::text, :org, :pool_id, :iid, 'bench', 'active', NULL, now(), now() + interval '30 minutes', NULL, '') RETURNING id AS lid \\gset
+UPDATE instances SET lease_id = :lid, idle_since = NULL WHERE id = :iid;
+END;
+"""
+
+WRK_LEASE = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+wrk.body = '{"pool":"%(pool)s","serviceTag":"bench"}'
+"""
+
+WRK_RETURN = """\
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  ids = {}
+  for line in io.lines("%(ids)s") do table.insert(ids, line) end
+  i = tid + 1
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+function request()
+  local id = ids[i] or "exhausted"
+  i = i + %(threads)d
+  return wrk.format(nil, nil, nil, '{"instance":"' .. id .. '","serviceTag":"bench"}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+# ---- load generator processes (this file, run with --worker) ---------------------------------------
+
+def worker(args: argparse.Namespace) -> int:
+    """One load process: `threads` clients, one call in flight each, for `seconds` or until its ids run out."""
+    ids = Path(args.ids).read_text().split() if args.ids else []
+    per_thread = [ids[i::args.threads] for i in range(args.threads)] if ids else None
+    latencies: list[list[float]] = [[] for _ in range(args.threads)]
+    errors = [0] * args.threads
+    stop_at = time.perf_counter() + args.seconds
+    start = threading.Barrier(args.threads)
+
+    def grpc_client(n: int) -> None:
+        import grpc
+        from google.protobuf import empty_pb2
+
+        from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb, lease_api_pb2_grpc
+
+        stub = lease_api_pb2_grpc.VMPoolLeaseServiceStub(grpc.insecure_channel(args.target))
+        md = [("authorization", f"Bearer {args.token}")]
+        todo = iter(per_thread[n]) if per_thread else None
+        stub.Ping(empty_pb2.Empty(), timeout=10)  # connected before the clock starts
+        start.wait()
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            try:
+                if todo is None:
+                    stub.Lease(pb.LeaseRequest(pool=args.pool, service_tag="bench"), metadata=md, timeout=10)
+                else:
+                    iid = next(todo, None)
+                    if iid is None:
+                        return
+                    stub.Return(pb.ReturnRequest(instance=iid, service_tag="bench"), metadata=md, timeout=10)
+                latencies[n].append(time.perf_counter() - t)
+            except grpc.RpcError:
+                errors[n] += 1
+
+    def connect_client(n: int) -> None:
+        import http.client
+
+        host, port = args.target.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        headers = {"content-type": "application/json", "authorization": f"Bearer {args.token}"}
+        todo = iter(per_thread[n]) if per_thread else None
+        start.wait()
+        while time.perf_counter() < stop_at:
+            if todo is None:
+                rpc, body = "Lease", json.dumps({"pool": args.pool, "serviceTag": "bench"})
+            else:
+                iid = next(todo, None)
+                if iid is None:
+                    return
+                rpc, body = "Return", json.dumps({"instance": iid, "serviceTag": "bench"})
+            t = time.perf_counter()
+            conn.request("POST", f"/api/{SERVICE}/{rpc}", body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                latencies[n].append(time.perf_counter() - t)
+            else:
+                errors[n] += 1
+
+    fn = grpc_client if args.worker == "grpc" else connect_client
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(args.threads)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    json.dump({"latencies": [x for ls in latencies for x in ls], "errors": sum(errors),
+               "elapsed": time.perf_counter() - began}, sys.stdout)
+    return 0
+
+
+def run_workers(kind: str, target: str, token: str, pool: str, clients: int, seconds: float,
+                ids_file: str | None = None) -> dict:
+    procs_n = min(clients, 4)
+    per = [clients // procs_n + (1 if i < clients % procs_n else 0) for i in range(procs_n)]
+    ids = Path(ids_file).read_text().split() if ids_file else None
+    procs = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ids-"))
+    for i, threads in enumerate(per):
+        cmd = [sys.executable, __file__, "--worker", kind, "--target", target, "--token", token, "--pool", pool,
+               "--threads", str(threads), "--seconds", str(seconds)]
+        if ids is not None:
+            part = tmp / f"ids-{i}"
+            part.write_text("\n".join(ids[i::procs_n]))
+            cmd += ["--ids", str(part)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+    lat, errors, elapsed = [], 0, 0.0
+    for p in procs:
+        out = json.loads(p.communicate()[0])
+        lat += out["latencies"]
+        errors += out["errors"]
+        elapsed = max(elapsed, out["elapsed"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"rps": len(lat) / elapsed, "p50": pct(lat, 0.5) * 1000, "p99": pct(lat, 0.99) * 1000,
+            "ok": len(lat), "errors": errors}
+
+
+def run_wrk(url: str, script: str, clients: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    threads = min(clients, 2)
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--latency",
+                          "-s", f.name, url], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    elapsed = max(1, round(seconds))
+    return {"rps": (total - errors) / elapsed, "p50": ms("50%"), "p99": ms("99%"), "ok": total - errors,
+            "errors": errors}
+
+
+def run_pgbench(pg_url: str, org: str, pool_name: str, clients: int, seconds: float) -> dict:
+    m = re.match(r".*://(\w+)@([\d.]+):(\d+)/(\w+)", pg_url)
+    user, host, port, db = m.groups()
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(CLAIM_SQL)
+    exe = shutil.which("pgbench") or sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))[-1]
+    out = subprocess.run([str(exe), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+                          "-T", str(int(seconds)), "-D", f"org={org}", "-D", f"name={pool_name}", "-f", f.name,
+                          "-h", host, "-p", port, "-U", user, db], capture_output=True, text=True)
+    os.unlink(f.name)
+    if out.returncode != 0:
+        raise RuntimeError(out.stdout + out.stderr)
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    avg = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    return {"rps": tps, "avg": avg, "errors": int(failed.group(1)) if failed else 0}
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--seed", type=int, default=25000, help="ready instances per measured pool")
+    ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
+                    "measurement (collapsed stacks in DIR; pip install py-spy)")
+    ap.add_argument("--worker", choices=["grpc", "connect"], help=argparse.SUPPRESS)
+    ap.add_argument("--target", help=argparse.SUPPRESS)
+    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--pool", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from scripts.testenv import Postgres, Redis
+
+    pg, rd = Postgres(), Redis()
+    db_url, redis_url = pg.start(), rd.start()
+    port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url,
+           "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test"}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})
+    exe = str(Path(sys.executable).with_name("warmpool"))
+    subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
+    api = subprocess.Popen([exe, "api", "--port", str(port)], env=env, stdout=open(logdir / "api.log", "w"),
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    args.api_pid = api.pid
+    try:
+        return measure(args, db_url, port, grpc_port, logdir)
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(20)
+        rd.stop()
+        pg.stop()
+
+
+def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, logdir: Path) -> int:
+    import urllib.request
+
+    import sqlalchemy as sa
+
+    from app.db import session_scope
+    from app.domain import pools, tenancy
+    from app.domain.states import PoolKind
+    from tests.leasing import add_ready_bulk
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"warmpool api did not start; see {logdir / 'api.log'}")
+            time.sleep(0.2)
+    with session_scope() as s:
+        org = tenancy.ensure_organization("bench", session=s)
+        token = tenancy.create_token(org, session=s)
+    org_id = org.id
+    levels = [int(c) for c in args.clients.split(",")]
+    names = [f"{kind}-{c}" for c in levels for kind in ("pgbench", "connect", "grpc")]
+    for name in names:
+        with session_scope() as s:
+            pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=0, max_size=args.seed,
+                                  empty_policy="reject")
+            pools.insert_pool(pool, session=s, conflict=name)
+        # pgbench claims several times faster than the server: give it room for the whole run.
+        add_ready_bulk(pool.id, org_id, args.seed * (3 if name.startswith("pgbench") else 1))
+    with session_scope() as s:
+        s.execute(sa.text("ANALYZE"))
+
+    use_wrk = shutil.which("wrk") is not None
+    base = f"http://127.0.0.1:{port}/api/{SERVICE}"
+    print(f"warmpool lease benchmark: {args.seconds:.0f} s per measurement, {os.cpu_count()} cores shared by "
+          f"server, PostgreSQL and load; Connect load: {'wrk' if use_wrk else 'Python processes'}; "
+          f"gRPC load: Python processes")
+    print(f"{'clients':>7}  {'what':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'vs pgbench':>10}")
+    results: dict = {}
+    for c in levels:
+        pgb = run_pgbench(db_url, org_id, f"pgbench-{c}", c, args.seconds)
+        results[("pgbench", c)] = pgb
+        print(f"{c:>7}  {'pgbench claim SQL':<22} {pgb['rps']:>8.0f} {'':>8} {'':>8} {pgb['errors']:>6}  "
+              f"(avg {pgb['avg']:.2f} ms)")
+        for kind in ("connect", "grpc"):
+            name = f"{kind}-{c}"
+            spy = profile(args, name)
+            if kind == "connect" and use_wrk:
+                lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
+            elif kind == "connect":
+                lease = run_workers("connect", f"127.0.0.1:{port}", token, name, c, args.seconds)
+            else:
+                lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
+            if spy is not None:
+                spy.wait(30)
+            ids = leased_instances(name)
+            ids_file = logdir / f"{name}.ids"
+            ids_file.write_text("\n".join(ids))
+            back_seconds = max(1.0, args.seconds / 2)
+            if kind == "connect" and use_wrk:
+                ret = run_wrk(f"{base}/Return", WRK_RETURN % {"token": token, "ids": ids_file,
+                                                              "threads": min(c, 2)}, c, back_seconds)
+            elif kind == "connect":
+                ret = run_workers("connect", f"127.0.0.1:{port}", token, name, c, back_seconds, str(ids_file))
+            else:
+                ret = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, back_seconds, str(ids_file))
+            results[(kind, c)] = lease
+            label = "Connect JSON" if kind == "connect" else "gRPC"
+            for what, r in ((f"{label} Lease", lease), (f"{label} Return", ret)):
+                print(f"{c:>7}  {what:<22} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6}  "
+                      f"{r['rps'] / pgb['rps']:>9.0%}")
+    print("targets: Connect JSON Lease >= 35% of pgbench; gRPC at least that; p99 < 25 ms at 8 clients")
+    return 0
+
+
+def profile(args: argparse.Namespace, name: str) -> subprocess.Popen | None:
+    if not args.profile:
+        return None
+    Path(args.profile).mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "-p", str(args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "200",
+                             "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def leased_instances(pool_name: str) -> list[str]:
+    import sqlalchemy as sa
+
+    from app.db import session_scope
+
+    with session_scope() as s:
+        return list(s.execute(sa.text(
+            "SELECT l.instance_id FROM leases l JOIN pools p ON p.id = l.pool_id "
+            "WHERE p.name = :n AND l.state = 'active' ORDER BY l.created_at"), {"n": pool_name}).scalars())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
