@@ -6,6 +6,7 @@ from starlette.routing import Mount
 
 from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
+from app.api import native
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.domain import effects
 from config.settings import get_settings
@@ -45,6 +46,8 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     )
     app.include_router(ops.router)
     app.include_router(podpools_api.router)
+    app.include_router(native.router)
+    native.install_error_handlers(app)
     app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
     if dispatcher:
         install_dispatcher()
