@@ -352,7 +352,7 @@ def profile(args: argparse.Namespace, name: str) -> subprocess.Popen | None:
         return None
     Path(args.profile).mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([spy, "record", "-p", str(args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "200",
+    return subprocess.Popen([spy, "record", "-p", str(args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "500",
                              "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

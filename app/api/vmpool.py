@@ -6,7 +6,9 @@ the edge adds is waiting: a Lease call whose reservation is queued waits for it,
 pub/sub push the moment the event applier assigns an instance (ReservationWaiter), until the caller's
 deadline (capped by `lease_wait_seconds`), then answers UNAVAILABLE and the client calls again with
 the same reservation id. Authentication: `authorization: Bearer <token>` (HTTP header or gRPC
-metadata); Ping is open, like a health check. Malformed requests are INVALID_ARGUMENT.
+metadata). Ping is open over gRPC, like a health check; over Connect the shared router
+(app.api.connect_common) authenticates every call before decoding it. Malformed requests are
+INVALID_ARGUMENT; a reservation still waiting at the deadline is UNAVAILABLE.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -244,7 +244,8 @@ def bind(
 def announce(instance_id: str, pool_id: str, kind: str, *, session: Session) -> None:
     """After commit: the assignment change goes on the event stream, and the pool gets a reconcile."""
     event = ev.InstanceEvent(instance_id=instance_id, pool_id=pool_id, kind=kind)
-    effects.defer(session, "publish_event", **asdict(event))
+    # The event's fields are all scalars: a shallow copy is asdict() without its per-field deepcopy.
+    effects.defer(session, "publish_event", **vars(event))
     effects.defer(session, "reconcile_pool", pool_id=pool_id)
 
 
@@ -421,7 +422,8 @@ def list_leases(
 
 def leasable_pools(org_id: str, *, session: Session) -> list[tuple[str, list[tuple[str, str]]]]:
     """(name, labels) of every live pool of the organization, by name: the pool's own labels sorted by
-    key, then ("kind", pool.kind)."""
+    key, then ("kind", pool.kind) (gitpod, named or podpool; a pool label called "kind" is shadowed).
+    The name is the stable one a Lease takes: a named pool's name, a pod pool's id, a Gitpod pool's id."""
     rows = session.exec(
         select(Pool).where(Pool.organization_id == org_id, Pool.deleted_at.is_(None)).order_by(Pool.name, Pool.id)
     ).all()
