@@ -227,7 +227,8 @@ class PrebuildService:
         return pb.DeletePrebuildResponse()
 
     async def create_prebuild_logs_token(self, req: pb.CreatePrebuildLogsTokenRequest, ctx: Any) -> Any:
-        raise ConnectError(Code.UNIMPLEMENTED, "prebuild logs are not served by warmpool; use GET /v1/instances/{id}/logs")
+        raise ConnectError(Code.UNIMPLEMENTED, "prebuild logs are not served by warmpool; a warm pool instance's "
+                                               "console output is at GET /v1/instances/{id}/logs")
 
 
 def _get_gitpod_pool(org_id: str, pool_id: str, *, session: Any) -> Pool:
