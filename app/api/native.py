@@ -325,7 +325,10 @@ def list_pools(org_id: str, page: Page, kind: PoolKind | None, phase: PoolPhase 
     if kind is not None:
         stmt = stmt.where(Pool.kind == str(kind))
     # Deleted pools are history: listed only when asked for by phase.
-    stmt = stmt.where(Pool.phase == str(phase)) if phase is not None else stmt.where(Pool.phase != str(PoolPhase.DELETED))
+    if phase is not None:
+        stmt = stmt.where(Pool.phase == str(phase))
+    else:
+        stmt = stmt.where(Pool.phase != str(PoolPhase.DELETED))
     rows = list(session.exec(pagination.apply(stmt, Pool, page)).all())
     return pagination.split(rows, page)
 
@@ -335,11 +338,15 @@ def list_instances(org_id: str, pool_id: str, page: Page, state: InstanceState |
     pools.get_pool(org_id, pool_id, session=session)
     stmt = select(Instance).where(Instance.pool_id == pool_id)
     # Deleted instances are history: listed only when asked for by state.
-    stmt = stmt.where(Instance.state == str(state)) if state is not None else stmt.where(Instance.state != str(InstanceState.DELETED))
+    if state is not None:
+        stmt = stmt.where(Instance.state == str(state))
+    else:
+        stmt = stmt.where(Instance.state != str(InstanceState.DELETED))
     # Instances have no created_at: the same keyset tokens run over (requested_at, id).
     if page.after is not None:
         at, after_id = page.after
-        stmt = stmt.where(sa.or_(Instance.requested_at > at, sa.and_(Instance.requested_at == at, Instance.id > after_id)))
+        stmt = stmt.where(sa.or_(Instance.requested_at > at,
+                                 sa.and_(Instance.requested_at == at, Instance.id > after_id)))
     rows = list(session.exec(stmt.order_by(Instance.requested_at, Instance.id).limit(page.size + 1)).all())
     if len(rows) <= page.size:
         return rows, ""
@@ -385,7 +392,8 @@ async def get_runners(org_id: Org) -> RunnerList:
 async def create_runner(body: RunnerIn, org_id: Org) -> RunnerOut:
     known = sorted(known_providers())
     if body.provider not in known:
-        raise ApiError(400, "invalid_argument", f"unknown provider {body.provider!r}: known providers are {', '.join(known)}")
+        raise ApiError(400, "invalid_argument",
+                       f"unknown provider {body.provider!r}: known providers are {', '.join(known)}")
     return runner_out(await run(tenancy.create_runner, org_id, body.name, body.provider, body.settings))
 
 
@@ -422,7 +430,8 @@ async def get_one_instance(instance_id: IdPath, org_id: Org) -> InstanceOut:
             responses={409: {"model": ErrorBody, "description": "no provider resource yet"},
                        502: {"model": ErrorBody, "description": "the provider failed"}})
 async def get_instance_logs(instance_id: IdPath, org_id: Org,
-                            lines: Annotated[int, Query(ge=1, le=10000, description="the last N lines")] = 100) -> InstanceLogs:
+                            lines: Annotated[int, Query(ge=1, le=10000, description="the last N lines")] = 100,
+                            ) -> InstanceLogs:
     runner, ref = await run(log_source, org_id, require_id(instance_id, "instance id"))
 
     def read() -> str:
@@ -431,7 +440,8 @@ async def get_instance_logs(instance_id: IdPath, org_id: Org,
     try:
         output = await run_in_threadpool(read)
     except (ProviderError, LookupError) as exc:
-        raise ApiError(502, "provider_error", f"provider {runner.provider!r} could not read the logs of {ref}: {exc}") from None
+        raise ApiError(502, "provider_error",
+                       f"provider {runner.provider!r} could not read the logs of {ref}: {exc}") from None
     return InstanceLogs(instance_id=instance_id, provider=runner.provider, provider_ref=ref, lines=lines, output=output)
 
 
@@ -445,7 +455,8 @@ class EventStream(StreamingResponse):
 
 
 def _json_error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
@@ -462,7 +473,9 @@ EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/events", response_class=EventStream, responses=EVENT_STREAM_DOC,
             summary="Pool status changes as Server-Sent Events (`event: pool`), keep-alive every 15 s")
-async def stream_events(org_id: Org, pool_id: Annotated[str | None, Query(max_length=64, description="only this pool")] = None) -> EventStream:
+async def stream_events(
+    org_id: Org, pool_id: Annotated[str | None, Query(max_length=64, description="only this pool")] = None,
+) -> EventStream:
     if pool_id is not None:
         pool_id = (await run(pools.get_pool, org_id, require_id(pool_id, "pool_id"))).id
     client = aioredis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2)
@@ -475,7 +488,7 @@ async def stream_events(org_id: Org, pool_id: Annotated[str | None, Query(max_le
         await close(pubsub, client)
         raise ApiError(503, "unavailable", f"cannot subscribe to pool changes: Redis is unreachable ({exc})") from None
     return EventStream(frames(pubsub, client, org_id, pool_id),
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def frames(pubsub: Any, client: Any, org_id: str, pool_id: str | None) -> AsyncIterator[bytes]:
@@ -485,6 +498,8 @@ async def frames(pubsub: Any, client: Any, org_id: str, pool_id: str | None) -> 
             yield frame
     except (RedisError, OSError) as exc:
         log.warning("pool event stream ended: Redis connection lost (%s)", exc)
+    except Exception:  # noqa: BLE001 - e.g. the database gone: end the stream, the client reconnects
+        log.warning("pool event stream ended by an unexpected error", exc_info=True)
     finally:
         await close(pubsub, client)
 

@@ -310,11 +310,10 @@ def test_other_paths_keep_fastapis_own_errors(app, acme):
 
 def test_every_route_is_documented_with_a_summary_and_a_typed_answer(client):
     spec = client.get("/openapi.json").json()
-    ops = [(path, op) for path, item in spec["paths"].items() if path.startswith("/v1/") for op in item.values()]
-    assert {(m.upper(), re.sub(r"\{\w+\}", "{id}", p)) for p, op in ops for m in spec["paths"][p] if spec["paths"][p][m] is op} \
-        == set(ROUTES)
-    assert len(ops) == len(ROUTES)
-    for path, op in ops:
+    ops = {(method.upper(), re.sub(r"\{\w+\}", "{id}", path)): op
+           for path, item in spec["paths"].items() if path.startswith("/v1/") for method, op in item.items()}
+    assert set(ops) == set(ROUTES)
+    for path, op in ops.items():
         assert op["summary"], path
         assert op["security"] == [{"HTTPBearer": []}], path
         ok = op["responses"].get("200") or op["responses"]["201"]
@@ -360,3 +359,15 @@ def test_the_stream_sends_the_callers_pool_changes_once_and_keeps_alive(acme, ot
     assert events[1]["pool_id"] == second
     assert out[3] == ": keep-alive\n\n"
 
+
+
+def test_the_stream_is_503_when_redis_is_unreachable(acme, monkeypatch):
+    from app.main import create_app
+    from config.settings import get_settings
+    from scripts.testenv import free_port
+
+    monkeypatch.setenv("WARMPOOL_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    get_settings.cache_clear()
+    with TestClient(create_app(dispatcher=False)) as c:
+        r = c.get("/v1/events", headers=bearer(acme))
+    assert "Redis is unreachable" in expect_error(r, 503, "unavailable")
