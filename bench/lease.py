@@ -23,7 +23,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -344,6 +343,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 print(f"{c:>7}  {what:<22} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6}  "
                       f"{r['rps'] / pgb['rps']:>9.0%}")
     print("targets: Connect JSON Lease >= 35% of pgbench; gRPC at least that; p99 < 25 ms at 8 clients")
+    print("load average (1/5/15 min) at the end: %.2f %.2f %.2f (other work on the machine skews every figure)"
+          % os.getloadavg())
     return 0
 
 

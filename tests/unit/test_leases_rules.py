@@ -9,7 +9,7 @@ import pytest
 from connectrpc.code import Code
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from app.api import vmpool, vmpool_grpc
+from app.api import vmpool, vmpool_background, vmpool_grpc
 from app.api.connect_common import to_connect_error
 from app.cli_leases import human_until, parse_duration, table
 from app.domain import errors
@@ -122,7 +122,6 @@ def test_table_and_human_times():
 
 
 def test_after_commit_sends_events_at_once_and_one_reconcile_per_burst():
-    import threading
     import time
 
     from app.domain import effects
@@ -130,7 +129,7 @@ def test_after_commit_sends_events_at_once_and_one_reconcile_per_burst():
     sent: list[tuple[str, dict, float]] = []
     previous = effects.set_dispatcher(lambda name, payload: sent.append((name, payload, time.monotonic())))
     try:
-        after = vmpool.AfterCommit(delay=0.2)
+        after = vmpool_background.AfterCommit(delay=0.2)
         began = time.monotonic()
         for i in range(50):
             after.submit([("publish_event", {"seq": i}), ("reconcile_pool", {"pool_id": "p"})])
