@@ -12,7 +12,8 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
 - **Identity.** The Intrinsic API names a lease by its instance: GetLease, ExtendTo and Return act on
   the instance's latest lease. Unknown instance (or another organization's): NotFound. Another
   service tag than the lease's (Return, ExtendTo): PermissionDenied. A lease that already ended,
-  returned or expired, also by the clock before the expiry sweep ran: FailedPrecondition.
+  returned or expired, also by the clock before the expiry sweep ran: FailedPrecondition. (On a
+  `reuse` pool an instance's latest lease may already be another caller's: its tag protects it.)
 - **ExtendTo.** `to` is clamped to `created_at + lease_max_seconds`. With `extend_only` a `to` at or
   before the current expiry changes nothing (and the lease is never shortened, even by the clamp
   after a lowered maximum); without it a `to` that is not in the future is InvalidArgument (Return
