@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -25,15 +24,15 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError
-from sqlmodel import Session, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
 from app import auth
 from app.db import session_scope
-from app.domain import pagination, pools, tenancy
-from app.domain.errors import DomainError, InvalidArgument, NotFound
+from app.domain import instances, pagination, pools, tenancy
+from app.domain.errors import DomainError, InvalidArgument
 from app.domain.pagination import Page
 from app.domain.states import InstanceState, PoolKind, PoolPhase
 from app.models import Instance, Pool, Runner
@@ -321,44 +320,15 @@ def page_of(size: int, token: str) -> Page:
 
 def list_pools(org_id: str, page: Page, kind: PoolKind | None, phase: PoolPhase | None, *,
                session: Session) -> tuple[list[Pool], str]:
-    stmt = select(Pool).where(Pool.organization_id == org_id)
-    if kind is not None:
-        stmt = stmt.where(Pool.kind == str(kind))
-    # Deleted pools are history: listed only when asked for by phase.
-    if phase is not None:
-        stmt = stmt.where(Pool.phase == str(phase))
-    else:
-        stmt = stmt.where(Pool.phase != str(PoolPhase.DELETED))
-    rows = list(session.exec(pagination.apply(stmt, Pool, page)).all())
-    return pagination.split(rows, page)
+    return pools.list_pools(org_id, page, kind=kind, phase=phase, session=session)
 
 
 def list_instances(org_id: str, pool_id: str, page: Page, state: InstanceState | None, *,
                    session: Session) -> tuple[list[Instance], str]:
-    pools.get_pool(org_id, pool_id, session=session)
-    stmt = select(Instance).where(Instance.pool_id == pool_id)
-    # Deleted instances are history: listed only when asked for by state.
-    if state is not None:
-        stmt = stmt.where(Instance.state == str(state))
-    else:
-        stmt = stmt.where(Instance.state != str(InstanceState.DELETED))
-    # Instances have no created_at: the same keyset tokens run over (requested_at, id).
-    if page.after is not None:
-        at, after_id = page.after
-        stmt = stmt.where(sa.or_(Instance.requested_at > at,
-                                 sa.and_(Instance.requested_at == at, Instance.id > after_id)))
-    rows = list(session.exec(stmt.order_by(Instance.requested_at, Instance.id).limit(page.size + 1)).all())
-    if len(rows) <= page.size:
-        return rows, ""
-    rows = rows[: page.size]
-    return rows, pagination.encode_token(rows[-1].requested_at, rows[-1].id)
+    return instances.list_instances(org_id, pool_id, page, state=state, session=session)
 
 
-def get_instance(org_id: str, instance_id: str, *, session: Session) -> Instance:
-    inst = session.exec(select(Instance).where(Instance.id == instance_id, Instance.organization_id == org_id)).first()
-    if inst is None:
-        raise NotFound(f"instance {instance_id} not found")
-    return inst
+get_instance = instances.get_instance
 
 
 def log_source(org_id: str, instance_id: str, *, session: Session) -> tuple[Runner, str]:

@@ -249,3 +249,31 @@ def is_wanted(instance_id: str | None, *, session: Session) -> bool:
         return p is not None and p.phase not in PREBUILD_FINISHED
     inst = session.get(Instance, instance_id)
     return inst is not None and inst.state != S.DELETED
+
+
+def get_instance(org_id: str, instance_id: str, *, session: Session) -> Instance:
+    from app.domain.errors import NotFound
+
+    inst = session.exec(select(Instance).where(Instance.id == instance_id, Instance.organization_id == org_id)).first()
+    if inst is None:
+        raise NotFound(f"instance {instance_id} not found")
+    return inst
+
+
+def list_instances(org_id: str, pool_id: str, page: Any, *, session: Session,
+                   state: S | None = None) -> tuple[list[Instance], str]:
+    """A page of a pool's instances (keyset over requested_at, id); deleted ones only when asked for."""
+    from app.domain import pagination
+    from app.domain.pools import get_pool
+
+    get_pool(org_id, pool_id, session=session)
+    stmt = select(Instance).where(Instance.pool_id == pool_id)
+    stmt = stmt.where(Instance.state == str(state)) if state is not None else stmt.where(Instance.state != str(S.DELETED))
+    if page.after is not None:
+        at, after_id = page.after
+        stmt = stmt.where(sa.or_(Instance.requested_at > at, sa.and_(Instance.requested_at == at, Instance.id > after_id)))
+    rows = list(session.exec(stmt.order_by(Instance.requested_at, Instance.id).limit(page.size + 1)).all())
+    if len(rows) <= page.size:
+        return rows, ""
+    rows = rows[: page.size]
+    return rows, pagination.encode_token(rows[-1].requested_at, rows[-1].id)

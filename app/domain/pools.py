@@ -184,9 +184,14 @@ def delete_pool(org_id: str, pool_id: str, *, session: Session) -> Pool:
 def list_pools(
     org_id: str, page: Page, *, session: Session, kind: PoolKind | None = None,
     project_ids: list[str] | None = None, environment_class_ids: list[str] | None = None,
-    include_deleted: bool = False,
+    include_deleted: bool = False, phase: PoolPhase | None = None,
 ) -> tuple[list[Pool], str]:
+    """A page of the organization's pools; deleted ones are history, listed only when asked for
+    (`include_deleted`, or `phase=deleted`)."""
     stmt = select(Pool).where(Pool.organization_id == org_id)
+    if phase is not None:
+        stmt = stmt.where(Pool.phase == str(phase))
+        include_deleted = True
     if kind is not None:
         stmt = stmt.where(Pool.kind == str(kind))
     if project_ids:
