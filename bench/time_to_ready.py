@@ -149,7 +149,17 @@ def run(args: argparse.Namespace, port: int, logdir: Path) -> int:
                 "max boot": max(r[2] or 0 for r in rows) / 1000.0,
             }
             if args.verbose:
-                print("   ", {k: round(v.total_seconds() if hasattr(v, "total_seconds") else v, 3) for k, v in phases.items()})
+                from app.events import InstanceEvent, redis_client
+
+                evs = [InstanceEvent.from_fields(f) for _, f in redis_client().xrange("warmpool:events")]
+                evs = [e for e in evs if e.pool_id == pool_id]
+                t0 = p.created_at.timestamp()
+                prov = sorted(e.observed_at - t0 for e in evs if e.state == "provisioning")
+                run_ = sorted(e.observed_at - t0 for e in evs if e.state == "running")
+                phases["provision tasks start"] = f"{prov[0]:.3f}..{prov[-1]:.3f}"
+                phases["running observed"] = f"{run_[0]:.3f}..{run_[-1]:.3f}"
+                phases["last ready applied"] = max(r[1] for r in rows).timestamp() - t0
+                print("   ", {k: round(v.total_seconds(), 3) if hasattr(v, "total_seconds") else (round(v, 3) if isinstance(v, float) else v) for k, v in phases.items()})
             # Give it a stopped tier of one, then take an instance and time the backfill.
             with session_scope() as s:
                 pools.resize_pool(org_id, pool_id, session=s, stopped_size=1)
