@@ -67,7 +67,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.serve import serve_api
 
     s = _settings_for_cli()
-    serve_api(s, host=args.host or s.http_host, port=args.port or s.http_port)
+    serve_api(s, host=args.host or s.http_host, port=args.port or s.http_port, workers=args.workers or s.api_workers)
     return 0
 
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("api", help="serve HTTP (Connect, REST, metrics) and gRPC")
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
+    sp.add_argument("--workers", type=int, help="processes serving HTTP and gRPC on the same ports "
+                    "(default: WARMPOOL_API_WORKERS)")
     sp.set_defaults(fn=cmd_api)
 
     sp = sub.add_parser("worker", help="Celery worker for the reconcile and provider queues")

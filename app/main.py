@@ -36,6 +36,54 @@ def install_dispatcher() -> None:
     effects.set_dispatcher(dispatch_effect)
 
 
+class WarmpoolASGI:
+    """The process's ASGI entry point: Connect calls under /api go straight to the Connect services
+    (they are the hot path: FastAPI's middleware and router cost ~15% of a lease), everything else to
+    FastAPI. Its lifespan also runs the gRPC server, so every `warmpool api` worker serves gRPC."""
+
+    def __init__(self, fastapi_app: FastAPI, grpc_server: object | None = None) -> None:
+        self.fastapi = fastapi_app
+        self.connect = PaginationQueryMerge(ConnectRouter(connect_apps()))
+        self.grpc_server = grpc_server
+
+    async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            scope = dict(scope, root_path=scope.get("root_path", "") + "/api")
+            await self.connect(scope, receive, send)
+        elif scope["type"] == "lifespan" and self.grpc_server is not None:
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.fastapi(scope, receive, send)
+
+    async def _lifespan(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        import asyncio
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.grpc_server.start)
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.grpc_server.stop)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_asgi(*, grpc: bool = True, reuse_port: bool = False) -> WarmpoolASGI:
+    """What `warmpool api` serves: HTTP façades plus (with `grpc`) the gRPC server in the lifespan."""
+    server = None
+    if grpc:
+        from app.api.vmpool_grpc import GrpcServer
+
+        s = get_settings()
+        server = GrpcServer(s.http_host, s.grpc_port, reuse_port=reuse_port)
+    return WarmpoolASGI(create_app(), server)
+
+
 def create_app(*, dispatcher: bool = True) -> FastAPI:
     settings = get_settings()
     app = FastAPI(

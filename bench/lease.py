@@ -231,6 +231,8 @@ def run_pgbench(pg_url: str, org: str, pool_name: str, clients: int, seconds: fl
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--api-workers", type=int, default=2,
+                    help="`warmpool api --workers N` (default 2: one per core; --profile needs 1)")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--seed", type=int, default=25000, help="ready instances per measured pool")
     ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
@@ -256,7 +258,9 @@ def main() -> int:
     exe = str(Path(sys.executable).with_name("warmpool"))
     subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
-    api = subprocess.Popen([exe, "api", "--port", str(port)], env=env, stdout=open(logdir / "api.log", "w"),
+    if args.profile and args.api_workers != 1:
+        sys.exit("--profile records one process: add --api-workers 1")
+    api = subprocess.Popen([exe, "api", "--port", str(port), "--workers", str(args.api_workers)], env=env, stdout=open(logdir / "api.log", "w"),
                            stderr=subprocess.STDOUT, start_new_session=True)
     args.api_pid = api.pid
     try:

@@ -84,8 +84,11 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
 class GrpcServer:
     """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
 
-    def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0,
+                 reuse_port: bool = False) -> None:
         self.host, self.port, self.grace = host, port, grace
+        # One process binds the port alone (a clash fails loudly); `warmpool api --workers N` shares it.
+        self.reuse_port = reuse_port
         self.service = service or default_service()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,7 +129,7 @@ class GrpcServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.reuse_port else 0)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {rpc: _handler(self.service, rpc) for rpc in METHODS}),))
         checks = health.aio.HealthServicer()
