@@ -2,6 +2,7 @@
 SQLite is the database; Redis is the in-process fakeredis server (the path with nothing installed)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -75,6 +76,24 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
             raise AssertionError("flower must ask for credentials")
         except urllib.error.HTTPError as exc:
             assert exc.code == 401
+        # With the credentials, Flower shows the worker and the tasks it ran (it switches task events on).
+        auth = "Basic " + base64.b64encode(b"admin:warmpool-dev").decode()
+        seen_worker = seen_task = False
+        while time.monotonic() < deadline + 60 and not (seen_worker and seen_task):
+            try:
+                workers = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{flower}/api/workers?refresh=1", headers={"Authorization": auth}), timeout=10).read())
+                seen_worker = seen_worker or any(w.startswith("celery@") for w in workers)
+                tasks = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{flower}/api/tasks", headers={"Authorization": auth}), timeout=10).read())
+                seen_task = seen_task or any(t.get("name", "").startswith("warmpool.") for t in tasks.values())
+            except OSError:
+                pass
+            if not (seen_worker and seen_task):
+                # Give the worker something to do that Flower can see.
+                call(base, token, "gitpod.v1.PrebuildService/UpdateWarmPool", {"warmPoolId": pool, "maxSize": 2})
+                time.sleep(1)
+        assert seen_worker and seen_task, "flower should list the worker and warmpool tasks"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
