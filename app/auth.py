@@ -23,6 +23,13 @@ def bearer_from_header(value: str | None) -> str:
     return token.strip()
 
 
+def cached_organization(token: str) -> str | None:
+    """The organization of a recently verified token, without touching the database (None: unknown
+    or expired, ask `organization_for`). Cheap enough for the event loop."""
+    hit = _cache.get(tenancy.hash_token(token))
+    return hit[0] if hit and hit[1] > time.monotonic() else None
+
+
 def organization_for(token: str) -> str:
     """The organization id of `token`. Blocking (may read the database): call from a worker thread."""
     key = tenancy.hash_token(token)

@@ -165,7 +165,7 @@ class ConnectRouter:
             await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        if not await _authenticated(scope, send):
+        if not path.endswith(OPEN_METHODS) and not await _authenticated(scope, send):
             return
         if scope.get("method") == "POST":
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
@@ -178,6 +178,8 @@ class ConnectRouter:
 
 
 UNARY_CONTENT_TYPES = {"application/json", "application/proto"}
+# Open like a health check (the Intrinsic docs: "Ping can be used for latency and health checks").
+OPEN_METHODS = ("/intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService/Ping",)
 
 
 async def _authenticated(scope: dict, send: Callable) -> bool:
@@ -186,7 +188,8 @@ async def _authenticated(scope: dict, send: Callable) -> bool:
     value = dict(scope.get("headers") or []).get(b"authorization")
     try:
         token = auth.bearer_from_header(value.decode("latin-1") if value is not None else None)
-        await run_in_threadpool(auth.organization_for, token)
+        if auth.cached_organization(token) is None:  # the database only on a cache miss
+            await run_in_threadpool(auth.organization_for, token)
     except DomainError as exc:
         await _connect_error(send, 401, exc.code, exc.message)
         return False
