@@ -121,33 +121,34 @@ def _delete_ref(target: Target, ref: str) -> str:
 
 
 def start(instance_id: str, retries: int = 0) -> str:
-    target = load(instance_id)
-    if target is None or target.instance.desired_state != DesiredState.RUNNING:
-        return "not wanted"
-    inst = target.instance
-    if inst.state in (S.REQUESTED, S.PROVISIONING):
-        return provision(instance_id, retries)
-    if inst.state == S.RUNNING or not inst.provider_ref:
-        return "nothing to do"
-    if inst.state == S.STOPPED:
-        emit(target, S.STARTING)
-    obs = _guard(target, "start", retries, lambda: target.provider.start(inst.provider_ref))
-    if obs is None:
-        return "failed"
-    emit(target, obs.state, obs)
-    return obs.state
+    return _power(instance_id, retries, DesiredState.RUNNING)
 
 
 def stop(instance_id: str, retries: int = 0) -> str:
+    return _power(instance_id, retries, DesiredState.STOPPED)
+
+
+# desired state -> (provider call, the state it ends in, the state it leaves, the state in between)
+_POWER = {
+    DesiredState.RUNNING: ("start", S.RUNNING, S.STOPPED, S.STARTING),
+    DesiredState.STOPPED: ("stop", S.STOPPED, S.RUNNING, S.STOPPING),
+}
+
+
+def _power(instance_id: str, retries: int, want: DesiredState) -> str:
+    """Start or stop an existing resource, if that is still what the instance should be."""
+    op, done, leaving, between = _POWER[want]
     target = load(instance_id)
-    if target is None or target.instance.desired_state != DesiredState.STOPPED:
+    if target is None or target.instance.desired_state != want:
         return "not wanted"
     inst = target.instance
-    if inst.state == S.STOPPED or not inst.provider_ref:
+    if want == DesiredState.RUNNING and inst.state in (S.REQUESTED, S.PROVISIONING):
+        return provision(instance_id, retries)
+    if inst.state == done or not inst.provider_ref:
         return "nothing to do"
-    if inst.state == S.RUNNING:
-        emit(target, S.STOPPING)
-    obs = _guard(target, "stop", retries, lambda: target.provider.stop(inst.provider_ref))
+    if inst.state == leaving:
+        emit(target, between)
+    obs = _guard(target, op, retries, lambda: getattr(target.provider, op)(inst.provider_ref))
     if obs is None:
         return "failed"
     emit(target, obs.state, obs)
