@@ -79,6 +79,7 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
         # With the credentials, Flower shows the worker and the tasks it ran (it switches task events on).
         auth = "Basic " + base64.b64encode(b"admin:warmpool-dev").decode()
         seen_worker = seen_task = False
+        bump = 0
         while time.monotonic() < deadline + 60 and not (seen_worker and seen_task):
             try:
                 workers = json.loads(urllib.request.urlopen(urllib.request.Request(
@@ -89,8 +90,9 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
                 seen_task = seen_task or any(t.get("name", "").startswith("warmpool.") for t in tasks.values())
                 if not (seen_worker and seen_task):
                     # Give the worker something to do that Flower can see.
-                    size = 2 if seen_task is False and int(time.monotonic()) % 2 else 1
-                    call(base, token, "gitpod.v1.PrebuildService/UpdateWarmPool", {"warmPoolId": pool, "maxSize": size})
+                    bump += 1  # alternate 1 and 2 so every update is a real change (and a reconcile task)
+                    call(base, token, "gitpod.v1.PrebuildService/UpdateWarmPool",
+                         {"warmPoolId": pool, "maxSize": 1 + bump % 2})
             except OSError:
                 pass  # Flower or the API busy on a loaded machine: ask again
             if not (seen_worker and seen_task):
