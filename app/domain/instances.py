@@ -36,7 +36,7 @@ def observe(
     if changed:
         values.update(state=state, state_changed_at=now)
         if state == S.RUNNING:
-            values.update(ready_at=now, idle_since=now, address=address or inst.address, draining=inst.draining)
+            values.update(ready_at=now, idle_since=now, address=address or inst.address)
             if boot_ms is not None:
                 values["boot_ms"] = boot_ms
         elif state == S.STOPPED:
@@ -205,10 +205,8 @@ def set_desired(instance_id: str, desired: DesiredState, *, session: Session, ex
 
 def _serve_reservations(instance_id: str, *, session: Session) -> None:
     """Hand a newly ready instance to the oldest waiting reservation of its pool, if any."""
-    try:
-        from app.domain.reservations import assign_ready_instance
-    except ImportError:  # the lease domain is optional for pools nobody leases from
-        return
+    from app.domain.reservations import assign_ready_instance  # late: reservations imports pools, like us
+
     assign_ready_instance(instance_id, session=session)
 
 

@@ -291,6 +291,14 @@ def _latest(org_id: str, instance_id: str, *, session: Session, lock: bool = Fal
     return found
 
 
+def _changeable(org_id: str, instance_id: str, service_tag: str, *, session: Session, now: datetime) -> tuple[Lease, Pool]:
+    """The instance's latest lease, locked, checked to be live and the caller's; and its pool."""
+    row = _latest(org_id, instance_id, session=session, lock=True)
+    _check_tag(row, service_tag)
+    _check_live(row, now)
+    return row, session.get(Pool, row.pool_id)
+
+
 def _check_live(row: Lease, now: datetime) -> None:
     if row.state != LeaseState.ACTIVE:
         raise FailedPrecondition(f"the lease of instance {row.instance_id} already ended: "
@@ -331,10 +339,7 @@ def extend_to(
 ) -> LeaseView:
     """Move the lease's expiry to `to`, clamped to created_at + the pool's maximum (rules above)."""
     now = now or utcnow()
-    row = _latest(org_id, instance_id, session=session, lock=True)
-    _check_tag(row, service_tag)
-    _check_live(row, now)
-    pool = session.get(Pool, row.pool_id)
+    row, pool = _changeable(org_id, instance_id, service_tag, session=session, now=now)
     if extend_only and to <= row.expires_at:
         return view(row, session=session, pool=pool)
     if to <= now:
@@ -353,10 +358,7 @@ def return_lease(
 ) -> LeaseView:
     """End the instance's lease; the instance is destroyed (recycled on a `reuse` pool)."""
     now = now or utcnow()
-    row = _latest(org_id, instance_id, session=session, lock=True)
-    _check_tag(row, service_tag)
-    _check_live(row, now)
-    pool = session.get(Pool, row.pool_id)
+    row, pool = _changeable(org_id, instance_id, service_tag, session=session, now=now)
     end(row, LeaseState.RETURNED, pool=pool, session=session, now=now)
     return view(row, session=session, pool=pool)
 

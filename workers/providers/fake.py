@@ -79,27 +79,26 @@ class FakeProvider(Provider):
         self.cloud = FakeCloud(client, str(self.settings.get("namespace", "default")))
 
     # ---- behaviour -----------------------------------------------------------------------
-    def _setting(self, key: str, default: Any = None) -> Any:
-        live = self.cloud.config()
-        if key in live:
-            return live[key]
-        return self.settings.get(key, DEFAULTS.get(key, default))
+    def _behaviour(self) -> dict[str, Any]:
+        """The cloud's behaviour for one operation: defaults, runner settings, then live changes (one read)."""
+        return {**DEFAULTS, **self.settings, **self.cloud.config()}
 
-    def _pause(self, op: str) -> None:
-        ms = float(self._setting(f"{op}_ms", 0) or 0)
+    @staticmethod
+    def _pause(op: str, conf: dict[str, Any]) -> None:
+        ms = float(conf.get(f"{op}_ms", 0) or 0)
         if ms > 0:
             time.sleep(ms / 1000.0)
 
-    def _maybe_fail(self, op: str, key: str) -> None:
-        rate = float(self._setting(f"fail_{op}", 0) or 0)
+    def _maybe_fail(self, op: str, key: str, conf: dict[str, Any]) -> None:
+        rate = float(conf.get(f"fail_{op}", 0) or 0)
         if rate <= 0:
             return
         attempt = self.cloud.r.hincrby(self.cloud.attempts, f"{op}:{key}", 1)
-        seed = self._setting("seed")
+        seed = conf.get("seed")
         rng = random.Random(f"{seed}:{op}:{key}:{attempt}") if seed is not None else random.Random()
         if rng.random() < rate:
             message = f"fake cloud: {op} of {key} failed (attempt {attempt})"
-            if str(self._setting(f"fail_{op}_permanent", "false")).lower() == "true":
+            if str(conf.get(f"fail_{op}_permanent", "false")).lower() == "true":
                 raise ProviderPermanent(message)
             raise ProviderTransient(message, retry_after=0.1)
 
@@ -124,9 +123,10 @@ class FakeProvider(Provider):
         existing = self.cloud.load(ref)
         if existing is not None:  # idempotent: our instance id is the key
             return self.start(ref) if start else self._observed(existing)
-        self._maybe_fail("create", spec.instance_id)
+        conf = self._behaviour()
+        self._maybe_fail("create", spec.instance_id, conf)
         began = time.monotonic()
-        self._pause("boot" if start else "delete")
+        self._pause("boot" if start else "delete", conf)
         record = {
             "ref": ref, "state": "running" if start else "stopped", "snapshot_id": spec.snapshot_id,
             "template": spec.template, "address": f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}" if start else "",
@@ -139,9 +139,10 @@ class FakeProvider(Provider):
     def start(self, ref: str) -> Observed:
         record = self._require(ref)
         if record["state"] != "running":
-            self._maybe_fail("start", ref)
+            conf = self._behaviour()
+            self._maybe_fail("start", ref, conf)
             began = time.monotonic()
-            self._pause("start")
+            self._pause("start", conf)
             record.update(state="running", boot_ms=int((time.monotonic() - began) * 1000),
                           address=record.get("address") or f"10.1.{random.randint(0, 255)}.{random.randint(1, 254)}")
             record["log"].append("started")
@@ -151,8 +152,9 @@ class FakeProvider(Provider):
     def stop(self, ref: str) -> Observed:
         record = self._require(ref)
         if record["state"] != "stopped":
-            self._maybe_fail("stop", ref)
-            self._pause("stop")
+            conf = self._behaviour()
+            self._maybe_fail("stop", ref, conf)
+            self._pause("stop", conf)
             record.update(state="stopped", address="")
             record["log"].append("stopped")
             self.cloud.put(ref, record)
@@ -161,8 +163,9 @@ class FakeProvider(Provider):
     def delete(self, ref: str) -> None:
         if self.cloud.load(ref) is None:
             return
-        self._maybe_fail("delete", ref)
-        self._pause("delete")
+        conf = self._behaviour()
+        self._maybe_fail("delete", ref, conf)
+        self._pause("delete", conf)
         self.cloud.drop(ref)
 
     def get(self, ref: str) -> Observed | None:
@@ -178,8 +181,9 @@ class FakeProvider(Provider):
 
     def snapshot(self, ref: str, name: str) -> str:
         self._require(ref)
-        self._maybe_fail("snapshot", ref)
-        self._pause("snapshot")
+        conf = self._behaviour()
+        self._maybe_fail("snapshot", ref, conf)
+        self._pause("snapshot", conf)
         snapshot_id = f"fake-snap-{uuid.uuid4()}"
         self.cloud.r.sadd(self.cloud.snapshots, snapshot_id)
         return snapshot_id
