@@ -1,7 +1,7 @@
 """The engine and the unit of work: whoever opens a session commits or rolls it back."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -46,8 +46,12 @@ def reset_engine() -> None:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
+def session_scope(
+    after_commit: Callable[[list[effects.Effect]], None] = effects.dispatch,
+) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception. The effects the domain
+    deferred go to `after_commit` once the commit succeeded (by default the process's dispatcher;
+    the lease path hands them to a background thread so an answer never waits for the broker)."""
     session = Session(get_engine(), expire_on_commit=False)
     try:
         yield session
@@ -58,4 +62,4 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
-    effects.dispatch(effects.take(session))
+    after_commit(effects.take(session))

@@ -20,13 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlmodel import Session
-
 from app import auth
 from app.api.connect_common import to_connect_error
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
-from app.db import get_engine
-from app.domain import effects, leases, reservations
+from app.db import session_scope
+from app.domain import leases, reservations
 from app.domain.errors import DomainError, InvalidArgument, Unavailable
 from app.events import reservation_channel
 from config.settings import get_settings
@@ -85,21 +83,11 @@ def wait_budget(remaining: float | None) -> float:
 
 
 def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    """session_scope's unit of work, except that the effects committed here go to AFTER_COMMIT instead of
-    being dispatched on this thread: a Lease answers without waiting for the broker."""
+    """One unit of work whose committed effects go to AFTER_COMMIT instead of being dispatched on this
+    thread: a Lease answers without waiting for the broker."""
     org_id = auth.organization_for(auth.bearer_from_header(authorization))
-    session = Session(get_engine(), expire_on_commit=False)
-    try:
-        result = fn(org_id, *args, session=session, **kwargs)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        effects.take(session)
-        raise
-    finally:
-        session.close()
-    AFTER_COMMIT.submit(effects.take(session))
-    return result
+    with session_scope(after_commit=AFTER_COMMIT.submit) as session:
+        return fn(org_id, *args, session=session, **kwargs)
 
 
 
