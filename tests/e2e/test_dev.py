@@ -87,7 +87,7 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
                 seen_worker = seen_worker or any(w.startswith("celery@") for w in workers)
                 tasks = json.loads(urllib.request.urlopen(urllib.request.Request(
                     f"http://127.0.0.1:{flower}/api/tasks", headers={"Authorization": auth}), timeout=10).read())
-                seen_task = seen_task or any(t.get("name", "").startswith("warmpool.") for t in tasks.values())
+                seen_task = seen_task or any((t.get("name") or "").startswith("warmpool.") for t in tasks.values())
                 if not (seen_worker and seen_task):
                     # Give the worker something to do that Flower can see.
                     bump += 1  # alternate 1 and 2 so every update is a real change (and a reconcile task)
