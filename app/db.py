@@ -25,6 +25,17 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # pysqlite would open its own deferred transaction at the first write, after the reads that
+            # decided it: take transaction control from it, and begin every transaction ourselves below.
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(conn):  # type: ignore[no-untyped-def]
+            # SQLite has no row locks (FOR UPDATE SKIP LOCKED is a no-op): the write lock taken at BEGIN
+            # makes a probe and the update it decides one critical section, so two claims never both see
+            # the same free instance. Transactions are short, so serialising them costs little on the one
+            # machine SQLite is for (`warmpool dev`).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -154,6 +154,7 @@ class Prebuild(SQLModel, table=True):
     snapshot_completion_percentage: int = 0
     snapshot_size_bytes: int = Field(default=0, sa_type=sa.BigInteger)
     completion_time: datetime | None = _ts(nullable=True)
+    phase_changed_at: datetime = _ts()
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -218,6 +219,7 @@ class Pool(SQLModel, table=True):
     refill_seconds: float = 0.0
     needs_reconcile: bool = True
     reconciled_at: datetime | None = _ts(nullable=True)
+    phase_changed_at: datetime = _ts()
 
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -255,8 +257,9 @@ class Instance(SQLModel, table=True):
     event_seq: int = Field(default=0, sa_type=sa.BigInteger)
     state_changed_at: datetime = _ts()
     stale: bool = False
+    """On a snapshot the pool no longer warms from: set by rotation (pools.set_snapshot) in the same
+    transaction as the pool's new snapshot, so a claim takes fresh instances first."""
     draining: bool = False
-    scaled: bool = False
     lease_id: str | None = Field(default=None, max_length=36)
     address: str = ""
     zone: str = ""
@@ -277,6 +280,9 @@ class Lease(SQLModel, table=True):
         sa.Index("ix_leases_active_expiry", "expires_at", postgresql_where=sa.text("state = 'active'"),
                  sqlite_where=sa.text("state = 'active'")),
         sa.Index("ix_leases_instance", "instance_id"),
+        # The lease invariant, kept by the database on every backend: at most one active lease per instance.
+        sa.Index("uq_leases_active_instance", "instance_id", unique=True,
+                 postgresql_where=sa.text("state = 'active'"), sqlite_where=sa.text("state = 'active'")),
     )
     id: str = _id()
     organization_id: str = Field(max_length=36, index=True)
@@ -311,3 +317,4 @@ class Reservation(SQLModel, table=True):
     expires_at: datetime = _ts()
     lease_id: str | None = Field(default=None, max_length=36)
     instance_id: str | None = Field(default=None, max_length=36)
+    state_changed_at: datetime = _ts()

@@ -169,3 +169,37 @@ def warm_pool(prebuild_ready_project: World) -> World:
         pool = pools.create_warm_pool(w.org_id, w.project_id, w.env_class_id, min_size=1, max_size=3, session=s)
     w.pool_id = pool.id
     return w
+
+
+# ---- both backends ---------------------------------------------------------------------------
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """The test runs once on PostgreSQL (empty tables) and once on SQLite (a fresh file migrated to head,
+    as `warmpool dev` makes it): a guarantee claimed on both backends is tested on both. Yields the name."""
+    if request.param == "postgresql":
+        request.getfixturevalue("db")
+        yield "postgresql"
+        return
+    from app import auth
+    from app.db import reset_engine
+    from app.migrate import upgrade
+    from config.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'dev.sqlite3'}"
+    monkeypatch.setenv("WARMPOOL_ENV", "test")
+    monkeypatch.setenv("WARMPOOL_DATABASE_URL", url)
+    monkeypatch.setenv("WARMPOOL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    reset_engine()
+    auth.clear_cache()
+    upgrade(url)
+    yield "sqlite"
+    reset_engine()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def any_org(backend: str, effects_log) -> World:
+    """An organization on the backend under test (see `backend`)."""
+    return make_org()

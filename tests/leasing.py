@@ -21,11 +21,11 @@ def make_pool(org_id: str, name: str = "pool-a", *, runner_id: str | None = None
 
 
 def add_ready(pool: Pool, count: int = 1, *, stale: bool = False, ready_at: datetime | None = None,
-              zone: str = "zone-a") -> list[str]:
+              zone: str = "zone-a", snapshot_id: str | None = None) -> list[str]:
     """`count` running, free instances of the pool; returns their ids (oldest ready first)."""
     base = ready_at or utcnow() - timedelta(minutes=5)
     rows = [Instance(pool_id=pool.id, organization_id=pool.organization_id, provider="fake", state="running",
-                     desired_state="running", stale=stale, zone=zone, ready_at=base + timedelta(milliseconds=i),
+                     desired_state="running", stale=stale, zone=zone, snapshot_id=snapshot_id, ready_at=base + timedelta(milliseconds=i),
                      idle_since=base) for i in range(count)]
     with session_scope() as s:
         s.add_all(rows)
@@ -38,10 +38,10 @@ def add_ready_bulk(pool_id: str, org_id: str, count: int, *, zone: str = "zone-a
     with session_scope() as s:
         s.execute(sa.text(
             "INSERT INTO instances (id, pool_id, organization_id, provider, state, desired_state, event_seq, "
-            "state_changed_at, stale, draining, scaled, address, zone, failure_count, last_error, requested_at, "
+            "state_changed_at, stale, draining, address, zone, failure_count, last_error, requested_at, "
             "ready_at, idle_since, missing_seen) "
             "SELECT gen_random_uuid()::text, :pool, :org, 'fake', 'running', 'running', 0, now(), false, false, "
-            "false, '', :zone, 0, '', now(), now() - make_interval(secs => g / 1000.0), now(), 0 "
+            "'', :zone, 0, '', now(), now() - make_interval(secs => g / 1000.0), now(), 0 "
             "FROM generate_series(1, :n) AS g"
         ), {"pool": pool_id, "org": org_id, "zone": zone, "n": count})
 

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import effects
+from app.domain import effects, leases
 from app.domain.pools import bump_status, request_reconcile
 from app.domain.states import ALIVE, DesiredState, InstanceState as S, PoolPhase, reachable
 from app.models import Instance, Pool, utcnow
@@ -167,6 +167,8 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
         if inst.state == S.FAILED:
             pool.failure_message = (event.message or "instance failed")[:2000]
             bump_status(pool)
+        if inst.state in (S.FAILED, S.DELETING, S.DELETED) and inst.lease_id is not None:
+            leases.end_for_lost_instance(inst.id, session=session, now=now)
         if inst.state in _REPLAN:
             request_reconcile(pool, session=session)
         return True

@@ -40,7 +40,7 @@ from sqlmodel import Session, select
 
 from app import events as ev
 from app.domain import effects, reservations
-from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from app.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from app.domain.states import IN_FLIGHT, DesiredState, EmptyPoolPolicy, InstanceState as S, LeaseState
 from app.models import Instance, Lease, Pool, Runner, new_id, utcnow
 
@@ -199,6 +199,8 @@ def claim(
     }).first()
     if row is None:
         return None
+    if row.id is None:  # picked and locked, yet no longer free: a bug elsewhere, never a second lease
+        raise Aborted(f"instance {row.picked} was leased concurrently; retry")
     announce(row.id, pool.id, ev.KIND_LEASED, session=session)
     return LeaseView(instance_id=row.id, pool_name=pool.name, expires_at=expires_at, zone=row.zone,
                      service_tag=service_tag, lease_id=lease_id, pool_id=pool.id, created_at=now)
@@ -212,7 +214,7 @@ WITH pick AS (
     ORDER BY stale, ready_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), taken AS (
     UPDATE instances SET lease_id = :lease_id, idle_since = NULL FROM pick
-    WHERE instances.id = pick.id RETURNING instances.id, instances.zone
+    WHERE instances.id = pick.id AND instances.lease_id IS NULL RETURNING instances.id, instances.zone
 ), made AS (
     INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, reservation_id,
                         created_at, expires_at, ended_at, end_reason)
@@ -220,7 +222,8 @@ WITH pick AS (
            NULL, '' FROM taken
     RETURNING instance_id
 )
-SELECT taken.id, taken.zone FROM taken JOIN made ON made.instance_id = taken.id
+SELECT pick.id AS picked, taken.id, taken.zone FROM pick
+LEFT JOIN taken ON taken.id = pick.id LEFT JOIN made ON made.instance_id = taken.id
 """).bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)),
                 sa.bindparam("expires_at", type_=sa.DateTime(timezone=True)))
 
@@ -229,14 +232,21 @@ def bind(
     pool: Any, instance_id: str, zone: str, *, service_tag: str, expires_at: datetime, session: Session,
     now: datetime, reservation_id: str | None = None,
 ) -> LeaseView:
-    """Insert the lease for an instance the caller holds locked, and point the instance at it."""
+    """Point a free instance the caller holds locked at a new lease, and insert the lease. The instance's
+    lease_id is set only from NULL: if it is taken after all, this raises Aborted instead of leasing it
+    twice (and the unique index uq_leases_active_instance refuses a second active lease row anyway)."""
     lease_id = new_id()
+    taken = session.execute(
+        sa.update(Instance).where(Instance.id == instance_id, Instance.lease_id.is_(None))
+        .values(lease_id=lease_id, idle_since=None)
+    ).rowcount
+    if taken != 1:
+        raise Aborted(f"instance {instance_id} was leased concurrently; retry")
     session.execute(sa.insert(Lease).values(
         id=lease_id, organization_id=pool.organization_id, pool_id=pool.id, instance_id=instance_id,
         service_tag=service_tag, state=str(LeaseState.ACTIVE), reservation_id=reservation_id,
         created_at=now, expires_at=expires_at, end_reason="",
     ))
-    session.execute(sa.update(Instance).where(Instance.id == instance_id).values(lease_id=lease_id, idle_since=None))
     announce(instance_id, pool.id, ev.KIND_LEASED, session=session)
     return LeaseView(instance_id=instance_id, pool_name=pool.name, expires_at=expires_at, zone=zone,
                      service_tag=service_tag, lease_id=lease_id, pool_id=pool.id, created_at=now)
@@ -348,8 +358,14 @@ def extend_to(
     if extend_only:
         new = max(new, row.expires_at)
     if new != row.expires_at:
-        row.expires_at = new
-        session.add(row)
+        # Compare-and-set on the lease still being active: an ExtendTo that lost the race with a Return
+        # or the expiry sweep fails instead of lengthening an ended lease.
+        done = session.execute(
+            sa.update(Lease).where(Lease.id == row.id, ACTIVE).values(expires_at=new)
+        ).rowcount
+        if done != 1:
+            raise FailedPrecondition(f"the lease of instance {row.instance_id} ended meanwhile")
+        session.refresh(row)
     return view(row, session=session, pool=pool)
 
 
@@ -359,28 +375,43 @@ def return_lease(
     """End the instance's lease; the instance is destroyed (recycled on a `reuse` pool)."""
     now = now or utcnow()
     row, pool = _changeable(org_id, instance_id, service_tag, session=session, now=now)
-    end(row, LeaseState.RETURNED, pool=pool, session=session, now=now)
+    if not end(row, LeaseState.RETURNED, pool=pool, session=session, now=now):
+        raise FailedPrecondition(f"the lease of instance {instance_id} ended meanwhile")
+    session.refresh(row)
     return view(row, session=session, pool=pool)
 
 
-def end(row: Lease, state: LeaseState, *, pool: Pool, session: Session, now: datetime) -> bool:
-    """Compare-and-set an active lease to `state` and release its instance; False if it had ended already."""
+def end_for_lost_instance(instance_id: str, *, session: Session, now: datetime) -> bool:
+    """The instance failed or is going away under its lease: the lease ends (expired, reason
+    `instance_lost`), so no active lease ever points at a dead instance. False if it had none."""
+    row = session.exec(select(Lease).where(Lease.instance_id == instance_id, ACTIVE)).first()
+    if row is None:
+        return False
+    return end(row, LeaseState.EXPIRED, pool=session.get(Pool, row.pool_id), session=session, now=now,
+               reason="instance_lost")
+
+
+def end(row: Lease, state: LeaseState, *, pool: Pool | None, session: Session, now: datetime,
+        reason: str = "") -> bool:
+    """Compare-and-set an active lease to `state` and release its instance; False if it had ended already.
+    A `reason` other than the state itself (a lost instance) never recycles the instance."""
     done = session.execute(
         sa.update(Lease).where(Lease.id == row.id, Lease.state == str(LeaseState.ACTIVE))
-        .values(state=str(state), ended_at=now, end_reason=str(state))
+        .values(state=str(state), ended_at=now, end_reason=reason or str(state))
     ).rowcount == 1
     if not done:
         return False
     held = sa.and_(Instance.id == row.instance_id, Instance.lease_id == row.id)
-    if pool.reuse and pool.deleted_at is None:
-        freed = session.execute(sa.update(Instance).where(held).values(lease_id=None, idle_since=now)).rowcount
-        if freed:
-            reservations.assign_ready_instance(row.instance_id, session=session, now=now)
+    recycle = pool is not None and pool.reuse and pool.deleted_at is None and not reason
+    if recycle:
+        values: dict[str, Any] = dict(lease_id=None, idle_since=now)
+    else:  # draining keeps the claim away until the provider task has deleted it
+        values = dict(lease_id=None, draining=True, desired_state=str(DesiredState.DELETED), state_changed_at=now)
+    if session.execute(sa.update(Instance).where(held).values(**values)).rowcount != 1:
+        raise Aborted(f"lease {row.id} was active but instance {row.instance_id} did not hold it")
+    if recycle:
+        reservations.assign_ready_instance(row.instance_id, session=session, now=now)
     else:
-        # Draining keeps the claim away until the provider task has deleted it.
-        session.execute(sa.update(Instance).where(held).values(
-            lease_id=None, draining=True, desired_state=str(DesiredState.DELETED), state_changed_at=now,
-        ))
         effects.defer(session, "delete_instance", instance_id=row.instance_id)
     announce(row.instance_id, row.pool_id, ev.KIND_RETURNED, session=session)
     return True

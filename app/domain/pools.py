@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -15,7 +16,7 @@ from app.domain.catalog import get_environment_class, get_project, template_of
 from app.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.pagination import Page
 from app.domain.states import PoolKind, PoolPhase, PrebuildPhase
-from app.models import Pool, Prebuild, new_id, utcnow
+from app.models import Instance, Pool, Prebuild, new_id, utcnow
 from config.settings import get_settings
 
 
@@ -213,16 +214,28 @@ def set_snapshot(pool: Pool, snapshot_id: str, *, session: Session) -> bool:
     pool.snapshot_id = snapshot_id
     bump_spec(pool)
     request_reconcile(pool, session=session)
-    session.flush()
+    session.flush()  # the pool row's write lock first: a reconcile creating instances finishes before the marking
+    _mark_stale(pool.id, snapshot_id, session=session)
     if retired and retired not in (snapshot_id, pool.previous_snapshot_id) and pool.runner_id and not snapshot_in_use(retired, session=session):
         effects.defer(session, "delete_snapshot", runner_id=pool.runner_id, snapshot_id=retired)
     return True
 
 
-def snapshot_in_use(snapshot_id: str, *, session: Session) -> bool:
-    """Whether any live pool (current or rollback snapshot) or live instance still needs the snapshot."""
+def _mark_stale(pool_id: str, snapshot_id: str, *, session: Session) -> None:
+    """Instances not on the pool's snapshot are stale (and those on it fresh again, after a rollback), in
+    the rotation's transaction: the claim's index (ix_instances_ready: pool, stale, ready_at) then hands
+    out fresh instances first without comparing snapshot ids."""
     from app.models import Instance
 
+    session.execute(
+        sa.update(Instance)
+        .where(Instance.pool_id == pool_id, Instance.state != "deleted")
+        .values(stale=sa.case((Instance.snapshot_id == snapshot_id, sa.false()), else_=sa.true()))
+    )
+
+
+def snapshot_in_use(snapshot_id: str, *, session: Session) -> bool:
+    """Whether any live pool (current or rollback snapshot) or live instance still needs the snapshot."""
     by_pool = session.exec(select(Pool.id).where(
         Pool.deleted_at.is_(None),
         (Pool.snapshot_id == snapshot_id) | (Pool.previous_snapshot_id == snapshot_id)).limit(1)).first()

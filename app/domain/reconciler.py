@@ -63,7 +63,7 @@ def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
         for _ in range(count):
             inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=provider,
                             snapshot_id=pool.snapshot_id, desired_state=str(desired),
-                            scaled=False, zone=str(pool.template.get("zone", "")))
+                            zone=str(pool.template.get("zone", "")))
             session.add(inst)  # the id is made client-side: no flush per row, autoflush writes them together
             effects.defer(session, "provision_instance", instance_id=inst.id)
     for instance_id in plan.start:
