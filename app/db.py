@@ -1,9 +1,12 @@
 """The engine and the unit of work: whoever opens a session commits or rolls it back."""
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -14,9 +17,34 @@ from app.domain import effects
 from config.settings import get_settings
 
 
+# A \uD800-\uDFFF escape in stored JSON text: the only way a lone surrogate can be in the database.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        # Lone surrogates become U+FFFD; a proper pair (written as two escapes) becomes its character.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    return value
+
+
+def read_json(text: str | bytes) -> Any:
+    """How JSON columns are read: a lone surrogate stored before the edge refused them (a JSON escape
+    json.loads turns into a str no encoder takes) comes back as U+FFFD, so no read of old rows fails."""
+    value = json.loads(text)
+    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        return _valid_unicode(value)
+    return value
+
+
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                  json_deserializer=read_json)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -38,7 +66,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                            json_deserializer=read_json)
 
 
 @lru_cache(maxsize=1)

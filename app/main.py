@@ -8,6 +8,7 @@ from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
 from app.api import native
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
+from app.api.edge import HygieneInterceptor, InputGuard
 from app.domain import effects
 from config.settings import get_settings
 from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
@@ -21,11 +22,14 @@ CONNECT_CODECS = [google_protobuf_binary_codec(), google_protobuf_json_codec(ign
 
 
 def connect_apps() -> list:
+    # Input limits (app/api/edge.py): the body size while reading, then every string of the decoded message.
+    edge = {"codecs": CONNECT_CODECS, "interceptors": [HygieneInterceptor()],
+            "read_max_bytes": get_settings().input.max_body_bytes}
     return [
-        PrebuildServiceASGIApplication(gitpod.PrebuildService(), codecs=CONNECT_CODECS),
-        ProjectServiceASGIApplication(gitpod.ProjectService(), codecs=CONNECT_CODECS),
-        RunnerConfigurationServiceASGIApplication(gitpod.RunnerConfigurationService(), codecs=CONNECT_CODECS),
-        VMPoolLeaseServiceASGIApplication(vmpool.VMPoolLeaseConnect(), codecs=CONNECT_CODECS),
+        PrebuildServiceASGIApplication(gitpod.PrebuildService(), **edge),
+        ProjectServiceASGIApplication(gitpod.ProjectService(), **edge),
+        RunnerConfigurationServiceASGIApplication(gitpod.RunnerConfigurationService(), **edge),
+        VMPoolLeaseServiceASGIApplication(vmpool.VMPoolLeaseConnect(), **edge),
     ]
 
 
@@ -43,7 +47,7 @@ class WarmpoolASGI:
 
     def __init__(self, fastapi_app: FastAPI, grpc_server: object | None = None) -> None:
         self.fastapi = fastapi_app
-        self.connect = PaginationQueryMerge(ConnectRouter(connect_apps()))
+        self.connect = InputGuard(PaginationQueryMerge(ConnectRouter(connect_apps())))
         self.grpc_server = grpc_server
 
     async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -96,6 +100,7 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     app.include_router(podpools_api.router)
     app.include_router(native.router)
     native.install_error_handlers(app)
+    app.add_middleware(InputGuard)  # body size limits and input hygiene, in each façade's format
     app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
     if dispatcher:
         install_dispatcher()

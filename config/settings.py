@@ -60,6 +60,16 @@ class FlowerSettings(BaseModel):
     password: str = Field(DEV_FLOWER_PASSWORD, description="Basic-auth password of Flower; must be changed outside dev.")
 
 
+class InputSettings(BaseModel):
+    """Input hygiene and request size limits, the same at every façade (app/api/hygiene.py, app/api/edge.py)."""
+
+    max_body_bytes: int = Field(1_048_576, description="Largest request body any HTTP façade (Connect, pod pools, "
+                                "/v1) reads, checked from Content-Length and while streaming; larger is refused.")
+    max_grpc_message_bytes: int = Field(1_048_576, description="Largest gRPC request message (grpc.max_receive_message_length).")
+    max_json_depth: int = Field(32, description="Deepest nesting of JSON objects and arrays (and protobuf messages) "
+                                "a request may carry.")
+
+
 class Settings(BaseSettings):
     """warmpool configuration, read from WARMPOOL_* environment variables and an optional .env file.
 
@@ -96,6 +106,7 @@ class Settings(BaseSettings):
     pools: PoolDefaults = Field(default_factory=PoolDefaults, description="Defaults of new pools (WARMPOOL_POOLS__*).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Reconciler, applier, sweeps (WARMPOOL_ENGINE__*).")
     flower: FlowerSettings = Field(default_factory=FlowerSettings, description="Flower dashboard (WARMPOOL_FLOWER__*).")
+    input: InputSettings = Field(default_factory=InputSettings, description="Request size and input limits (WARMPOOL_INPUT__*).")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":

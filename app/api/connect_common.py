@@ -12,12 +12,14 @@ from urllib.parse import parse_qs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from app import auth
+from app.api.edge import CONNECT, TooLarge, answer, read_body
+from app.api.hygiene import input_errors
 from app.db import session_scope
 from app.domain.errors import DomainError
+from config.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,11 +42,6 @@ async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise to_connect_error(exc) from None
     except ConnectError:
         raise
-    except DataError as exc:
-        # A value the database cannot store (a NUL byte, longer than its column) came from the caller.
-        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
-        log.warning("refused a value in %s: %s", getattr(fn, "__name__", fn), reason)
-        raise ConnectError(Code.INVALID_ARGUMENT, f"a value in the request cannot be stored: {reason}") from None
     except Exception:
         log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
         raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
@@ -52,7 +49,7 @@ async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def _unit_of_work(token: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
     org_id = auth.organization_for(token)
-    with session_scope() as session:
+    with input_errors(), session_scope() as session:
         return fn(org_id, *args, session=session, **kwargs)
 
 
@@ -108,13 +105,12 @@ class PaginationQueryMerge:
         if ctype != "application/json" or not is_list or not ({"token", "pageSize"} & query.keys()):
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        limit = get_settings().input.max_body_bytes
+        try:
+            body, _ = await read_body(receive, limit)
+        except TooLarge:
+            await answer(send, CONNECT, "too_large", f"the request body is larger than the limit of {limit} bytes")
+            return
         try:
             data = json.loads(body or b"{}")
             if isinstance(data, dict):

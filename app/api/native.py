@@ -23,13 +23,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DataError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
 from app import auth
+from app.api.hygiene import input_errors
 from app.db import session_scope
 from app.domain import instances, pagination, pools, tenancy
 from app.domain.errors import DomainError, InvalidArgument
@@ -234,16 +234,13 @@ Org = Annotated[str, Depends(caller)]
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, session=…, **kwargs)` in one unit of work on a worker thread, errors as ApiError."""
     def work() -> T:
-        with session_scope() as session:
+        with input_errors(), session_scope() as session:
             return fn(*args, session=session, **kwargs)
 
     try:
         return await run_in_threadpool(work)
     except DomainError as exc:
         raise from_domain(exc) from None
-    except DataError as exc:
-        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise ApiError(400, "invalid_argument", f"a value in the request cannot be stored: {reason}") from None
     except ApiError:
         raise
     except Exception:

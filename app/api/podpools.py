@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import auth
+from app.api.hygiene import INT32, BadInput, input_errors, parse_int
 from app.db import session_scope
 from app.domain import podpools
 from app.domain.errors import DomainError, NotFound, Unauthenticated
@@ -31,7 +32,6 @@ SUCCESS, POOL_NOT_FOUND, INVALID_USER_PARAM = 0, 4120, 4104
 AUTH_CHECK_ERROR, INVALID_JSON_BODY, INVALID_PARAM, INTERNAL = 121049, 121052, 130600, 150500
 DEFAULT_LIMIT = 10
 DEFAULT_TENANT = "0"
-INT32 = (-(2**31), 2**31 - 1)
 
 # PoolInfo field -> wire type. Columns (id, group, size, max_size, reuse) are not echoed from `given`.
 POOL_FIELDS: dict[str, str] = {
@@ -146,9 +146,9 @@ def _int_param(request: Request, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
-    except ValueError:
-        raise WireError(INVALID_USER_PARAM, f"{name} must be an integer, got {raw!r}. check input parameters") from None
+        return parse_int(raw, name, INT32)
+    except BadInput as exc:
+        raise WireError(INVALID_USER_PARAM, f"{exc.message}. check input parameters") from None
 
 
 # ---- encoding ----------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ async def _call(request: Request, work: Callable[..., Any]) -> JSONResponse:
 
 def _unit_of_work(token: str, work: Callable[..., Any]) -> JSONResponse:
     org_id = auth.organization_for(token)
-    with session_scope() as session:
+    with input_errors(), session_scope() as session:
         return work(org_id, session)
 
 

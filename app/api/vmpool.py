@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from app import auth
 from app.api.connect_common import to_connect_error
+from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import session_scope
 from app.domain import leases, reservations
@@ -86,7 +87,7 @@ def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, 
     """One unit of work whose committed effects go to AFTER_COMMIT instead of being dispatched on this
     thread: a Lease answers without waiting for the broker."""
     org_id = auth.organization_for(auth.bearer_from_header(authorization))
-    with session_scope(after_commit=AFTER_COMMIT.submit) as session:
+    with input_errors(), session_scope(after_commit=AFTER_COMMIT.submit) as session:
         return fn(org_id, *args, session=session, **kwargs)
 
 

@@ -15,8 +15,10 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from app.api.hygiene import BadInput, check_message
 from app.api.vmpool import LeaseService, default_service
 from app.domain.errors import DomainError
+from config.settings import get_settings
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {request.error}")
+        try:
+            check_message(request)  # the same input rules as every other façade (app/api/hygiene.py)
+        except BadInput as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         authorization = None
         if needs_token:
             authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
@@ -129,7 +135,9 @@ class GrpcServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.reuse_port else 0)])
+        limit = get_settings().input.max_grpc_message_bytes  # larger requests get RESOURCE_EXHAUSTED
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.reuse_port else 0),
+                                          ("grpc.max_receive_message_length", limit)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {rpc: _handler(self.service, rpc) for rpc in METHODS}),))
         checks = health.aio.HealthServicer()

@@ -222,7 +222,7 @@ def test_bad_pool_queries_are_refused_in_our_shape(client, acme, query, status, 
 @pytest.mark.parametrize("path", ["/v1/pools/{bad}", "/v1/pools/{bad}/instances", "/v1/runners/{bad}",
                                   "/v1/instances/{bad}", "/v1/instances/{bad}/logs", "/v1/events?pool_id={bad}"])
 def test_ids_that_are_not_uuids_are_400_and_unknown_ones_404(client, acme, path):
-    assert "UUID" in expect_error(client.get(path.format(bad="pool%00x"), headers=bearer(acme)), 400, "invalid_argument")
+    assert "UUID" in expect_error(client.get(path.format(bad="not-a-uuid"), headers=bearer(acme)), 400, "invalid_argument")
     expect_error(client.get(path.format(bad=uuid.uuid4()), headers=bearer(acme)), 404, "not_found")
 
 

@@ -1,0 +1,52 @@
+"""Fixtures of the security suite: the HTTP façades in process with a small body limit, one
+organization with a fake runner, and row counts read straight from the database."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from app.db import get_engine, session_scope
+from app.domain import tenancy
+from tests.conftest import World, make_org
+
+BODY_LIMIT = 64 * 1024
+
+
+@pytest.fixture
+def small_bodies(monkeypatch: pytest.MonkeyPatch, settings_env) -> int:
+    """A 64 KiB body limit (gRPC messages too), so the oversize attacks stay cheap."""
+    from config.settings import get_settings
+
+    monkeypatch.setenv("WARMPOOL_INPUT__MAX_BODY_BYTES", str(BODY_LIMIT))
+    monkeypatch.setenv("WARMPOOL_INPUT__MAX_GRPC_MESSAGE_BYTES", str(BODY_LIMIT))
+    get_settings.cache_clear()
+    return BODY_LIMIT
+
+
+@pytest.fixture
+def client(db, effects_log, small_bodies) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    with TestClient(create_app(dispatcher=False), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def world(db, effects_log) -> World:
+    w = make_org()
+    with session_scope() as s:
+        w.runner_id = tenancy.create_runner(w.org_id, "fake", "fake", {}, session=s).id
+    return w
+
+
+def rows(table: str, org_id: str) -> int:
+    """How many rows of `table` the organization has, read from the database."""
+    with get_engine().connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE organization_id = :o"), {"o": org_id}).scalar_one()
+
+
+def auth(world: World) -> dict[str, str]:
+    return {"Authorization": f"Bearer {world.token}"}
