@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import effects, leases
+from app.domain import effects, leases, transitions
 from app.domain.pools import bump_status, request_reconcile
 from app.domain.states import ALIVE, DesiredState, InstanceState as S, PoolPhase, reachable
 from app.models import Instance, Pool, utcnow
@@ -34,7 +34,6 @@ def observe(
         values["provider_ref"] = ref
     changed = state != previous and reachable(previous, state)
     if changed:
-        values.update(state=state, state_changed_at=now)
         if state == S.RUNNING:
             values.update(ready_at=now, idle_since=now, address=address or inst.address)
             if boot_ms is not None:
@@ -45,12 +44,15 @@ def observe(
             values.update(last_error=message[:2000], failure_count=inst.failure_count + 1)
     elif state == previous and address:
         values["address"] = address
-    result = session.execute(
-        sa.update(Instance)
-        .where(Instance.id == instance_id, Instance.state == previous, Instance.event_seq == inst.event_seq)
-        .values(**values)
-    )
-    if result.rowcount != 1:
+    unchanged_since_read = Instance.event_seq == inst.event_seq
+    if changed:
+        moved = transitions.INSTANCE.move(session, inst, state, where=[unchanged_since_read], now=now, **values)
+    else:  # no state change: only the sequence (and the address) move on
+        moved = session.execute(
+            sa.update(Instance).where(Instance.id == instance_id, Instance.state == previous, unchanged_since_read)
+            .values(**values)
+        ).rowcount == 1
+    if not moved:
         return None  # another applier got there first; its event wins
     session.refresh(inst)
     return inst if changed else None
@@ -96,11 +98,14 @@ def recount(pool: Pool, *, session: Session) -> bool:
             stopped += count
     phase = _phase(pool, ready=ready, alive=alive)
     new = dict(ready_instances=ready, running_instances=running, stopped_instances=stopped,
-               leased_instances=leased, phase=str(phase))
-    if all(getattr(pool, k) == v for k, v in new.items()):
+               leased_instances=leased)
+    if all(getattr(pool, k) == v for k, v in new.items()) and phase == pool.phase:
         return False
     for k, v in new.items():
         setattr(pool, k, v)
+    if phase != pool.phase and not transitions.POOL.move(session, pool, phase):
+        # The row is locked, so only the table refuses: a deleted pool that sees a late instance stays deleted.
+        log.warning("pool %s: phase %s -> %s refused by its lifecycle", pool.id, pool.phase, phase)
     if phase == PoolPhase.DELETED:
         pool.needs_reconcile = False
     bump_status(pool)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from app.domain import effects, pagination
+from app.domain import effects, pagination, transitions
 from app.domain.catalog import get_environment_class, get_project, template_of
 from app.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.pagination import Page
@@ -175,7 +175,7 @@ def delete_pool(org_id: str, pool_id: str, *, session: Session) -> Pool:
         return pool
     pool.deleted_at = utcnow()
     pool.desired_phase = str(PoolPhase.DELETED)
-    pool.phase = str(PoolPhase.DELETING)
+    transitions.POOL.move(session, pool, PoolPhase.DELETING, strict=True)
     bump_spec(pool)
     bump_status(pool)
     request_reconcile(pool, session=session)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from app.domain import effects, pagination
+from app.domain import effects, pagination, transitions
 from app.domain.catalog import get_environment_class, get_project
 from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from app.domain.pagination import Page
-from app.domain.states import PREBUILD_CANCELLABLE, PREBUILD_TRANSITIONS, PrebuildPhase
+from app.domain.states import PREBUILD_CANCELLABLE, PrebuildPhase
 from app.models import Prebuild, utcnow
 
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 300, 7200, 3600
@@ -48,21 +48,17 @@ def get_prebuild(org_id: str, prebuild_id: str, *, session: Session, for_update:
     return prebuild
 
 
-def move_prebuild(prebuild: Prebuild, phase: PrebuildPhase, *, message: str = "") -> bool:
-    """Move a prebuild along its lifecycle; False (and no change) if the table forbids the move."""
-    current = PrebuildPhase(prebuild.phase)
-    if phase == current:
-        return False
-    if phase not in PREBUILD_TRANSITIONS[current]:
-        return False
-    prebuild.phase = str(phase)
-    prebuild.status_version += 1
-    prebuild.updated_at = utcnow()
+def move_prebuild(prebuild: Prebuild, phase: PrebuildPhase, *, session: Session, message: str = "",
+                  **values: object) -> bool:
+    """Move a prebuild along its lifecycle (a compare-and-set through the prebuild machine); False, and no
+    change, if its current phase may not move there (cancelled or deleted meanwhile, or already past it)."""
+    now = utcnow()
+    values.update(status_version=prebuild.status_version + 1, updated_at=now)
     if message:
-        prebuild.failure_message = message
+        values["failure_message"] = message
     if phase in (PrebuildPhase.COMPLETED, PrebuildPhase.FAILED, PrebuildPhase.CANCELLED):
-        prebuild.completion_time = utcnow()
-    return True
+        values["completion_time"] = now
+    return transitions.PREBUILD.move(session, prebuild, phase, now=now, **values)
 
 
 def cancel_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> Prebuild:
@@ -72,10 +68,10 @@ def cancel_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> Prebu
         return prebuild
     if phase not in PREBUILD_CANCELLABLE:
         raise FailedPrecondition(f"prebuild {prebuild_id} is {phase.value} and can no longer be cancelled")
-    prebuild.desired_phase = str(PrebuildPhase.CANCELLED)
     # Not started yet: nothing runs, so it is cancelled at once; otherwise the runner stops it.
-    move_prebuild(prebuild, PrebuildPhase.CANCELLED if phase == PrebuildPhase.PENDING else PrebuildPhase.CANCELLING)
-    session.add(prebuild)
+    to = PrebuildPhase.CANCELLED if phase == PrebuildPhase.PENDING else PrebuildPhase.CANCELLING
+    if not move_prebuild(prebuild, to, session=session, desired_phase=str(PrebuildPhase.CANCELLED)):
+        raise FailedPrecondition(f"prebuild {prebuild_id} moved on meanwhile; get it again")
     if phase != PrebuildPhase.PENDING:
         effects.defer(session, "run_prebuild", prebuild_id=prebuild.id)
     return prebuild
@@ -85,11 +81,7 @@ def delete_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> None:
     prebuild = get_prebuild(org_id, prebuild_id, session=session, for_update=True)
     if prebuild.phase in (PrebuildPhase.DELETING, PrebuildPhase.DELETED):
         return
-    prebuild.desired_phase = str(PrebuildPhase.DELETED)
-    prebuild.phase = str(PrebuildPhase.DELETED)
-    prebuild.status_version += 1
-    prebuild.updated_at = utcnow()
-    session.add(prebuild)
+    move_prebuild(prebuild, PrebuildPhase.DELETED, session=session, desired_phase=str(PrebuildPhase.DELETED))
 
 
 def list_prebuilds(
@@ -116,7 +108,7 @@ def advance(prebuild_id: str, phase: PrebuildPhase, *, session: Session, message
     """The runner moves a prebuild along (compare-and-set under the row lock); None if it cannot move
     (cancelled or deleted meanwhile, or already past that phase)."""
     prebuild = session.exec(select(Prebuild).where(Prebuild.id == prebuild_id).with_for_update()).first()
-    if prebuild is None or not move_prebuild(prebuild, phase, message=message):
+    if prebuild is None or not move_prebuild(prebuild, phase, session=session, message=message):
         return None
     if provider_ref is not None:
         prebuild.provider_ref = provider_ref

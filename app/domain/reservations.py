@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from app import events as ev
-from app.domain import effects, leases
+from app.domain import claims, effects, transitions
+from app.domain.claims import LeaseView, Queued
 from app.domain.errors import FailedPrecondition, NotFound, Unavailable
 from app.domain.states import ReservationState as R
 from app.models import Instance, Lease, Pool, Reservation, new_id, utcnow
 
-if TYPE_CHECKING:
-    from app.domain.leases import LeaseView, Queued
-
 AUTOMATIC_PREFIX = "auto-"
 WAITING = Reservation.state == sa.literal_column(f"'{R.WAITING}'")
-"""The predicate of the partial index ix_reservations_waiting (inlined: see leases.inline)."""
+"""The predicate of the partial index ix_reservations_waiting (inlined: see claims.inline)."""
 
 
 def find(org_id: str, client_id: str, *, session: Session) -> Reservation | None:
@@ -61,13 +59,17 @@ def served_lease(res: Reservation, *, session: Session, now: datetime) -> LeaseV
     row = session.get(Lease, res.lease_id)
     if row is None or row.state != "active" or row.expires_at <= now:
         return None
-    return leases.view(row, session=session)
+    return claims.view(row, session=session)
 
 
-def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, wake: bool = True) -> None:
-    """Record the lease a reservation got; `wake` publishes it to Lease calls waiting on it (after commit)."""
-    res.state, res.lease_id, res.instance_id = str(R.FULFILLED), granted.lease_id, granted.instance_id
-    session.add(res)
+def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, now: datetime,
+                   wake: bool = True) -> None:
+    """Record the lease a reservation got; `wake` publishes it to Lease calls waiting on it (after commit).
+    A reservation named again after it lapsed or was spent is queued anew first, then served at once."""
+    if res.state != R.WAITING:
+        _requeue_row(res, res.pool_id, session=session, now=now)
+    transitions.RESERVATION.move(session, res, R.FULFILLED, expect=[R.WAITING], now=now, strict=True,
+                                 lease_id=granted.lease_id, instance_id=granted.instance_id)
     if wake:
         effects.defer(session, "notify", channel=ev.reservation_channel(res.id), message=granted.instance_id)
 
@@ -106,17 +108,24 @@ def requeue(
 ) -> Queued:
     """A Lease call named `res` and found no free instance: defer its expiry (keeping its place), or put
     it back in the queue, at the back, if it had expired, been cancelled or been spent."""
-    if res.state != R.WAITING or res.expires_at <= now:
-        res.state, res.created_at, res.pool_id = str(R.WAITING), now, pool.id
-        res.lease_id = res.instance_id = None
+    if res.state != R.WAITING:
+        _requeue_row(res, pool.id, session=session, now=now)
+    elif res.expires_at <= now:  # lapsed by the clock before the sweep marked it: to the back as well
+        res.created_at, res.pool_id = now, pool.id
     res.expires_at = now + _ttl(pool)
     res.service_tag, res.requested_expires_at = service_tag, wished_expiry
     session.add(res)
     return queued(res, pool)
 
 
+def _requeue_row(res: Reservation, pool_id: str, *, session: Session, now: datetime) -> None:
+    """An expired, cancelled or spent reservation back in its pool's queue, at the back."""
+    transitions.RESERVATION.move(session, res, R.WAITING, expect=[R.FULFILLED, R.EXPIRED, R.CANCELLED], now=now,
+                                 strict=True, created_at=now, pool_id=pool_id, lease_id=None, instance_id=None)
+
+
 def queued(res: Reservation, pool: Any) -> Queued:
-    return leases.Queued(reservation_id=res.id, client_id=res.client_id, pool_name=pool.name,
+    return Queued(reservation_id=res.id, client_id=res.client_id, pool_name=pool.name,
                          expires_at=res.expires_at, automatic=res.client_id.startswith(AUTOMATIC_PREFIX))
 
 
@@ -141,12 +150,8 @@ def outcome(org_id: str, reservation_id: str, *, session: Session, now: datetime
 def cancel(org_id: str, reservation_id: str, *, session: Session, now: datetime | None = None) -> LeaseView | None:
     """Withdraw a waiting reservation (an automatic one whose call gave up); if it was served in the
     meantime, the lease it got is returned instead."""
-    done = session.execute(
-        sa.update(Reservation)
-        .where(Reservation.id == reservation_id, Reservation.organization_id == org_id,
-               Reservation.state == str(R.WAITING))
-        .values(state=str(R.CANCELLED))
-    ).rowcount
+    done = transitions.RESERVATION.move(session, reservation_id, R.CANCELLED, expect=[R.WAITING], now=now,
+                                        where=[Reservation.organization_id == org_id])
     if done:
         return None
     return outcome(org_id, reservation_id, session=session, now=now)
@@ -158,7 +163,7 @@ def assign_ready_instance(instance_id: str, *, session: Session, now: datetime |
     now = now or utcnow()
     inst = session.execute(
         sa.select(Instance.id, Instance.pool_id, Instance.zone)
-        .where(Instance.id == instance_id, leases.READY).with_for_update(skip_locked=True)
+        .where(Instance.id == instance_id, claims.READY).with_for_update(skip_locked=True)
     ).first()
     if inst is None:
         return None
@@ -172,9 +177,9 @@ def assign_ready_instance(instance_id: str, *, session: Session, now: datetime |
     pool = session.get(Pool, inst.pool_id)
     if pool is None or pool.deleted_at is not None:
         return None
-    granted = leases.bind(pool, inst.id, inst.zone, service_tag=res.service_tag, reservation_id=res.client_id,
-                          expires_at=leases.grant_expiry(pool, res.requested_expires_at, now), session=session, now=now)
-    mark_fulfilled(res, granted, session=session)
+    granted = claims.bind(pool, inst.id, inst.zone, service_tag=res.service_tag, reservation_id=res.client_id,
+                          expires_at=claims.grant_expiry(pool, res.requested_expires_at, now), session=session, now=now)
+    mark_fulfilled(res, granted, session=session, now=now)
     return granted.lease_id
 
 
@@ -186,10 +191,7 @@ def expire_due(now: datetime, limit: int, *, session: Session) -> int:
     ids = list(session.execute(due).scalars())
     if not ids:
         return 0
-    return session.execute(
-        sa.update(Reservation).where(Reservation.id.in_(ids), Reservation.state == str(R.WAITING))
-        .values(state=str(R.EXPIRED))
-    ).rowcount
+    return transitions.RESERVATION.move(session, ids, R.EXPIRED, expect=[R.WAITING], now=now)
 
 
 def list_waiting(pool_id: str, *, session: Session) -> list[Reservation]:

@@ -1,4 +1,7 @@
-"""Every state machine of warmpool: the StrEnums, their allowed transitions, and named groups."""
+"""Every state machine of warmpool: the StrEnums, their allowed transitions, and named groups.
+
+The tables are enforced: every state change goes through app.domain.transitions, a compare-and-set on
+the sources a table allows."""
 from __future__ import annotations
 
 from enum import StrEnum
@@ -49,8 +52,8 @@ IN_FLIGHT = frozenset({S.REQUESTED, S.PROVISIONING, S.STARTING})
 """Instances on their way to running: counted against targets so nothing is created twice."""
 ALIVE = frozenset(_NON_TERMINAL)
 """Instances that exist (or are being made) and count toward a pool's size."""
-TERMINAL = frozenset({S.DELETED})
-GONE_OR_GOING = frozenset({S.DELETING, S.DELETED, S.FAILED})
+LOST = frozenset({S.FAILED, S.DELETING, S.DELETED})
+"""Instances that can serve no lease any more: one that reaches these states ends the lease it held."""
 
 
 def can_transition(current: InstanceState | str, new: InstanceState | str) -> bool:
@@ -100,7 +103,6 @@ POOL_TRANSITIONS: dict[PoolPhase, frozenset[PoolPhase]] = {
     PoolPhase.DELETING: frozenset({PoolPhase.DELETED}),
     PoolPhase.DELETED: frozenset(),
 }
-LIVE_POOL_PHASES = frozenset({PoolPhase.PENDING, PoolPhase.READY, PoolPhase.DEGRADED})
 
 
 class PoolKind(StrEnum):
@@ -137,18 +139,23 @@ class PrebuildPhase(StrEnum):
 
 P = PrebuildPhase
 PREBUILD_TRANSITIONS: dict[PrebuildPhase, frozenset[PrebuildPhase]] = {
-    P.PENDING: frozenset({P.STARTING, P.FAILED, P.CANCELLING, P.CANCELLED, P.DELETING}),
-    P.STARTING: frozenset({P.RUNNING, P.FAILED, P.CANCELLING, P.DELETING}),
-    P.RUNNING: frozenset({P.STOPPING, P.SNAPSHOTTING, P.FAILED, P.CANCELLING, P.DELETING}),
-    P.STOPPING: frozenset({P.SNAPSHOTTING, P.FAILED, P.CANCELLING, P.DELETING}),
-    P.SNAPSHOTTING: frozenset({P.COMPLETED, P.FAILED, P.CANCELLING, P.DELETING}),
-    P.COMPLETED: frozenset({P.DELETING}),
-    P.FAILED: frozenset({P.DELETING}),
-    P.CANCELLING: frozenset({P.CANCELLED, P.DELETING}),
-    P.CANCELLED: frozenset({P.DELETING}),
+    P.PENDING: frozenset({P.STARTING, P.FAILED, P.CANCELLING, P.CANCELLED}),
+    P.STARTING: frozenset({P.RUNNING, P.FAILED, P.CANCELLING}),
+    P.RUNNING: frozenset({P.STOPPING, P.SNAPSHOTTING, P.FAILED, P.CANCELLING}),
+    P.STOPPING: frozenset({P.SNAPSHOTTING, P.FAILED, P.CANCELLING}),
+    P.SNAPSHOTTING: frozenset({P.COMPLETED, P.FAILED, P.CANCELLING}),
+    P.COMPLETED: frozenset(),
+    P.FAILED: frozenset(),
+    P.CANCELLING: frozenset({P.CANCELLED}),
+    P.CANCELLED: frozenset(),
     P.DELETING: frozenset({P.DELETED}),
     P.DELETED: frozenset(),
 }
+# DeletePrebuild removes the record at once, whatever its phase (the runner of a live one sees
+# desired_phase = deleted and stops); DELETING is Gitpod's wire value, never stored here.
+for _p in P:
+    if _p != P.DELETED:
+        PREBUILD_TRANSITIONS[_p] = PREBUILD_TRANSITIONS[_p] | {P.DELETED}
 PREBUILD_FINISHED = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED, P.DELETING, P.DELETED})
 PREBUILD_CANCELLABLE = frozenset({P.PENDING, P.STARTING, P.RUNNING, P.STOPPING, P.SNAPSHOTTING})
 
@@ -173,11 +180,13 @@ class ReservationState(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A reservation named again by a Lease call after it expired, was cancelled, or was spent (its lease
+# ended) goes back in the queue: the same row, WAITING again, at the back.
 RESERVATION_TRANSITIONS: dict[ReservationState, frozenset[ReservationState]] = {
     ReservationState.WAITING: frozenset(
         {ReservationState.FULFILLED, ReservationState.EXPIRED, ReservationState.CANCELLED}
     ),
-    ReservationState.FULFILLED: frozenset(),
-    ReservationState.EXPIRED: frozenset(),
-    ReservationState.CANCELLED: frozenset(),
+    ReservationState.FULFILLED: frozenset({ReservationState.WAITING}),
+    ReservationState.EXPIRED: frozenset({ReservationState.WAITING}),
+    ReservationState.CANCELLED: frozenset({ReservationState.WAITING}),
 }
