@@ -31,6 +31,11 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(_url(), pool_size=1)
     with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # Batch mode rebuilds a table (copy, drop, rename) to alter it: with foreign keys on, dropping
+            # `pools` would cascade-delete every instance, lease and reservation. Off for the migration
+            # (a PRAGMA that only takes effect outside a transaction, hence on the driver's connection).
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

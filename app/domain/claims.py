@@ -1,8 +1,8 @@
 """The claim primitives both leases and reservations build on: which instance is ready, taking one for a
 new lease (the instance's lease_id set only from NULL), and how a lease is shown to the façades.
 
-Leases (app.domain.leases) and reservations (app.domain.reservations) both import this module and not
-each other's internals, so the lease path has no import cycle: leases -> reservations -> claims.
+Leases (app.domain.leases) and reservations (app.domain.reservations) both build on this module, and
+reservations never imports leases: the lease path has no import cycle (leases -> reservations -> claims).
 """
 from __future__ import annotations
 

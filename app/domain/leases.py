@@ -24,10 +24,14 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
   Without one, the pool's `empty_policy`: `reserve` queues a server-side reservation that lives only
   as long as the call waits for it; `reject` answers ResourceExhausted; `cold` creates a new instance
   and leases it at once while it boots (at most `max_size` such cold instances in flight per pool).
-- **Claim.** One transaction: one probe of `ix_instances_ready` with FOR UPDATE SKIP LOCKED (fresh
-  before stale, then the longest-ready), insert the lease, point the instance at it, commit; the
-  `leased` event and a reconcile (backfill) are deferred until after commit. Pool status counters are
-  not touched here: the event applier recounts them, so concurrent claims never queue on the pool row.
+- **Claim** (app.domain.claims). One transaction: one probe of `ix_instances_ready` with FOR UPDATE
+  SKIP LOCKED (on SQLite, under the BEGIN IMMEDIATE write lock of app.db), fresh before stale (rotation
+  marks what it replaces), then the longest-ready; point the instance at the lease (only from NULL),
+  insert the lease (the unique index uq_leases_active_instance allows one active lease per instance),
+  commit; the `leased` event and a reconcile (backfill) are deferred until after commit. Pool status
+  counters are not touched here: the event applier recounts them, so concurrent claims never queue on
+  the pool row.
+- **A lost instance** (observed failed, deleting or deleted) ends its lease: expired, reason `instance_lost`.
 """
 from __future__ import annotations
 

@@ -191,3 +191,36 @@ def test_after_a_rotation_every_lease_gets_a_fresh_instance(any_org):
         rows = dict(s.execute(sa.select(Instance.id, Instance.stale).where(Instance.pool_id == pool.id)).all())
     assert {i for i, st in rows.items() if not st} == set(old)
     assert_invariant(pool.id)
+
+
+def test_the_migration_ends_duplicate_active_leases_an_old_sqlite_file_holds(tmp_path):
+    """A `warmpool dev` database written before the index existed may hold doubles: upgrading keeps the
+    newest active lease of each instance and expires the others, instead of failing to build the index;
+    and rebuilding tables (SQLite's batch mode) keeps every row."""
+    from app.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, "0001")
+    engine = sa.create_engine(url)
+    t0 = utcnow()
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO organizations (id, name, created_at) VALUES ('o', 'o', :t)"), {"t": t0})
+        pool_cols = {col["name"]: col for col in sa.inspect(c).get_columns("pools")}
+        values = {name: 0 for name, col in pool_cols.items() if not col["nullable"]}
+        values.update(id="p", organization_id="o", kind="named", name="p", group_name="g", labels="{}", tenant_id="",
+                      desired_phase="ready", template="{}", empty_policy="reject", autoscale="{}", extra="{}",
+                      phase="ready", failure_message="", created_at=t0, updated_at=t0)
+        c.execute(sa.text(f"INSERT INTO pools ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"), values)
+        for i, lid in enumerate(["l1", "l2", "l3"]):
+            c.execute(sa.text("INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, "
+                              "created_at, expires_at, end_reason) VALUES (:id, 'o', 'p', 'i', '', 'active', :c, :e, '')"),
+                      {"id": lid, "c": t0 + timedelta(seconds=i), "e": t0 + timedelta(hours=1)})
+    engine.dispose()
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as c:
+        states = dict(c.execute(sa.text("SELECT id, state FROM leases")).all())
+        with pytest.raises(IntegrityError):
+            c.execute(sa.text("UPDATE leases SET state = 'active' WHERE id = 'l1'"))
+    engine.dispose()
+    assert states == {"l1": "expired", "l2": "expired", "l3": "active"}
