@@ -1,15 +1,42 @@
-"""Bearer-token authentication shared by every façade: token -> organization id, briefly cached."""
+"""Bearer-token authentication and scope checks shared by every façade: token -> (organization,
+scope), briefly cached so the hot path (a lease) stays on the event loop without a database read.
+
+A revoked or expired token is refused within `auth_cache_seconds` (the cache keeps a verified token
+that long; an expiry inside that window is honoured exactly). Revoking through the API clears this
+process's entry at once (`forget`); other processes notice at their next database read.
+"""
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.domain import tenancy
+from app.domain import tokens
 from app.domain.errors import Unauthenticated
+from app.domain.tokens import Scope
+from app.models import utcnow
 from config.settings import get_settings
 
-_cache: dict[str, tuple[str, float]] = {}
+MAX_ENTRIES = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the token's organization and scope (and the token's id, to revoke it)."""
+
+    organization_id: str
+    scope: Scope
+    token_id: str
+
+    def allows(self, needed: Scope) -> bool:
+        return tokens.allows(self.scope, needed)
+
+
+_cache: dict[str, tuple[Caller, float]] = {}  # token hash -> (caller, monotonic deadline)
 _lock = threading.Lock()
 
 
@@ -23,31 +50,65 @@ def bearer_from_header(value: str | None) -> str:
     return token.strip()
 
 
-def cached_organization(token: str) -> str | None:
-    """The organization of a recently verified token, without touching the database (None: unknown
-    or expired, ask `organization_for`). Cheap enough for the event loop."""
-    hit = _cache.get(tenancy.hash_token(token))
+def cached(token: str) -> Caller | None:
+    """The caller of a recently verified token, without touching the database (None: unknown or
+    stale, ask `authenticate`). Cheap enough for the event loop."""
+    hit = _cache.get(tokens.hash_token(token))
     return hit[0] if hit and hit[1] > time.monotonic() else None
 
 
-def organization_for(token: str) -> str:
-    """The organization id of `token`. Blocking (may read the database): call from a worker thread."""
-    key = tenancy.hash_token(token)
-    now = time.monotonic()
+def authenticate(token: str) -> Caller:
+    """The caller of `token`. Blocking (may read the database): call from a worker thread."""
+    key = tokens.hash_token(token)
     hit = _cache.get(key)
-    if hit and hit[1] > now:
+    if hit and hit[1] > time.monotonic():
         return hit[0]
+    settings = get_settings()
     with session_scope() as session:
-        org_id = tenancy.organization_for_token(token, session=session)
-    if org_id is None:
-        raise Unauthenticated("invalid or revoked API token")
-    ttl = get_settings().auth_cache_seconds
-    if ttl > 0:
-        with _lock:
-            if len(_cache) > 10000:
-                _cache.clear()
-            _cache[key] = (org_id, now + ttl)
-    return org_id
+        found = tokens.verify(token, session=session, touch_every=settings.token_touch_seconds)
+    caller = Caller(found.organization_id, found.scope, found.token_id)
+    _remember(key, caller, settings.auth_cache_seconds, found.expires_at)
+    return caller
+
+
+def authorize(caller: Caller, needed: Scope, what: str) -> Caller:
+    """`caller` if its scope includes `needed`; else PermissionDenied naming the scope needed."""
+    tokens.require_scope(caller.scope, needed, what)
+    return caller
+
+
+def require(token: str, needed: Scope, what: str) -> Caller:
+    """Authenticate and authorize in one call. Blocking on a cache miss: call from a worker thread."""
+    return authorize(authenticate(token), needed, what)
+
+
+async def authenticate_async(token: str) -> Caller:
+    """`authenticate` for the event loop: the cached path never leaves it; a miss hops to a thread."""
+    caller = cached(token)
+    return caller if caller is not None else await run_in_threadpool(authenticate, token)
+
+
+async def require_async(token: str, needed: Scope, what: str) -> Caller:
+    """`require` for the event loop (see `authenticate_async`)."""
+    return authorize(await authenticate_async(token), needed, what)
+
+
+def _remember(key: str, caller: Caller, ttl: float, expires_at: datetime | None) -> None:
+    if ttl <= 0:
+        return
+    if expires_at is not None:  # never trust a token past its expiry, however fresh the entry
+        ttl = min(ttl, (expires_at - utcnow()).total_seconds())
+    with _lock:
+        if len(_cache) >= MAX_ENTRIES:
+            _cache.clear()
+        _cache[key] = (caller, time.monotonic() + ttl)
+
+
+def forget(token_id: str) -> None:
+    """Drop a token from this process's cache (after revoking it), so it is refused at once."""
+    with _lock:
+        for key in [k for k, (c, _) in _cache.items() if c.token_id == token_id]:
+            del _cache[key]
 
 
 def clear_cache() -> None:

@@ -28,18 +28,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
-    from app.db import session_scope
-    from app.domain import tenancy
-
-    _settings_for_cli()
-    with session_scope() as session:
-        org = tenancy.ensure_organization(args.org, session=session)
-        token = tenancy.create_token(org, session=session, name=args.name or "")
-    print(token)
-    return 0
-
-
 def cmd_runner_create(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.domain import tenancy
@@ -101,12 +89,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    s = _settings_for_cli()
-    from workers.celery_app import celery_app
+    from app.flower import run_flower
 
-    f = s.flower
-    celery_app.start(["flower", f"--port={args.port or f.port}", f"--address={f.address}",
-                      f"--basic-auth={f.user}:{f.password}"])
+    run_flower(_settings_for_cli(), port=args.port)  # basic auth on every page, /metrics included
     return 0
 
 
@@ -131,11 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("migrate", help="bring the database schema up to date")
     sp.set_defaults(fn=cmd_migrate)
 
-    tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
-    sp = tok.add_parser("create", help="print a new API token for an organization (created if needed)")
-    sp.add_argument("--org", required=True, help="organization name")
-    sp.add_argument("--name", help="a note to tell tokens apart")
-    sp.set_defaults(fn=cmd_token_create)
+    from app.cli_tokens import add_commands as add_token_commands
+
+    add_token_commands(sub)  # token create|list|revoke
 
     run = sub.add_parser("runner", help="runners (a provider + its settings)").add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     sp = run.add_parser("create", help="create a runner and print its id")

@@ -81,7 +81,7 @@ def prepare(org_name: str) -> tuple[str, str]:
     from sqlmodel import select
 
     from app.db import session_scope
-    from app.domain import tenancy
+    from app.domain import tenancy, tokens
     from app.migrate import upgrade
     from app.models import Runner
     from config.settings import get_settings
@@ -89,7 +89,8 @@ def prepare(org_name: str) -> tuple[str, str]:
     upgrade(get_settings().database_url)
     with session_scope() as s:
         org = tenancy.ensure_organization(org_name, session=s)
-        token = tenancy.create_token(org, session=s, name="warmpool dev")
+        # admin: the README walkthrough creates runners and tokens with it (leases and pools need less)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.ADMIN, name="warmpool dev")
         runner = s.exec(select(Runner).where(Runner.organization_id == org.id, Runner.name == "local")).first()
         if runner is None:
             runner = tenancy.create_runner(org.id, "local", "local", {}, session=s)

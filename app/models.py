@@ -74,7 +74,9 @@ class Organization(SQLModel, table=True):
 
 
 class ApiToken(SQLModel, table=True):
-    """A bearer token; only its SHA-256 is stored. `prefix` lets an operator tell tokens apart."""
+    """A bearer token; only its SHA-256 is stored. `prefix` lets an operator tell tokens apart.
+    `scope` is one of app.domain.tokens.Scope; `last_used_at` is written at most once per
+    `token_touch_seconds`, never on every request."""
 
     __tablename__ = "api_tokens"
     id: str = _id()
@@ -82,7 +84,10 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     prefix: str = Field(max_length=16)
     name: str = Field(default="", max_length=200)
+    scope: str = Field(max_length=16)
     created_at: datetime = _ts()
+    expires_at: datetime | None = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
 
 

@@ -278,7 +278,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     import sqlalchemy as sa
 
     from app.db import session_scope
-    from app.domain import pools, tenancy
+    from app.domain import pools, tenancy, tokens
     from app.domain.states import PoolKind
     from tests.leasing import add_ready_bulk
 
@@ -293,7 +293,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
             time.sleep(0.2)
     with session_scope() as s:
         org = tenancy.ensure_organization("bench", session=s)
-        token = tenancy.create_token(org, session=s)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.LEASE)
     org_id = org.id
     levels = [int(c) for c in args.clients.split(",")]
     names = [f"{kind}-{c}" for c in levels for kind in ("pgbench", "connect", "grpc")]

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, port: int, logdir: Path) -> int:
     import sqlalchemy as sa
 
     from app.db import session_scope
-    from app.domain import catalog, pools, tenancy
+    from app.domain import catalog, pools, tenancy, tokens
     from app.events import InstanceEvent, KIND_LEASED, publish
     from app.models import Instance, Pool
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, port: int, logdir: Path) -> int:
             time.sleep(0.1)
     with session_scope() as s:
         org = tenancy.ensure_organization("bench", session=s)
-        token = tenancy.create_token(org, session=s)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.MEMBER)
         runner = tenancy.create_runner(org.id, "fake", "fake", {
             "namespace": "bench", "boot_ms": args.boot_ms, "start_ms": args.start_ms, "stop_ms": 10, "delete_ms": 5}, session=s)
         org_id, runner_id = org.id, runner.id

@@ -95,7 +95,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="Where local state lives (SQLite file, local provider instances).")
     log_level: str = Field("INFO", description="Root log level.")
     db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")
-    auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read.")
+    auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read "
+                                      "(a revoked token is refused within this time).")
+    token_touch_seconds: float = Field(60.0, description="A token's last_used_at is written at most once per this "
+                                       "many seconds, never on every request.")
     lease_wait_seconds: float = Field(20.0, description="Longest a Lease call waits for its queued reservation to be "
                                       "served before answering UNAVAILABLE (a shorter client deadline wins).")
     owner: str = Field("warmpool", description="Owner tag put on every provider resource; orphan collection only "

@@ -124,14 +124,24 @@ class World:
     pool_id: str = ""
 
 
-def make_org(name: str = "acme") -> World:
+def make_org(name: str = "acme", scope: str = "member") -> World:
+    """An organization and a token of `scope` (member: pools, prebuilds, pod pools, leases)."""
     from app.db import session_scope
-    from app.domain import tenancy
+    from app.domain import tenancy, tokens
 
     with session_scope() as s:
         org = tenancy.ensure_organization(name, session=s)
-        token = tenancy.create_token(org, session=s)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope(scope))
     return World(org_id=org.id, token=token)
+
+
+def token_for(world: World, scope: str, **fields) -> str:
+    """Another token of the world's organization, with `scope` (and expires_in, name, …)."""
+    from app.db import session_scope
+    from app.domain import tokens
+
+    with session_scope() as s:
+        return tokens.create_token(world.org_id, session=s, scope=tokens.Scope(scope), **fields)[1]
 
 
 def make_catalog(world: World, provider: str = "fake", prebuilds_enabled: bool = True) -> World:

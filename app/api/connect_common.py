@@ -18,7 +18,8 @@ from app import auth
 from app.api.edge import CONNECT, TooLarge, answer, read_body
 from app.api.hygiene import input_errors
 from app.db import session_scope
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, PermissionDenied
+from app.domain.tokens import Scope
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ def to_connect_error(exc: DomainError) -> ConnectError:
 
 
 async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Authenticate the caller, then run `fn(org_id, *args, session=…, **kwargs)` in one unit of work
-    on a worker thread. Domain errors become Connect errors; anything else is logged and `internal`."""
+    """Authenticate the caller (a `member` token: the Gitpod services are member work), then run
+    `fn(org_id, *args, session=…, **kwargs)` in one unit of work on a worker thread. Domain errors
+    become Connect errors; anything else is logged and `internal`."""
     try:
         token = auth.bearer_from_header(ctx.request_headers.get("authorization"))
         return await run_in_threadpool(_unit_of_work, token, fn, args, kwargs)
@@ -48,7 +50,7 @@ async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _unit_of_work(token: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    org_id = auth.organization_for(token)
+    org_id = auth.require(token, Scope.MEMBER, "the Gitpod services").organization_id
     with input_errors(), session_scope() as session:
         return fn(org_id, *args, session=session, **kwargs)
 
@@ -161,7 +163,7 @@ class ConnectRouter:
             await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        if not path.endswith(OPEN_METHODS) and not await _authenticated(scope, send):
+        if not path.endswith(OPEN_METHODS) and not await _authorized(scope, send, service):
             return
         if scope.get("method") == "POST":
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
@@ -174,18 +176,29 @@ class ConnectRouter:
 
 
 UNARY_CONTENT_TYPES = {"application/json", "application/proto"}
+LEASE_SERVICE = "/intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService"
 # Open like a health check (the Intrinsic docs: "Ping can be used for latency and health checks").
-OPEN_METHODS = ("/intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService/Ping",)
+OPEN_METHODS = (f"{LEASE_SERVICE}/Ping",)
 
 
-async def _authenticated(scope: dict, send: Callable) -> bool:
-    """Check the bearer token before the body is decoded or validated, so a caller without a valid
-    token always gets `unauthenticated`, whatever it sent. `call` re-checks it (from the auth cache)."""
+def needed_scope(service: str) -> tuple[Scope, str]:
+    """The scope a Connect service needs, and how to name the service in a refusal."""
+    if service == LEASE_SERVICE:
+        return Scope.LEASE, "the VMPoolLeaseService"
+    return Scope.MEMBER, "the Gitpod services"
+
+
+async def _authorized(scope: dict, send: Callable, service: str) -> bool:
+    """Check the bearer token and its scope before the body is decoded or validated, so a caller
+    without a valid token always gets `unauthenticated` (one with too small a scope
+    `permission_denied`), whatever it sent. The handlers re-check it (from the auth cache)."""
     value = dict(scope.get("headers") or []).get(b"authorization")
     try:
         token = auth.bearer_from_header(value.decode("latin-1") if value is not None else None)
-        if auth.cached_organization(token) is None:  # the database only on a cache miss
-            await run_in_threadpool(auth.organization_for, token)
+        await auth.require_async(token, *needed_scope(service))  # the database only on a cache miss
+    except PermissionDenied as exc:
+        await _connect_error(send, 403, exc.code, exc.message)
+        return False
     except DomainError as exc:
         await _connect_error(send, 401, exc.code, exc.message)
         return False

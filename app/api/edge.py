@@ -18,7 +18,6 @@ from urllib.parse import unquote_to_bytes
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
-from starlette.concurrency import run_in_threadpool
 
 from app import auth
 from app.api.hygiene import BadInput, check_message, loads
@@ -85,8 +84,7 @@ async def unauthenticated(scope: dict, wire: str) -> str | None:
     value = dict(scope.get("headers") or []).get(b"authorization")
     try:
         token = auth.bearer_from_header(value.decode("latin-1") if value is not None else None)
-        if auth.cached_organization(token) is None:
-            await run_in_threadpool(auth.organization_for, token)
+        await auth.authenticate_async(token)  # the database only on a cache miss
     except DomainError as exc:
         return exc.message
     except Exception:  # noqa: BLE001 - the façade will say it properly; the input problem still stands

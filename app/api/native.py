@@ -34,6 +34,7 @@ from app.db import session_scope
 from app.domain import instances, pagination, pools, tenancy
 from app.domain.errors import DomainError, InvalidArgument
 from app.domain.pagination import Page
+from app.domain.tokens import Scope
 from app.domain.states import InstanceState, PoolKind, PoolPhase
 from app.models import Instance, Pool, Runner
 from config.settings import get_settings
@@ -185,7 +186,8 @@ class PoolEvent(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorBody, "description": d} for s, d in (
-        (400, "a malformed id or page token"), (401, "missing, malformed or revoked bearer token"),
+        (400, "a malformed id or page token"), (401, "missing, malformed, expired or revoked bearer token"),
+        (403, "the token's scope does not allow this route (runners and tokens need admin)"),
         (404, "no such object in the caller's organization"),
         (422, "invalid request parameters or body"))
 }
@@ -213,22 +215,37 @@ def internal(what: str) -> ApiError:
     return ApiError(500, "internal", "internal error; the server log has the details")
 
 
-async def authenticate(request: Request) -> str:
+async def authenticate(request: Request, needed: Scope = Scope.MEMBER) -> str:
+    """The caller's organization id, if its token's scope includes `needed` (401 / 403 otherwise)."""
     try:
         token = auth.bearer_from_header(request.headers.get("authorization"))
-        return await run_in_threadpool(auth.organization_for, token)
+        return (await auth.require_async(token, needed, f"{request.method} {request.url.path}")).organization_id
     except DomainError as exc:
         raise from_domain(exc) from None
     except Exception:
         raise internal("authentication") from None
 
 
-async def caller(request: Request, _: Annotated[Any, Security(bearer)]) -> str:
-    """The caller's organization id (the Security parameter only documents the scheme in /docs)."""
-    return await authenticate(request)
+def scoped_caller(needed: Scope) -> Callable[..., Any]:
+    async def caller(request: Request, _: Annotated[Any, Security(bearer)]) -> str:
+        """The caller's organization id (the Security parameter only documents the scheme in /docs)."""
+        return await authenticate(request, needed)
+
+    caller.needed = needed  # type: ignore[attr-defined] - read by route_scope
+    return caller
 
 
-Org = Annotated[str, Depends(caller)]
+def route_scope(request: Request) -> Scope:
+    """The scope the matched /v1 route needs (member unless it asks for more)."""
+    route = request.scope.get("route")
+    for dep in getattr(getattr(route, "dependant", None), "dependencies", ()):
+        if isinstance(getattr(dep.call, "needed", None), Scope):
+            return dep.call.needed
+    return Scope.MEMBER
+
+
+Org = Annotated[str, Depends(scoped_caller(Scope.MEMBER))]
+AdminOrg = Annotated[str, Depends(scoped_caller(Scope.ADMIN))]  # runners, tokens
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -349,14 +366,14 @@ PageToken = Annotated[str, Query(max_length=512, description="next_page_token of
 
 
 @router.get("/runners", summary="List the organization's runners")
-async def get_runners(org_id: Org) -> RunnerList:
+async def get_runners(org_id: AdminOrg) -> RunnerList:
     return RunnerList(runners=[runner_out(r) for r in await run(tenancy.list_runners, org_id)])
 
 
 @router.post("/runners", status_code=201, summary="Create a runner: a provider plus its settings",
              responses={400: {"model": ErrorBody, "description": "unknown provider"},
                         409: {"model": ErrorBody, "description": "a runner of that name exists"}})
-async def create_runner(body: RunnerIn, org_id: Org) -> RunnerOut:
+async def create_runner(body: RunnerIn, org_id: AdminOrg) -> RunnerOut:
     known = sorted(known_providers())
     if body.provider not in known:
         raise ApiError(400, "invalid_argument",
@@ -365,7 +382,7 @@ async def create_runner(body: RunnerIn, org_id: Org) -> RunnerOut:
 
 
 @router.get("/runners/{runner_id}", summary="One runner")
-async def get_runner(runner_id: IdPath, org_id: Org) -> RunnerOut:
+async def get_runner(runner_id: IdPath, org_id: AdminOrg) -> RunnerOut:
     return runner_out(await run(tenancy.get_runner, org_id, require_id(runner_id, "runner id")))
 
 
@@ -542,7 +559,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if not _ours(request):
             return await previous_validation(request, exc)
         try:
-            await authenticate(request)  # the body is parsed before dependencies run: say 401 first
+            await authenticate(request, route_scope(request))  # the body is parsed before dependencies run: say 401/403 first
         except ApiError as err:
             return error_response(err.status_code, err.code, err.detail, err.headers)
         assert isinstance(exc, RequestValidationError)

@@ -21,7 +21,8 @@ from app import auth
 from app.api.hygiene import INT32, BadInput, input_errors, parse_int
 from app.db import session_scope
 from app.domain import podpools
-from app.domain.errors import DomainError, NotFound, Unauthenticated
+from app.domain.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
+from app.domain.tokens import Scope
 from app.domain.podpools import PodPoolInput
 from app.models import Pool
 
@@ -182,6 +183,8 @@ async def _call(request: Request, work: Callable[..., Any]) -> JSONResponse:
         return envelope(code=exc.code, message=exc.message, http_status=exc.http_status, with_result=False)
     except Unauthenticated as exc:
         return envelope(code=AUTH_CHECK_ERROR, message=exc.message, http_status=401, with_result=False)
+    except PermissionDenied as exc:
+        return envelope(code=AUTH_CHECK_ERROR, message=exc.message, http_status=403, with_result=False)
     except NotFound as exc:
         return envelope(code=POOL_NOT_FOUND, message=f"{exc.message}. check input parameters", http_status=404,
                         with_result=False)
@@ -195,7 +198,7 @@ async def _call(request: Request, work: Callable[..., Any]) -> JSONResponse:
 
 
 def _unit_of_work(token: str, work: Callable[..., Any]) -> JSONResponse:
-    org_id = auth.organization_for(token)
+    org_id = auth.require(token, Scope.MEMBER, "/serverless/v1/podpools").organization_id
     with input_errors(), session_scope() as session:
         return work(org_id, session)
 

@@ -6,7 +6,7 @@ the edge adds is waiting: a Lease call whose reservation is queued waits for it,
 pub/sub push the moment the event applier assigns an instance (ReservationWaiter), until the caller's
 deadline (capped by `lease_wait_seconds`), then answers UNAVAILABLE and the client calls again with
 the same reservation id. Authentication: `authorization: Bearer <token>` (HTTP header or gRPC
-metadata). Ping is open over gRPC, like a health check; over Connect the shared router
+metadata) of a token whose scope includes `lease` (else PERMISSION_DENIED). Ping is open over gRPC, like a health check; over Connect the shared router
 (app.api.connect_common) authenticates every call before decoding it. Malformed requests are
 INVALID_ARGUMENT; a reservation still waiting at the deadline is UNAVAILABLE.
 """
@@ -27,6 +27,7 @@ from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import session_scope
 from app.domain import leases, reservations
 from app.domain.errors import DomainError, InvalidArgument, Unavailable
+from app.domain.tokens import Scope
 from app.events import reservation_channel
 from config.settings import get_settings
 from connectrpc.code import Code
@@ -86,7 +87,8 @@ def wait_budget(remaining: float | None) -> float:
 def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
     """One unit of work whose committed effects go to AFTER_COMMIT instead of being dispatched on this
     thread: a Lease answers without waiting for the broker."""
-    org_id = auth.organization_for(auth.bearer_from_header(authorization))
+    token = auth.bearer_from_header(authorization)
+    org_id = auth.require(token, Scope.LEASE, "the VMPoolLeaseService").organization_id
     with input_errors(), session_scope(after_commit=AFTER_COMMIT.submit) as session:
         return fn(org_id, *args, session=session, **kwargs)
 

@@ -1,19 +1,10 @@
-"""Organizations, their API tokens and their runners: who may call, and where pools run."""
+"""Organizations and their runners: where pools run. Their API tokens live in app.domain.tokens."""
 from __future__ import annotations
-
-import hashlib
-import secrets
 
 from sqlmodel import Session, select
 
 from app.domain.errors import AlreadyExists, InvalidArgument, NotFound
-from app.models import ApiToken, Organization, Runner, utcnow
-
-TOKEN_PREFIX = "wp_"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from app.models import Organization, Runner
 
 
 def ensure_organization(name: str, *, session: Session) -> Organization:
@@ -27,31 +18,6 @@ def ensure_organization(name: str, *, session: Session) -> Organization:
         session.add(org)
         session.flush()
     return org
-
-
-def create_token(org: Organization, *, session: Session, name: str = "") -> str:
-    """A new bearer token for `org`. Only its hash is stored: the plain token is returned once."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(organization_id=org.id, token_hash=hash_token(token), prefix=token[:10], name=name))
-    session.flush()
-    return token
-
-
-def organization_for_token(token: str, *, session: Session) -> str | None:
-    """The organization id a (non-revoked) token belongs to, or None."""
-    row = session.exec(
-        select(ApiToken.organization_id).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-    ).first()
-    return row
-
-
-def revoke_token(org_id: str, prefix: str, *, session: Session) -> int:
-    rows = session.exec(
-        select(ApiToken).where(ApiToken.organization_id == org_id, ApiToken.prefix == prefix, ApiToken.revoked_at.is_(None))
-    ).all()
-    for row in rows:
-        row.revoked_at = utcnow()
-    return len(rows)
 
 
 def create_runner(org_id: str, name: str, provider: str, settings: dict, *, session: Session) -> Runner:

@@ -16,7 +16,7 @@ from app.db import session_scope
 from app.domain import pools
 from app.domain.states import PoolKind
 from app.models import Instance, Pool, Runner
-from tests.conftest import World, make_catalog, make_org
+from tests.conftest import World, make_catalog, make_org, token_for
 from workers import operations
 from workers.events import Applier
 from workers.providers.fake import FakeCloud
@@ -65,13 +65,14 @@ def add_instance(world: World, pool_id: str, **fields) -> str:
 
 @pytest.fixture
 def acme(warm_pool) -> World:
+    warm_pool.token = token_for(warm_pool, "admin")  # the runner routes need an admin token
     return warm_pool
 
 
 @pytest.fixture
 def other(acme) -> World:
     """A second organization with its own runner, pool and instance."""
-    w = make_catalog(make_org("globex"))
+    w = make_catalog(make_org("globex", scope="admin"))
     w.pool_id = named_pool(w, "globex-pool")
     return w
 
@@ -80,7 +81,8 @@ def other(acme) -> World:
 
 ROUTES = [("GET", "/v1/runners"), ("POST", "/v1/runners"), ("GET", "/v1/runners/{id}"), ("GET", "/v1/pools"),
           ("GET", "/v1/pools/{id}"), ("GET", "/v1/pools/{id}/instances"), ("GET", "/v1/instances/{id}"),
-          ("GET", "/v1/instances/{id}/logs"), ("GET", "/v1/events")]
+          ("GET", "/v1/instances/{id}/logs"), ("GET", "/v1/events"),
+          ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{id}")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)

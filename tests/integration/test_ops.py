@@ -71,9 +71,9 @@ def test_metrics_need_a_token_and_count_pools_by_phase(client, warm_pool):
         s.add(Instance(pool_id=ready.id, organization_id=w.org_id, state="running", lease_id="lease-1"))
     r = client.get("/metrics", headers={"Authorization": f"Bearer {w.token}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    assert metric(r.text, "warmpool_pools", '{phase="pending"}') == 1.0
-    assert metric(r.text, "warmpool_pools", '{phase="ready"}') == 1.0
-    assert metric(r.text, "warmpool_ready_instances") == 1.0
+    assert metric(r.text, "warmpool_pools", '{organization="acme",phase="pending"}') == 1.0
+    assert metric(r.text, "warmpool_pools", '{organization="acme",phase="ready"}') == 1.0
+    assert metric(r.text, "warmpool_ready_instances", '{organization="acme"}') == 1.0
 
 
 def test_metrics_are_open_when_made_public(db, redis_client, effects_log, warm_pool, monkeypatch):
@@ -82,4 +82,4 @@ def test_metrics_are_open_when_made_public(db, redis_client, effects_log, warm_p
     with make_client() as c:
         r = c.get("/metrics")
     assert r.status_code == 200, r.text
-    assert metric(r.text, "warmpool_pools", '{phase="pending"}') == 1.0
+    assert metric(r.text, "warmpool_pools", '{organization="acme",phase="pending"}') == 1.0
