@@ -3,16 +3,16 @@
 Tokens that exist before this migration become `admin`: they could already do everything a tenant
 can, so nothing that worked stops working. New rows must name their scope (no server default).
 
-Revision ID: 0002_tokens
-Revises: 0001
+Revision ID: 0003_tokens
+Revises: 0002_lease_invariant
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0002_tokens'
-down_revision = '0001'
+revision = '0003_tokens'
+down_revision = '0002_lease_invariant'
 branch_labels = None
 depends_on = None
 
