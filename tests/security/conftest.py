@@ -36,7 +36,7 @@ def client(db, effects_log, small_bodies) -> Iterator[TestClient]:
 
 @pytest.fixture
 def world(db, effects_log) -> World:
-    w = make_org()
+    w = make_org(scope="admin")  # the attacks go through the runner routes too, which need admin
     with session_scope() as s:
         w.runner_id = tenancy.create_runner(w.org_id, "fake", "fake", {}, session=s).id
     return w
