@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import effects, leases, transitions
+from app.domain import effects, leases, reservations, transitions
 from app.domain.pools import bump_status, request_reconcile
-from app.domain.states import ALIVE, DesiredState, InstanceState as S, PoolPhase, reachable
+from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, reachable
 from app.models import Instance, Pool, utcnow
 from config.settings import get_settings
 
@@ -172,7 +172,7 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
         if inst.state == S.FAILED:
             pool.failure_message = (event.message or "instance failed")[:2000]
             bump_status(pool)
-        if inst.state in (S.FAILED, S.DELETING, S.DELETED) and inst.lease_id is not None:
+        if inst.state in LOST and inst.lease_id is not None:
             leases.end_for_lost_instance(inst.id, session=session, now=now)
         if inst.state in _REPLAN:
             request_reconcile(pool, session=session)
@@ -212,9 +212,7 @@ def set_desired(instance_id: str, desired: DesiredState, *, session: Session, ex
 
 def _serve_reservations(instance_id: str, *, session: Session) -> None:
     """Hand a newly ready instance to the oldest waiting reservation of its pool, if any."""
-    from app.domain.reservations import assign_ready_instance  # late: reservations imports pools, like us
-
-    assign_ready_instance(instance_id, session=session)
+    reservations.assign_ready_instance(instance_id, session=session)
 
 
 def note_missing(pool_ids: list[str], present_refs: set[str], *, session: Session) -> list[Instance]:

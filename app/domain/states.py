@@ -56,11 +56,6 @@ LOST = frozenset({S.FAILED, S.DELETING, S.DELETED})
 """Instances that can serve no lease any more: one that reaches these states ends the lease it held."""
 
 
-def can_transition(current: InstanceState | str, new: InstanceState | str) -> bool:
-    """True when the lifecycle allows moving from `current` to `new` (staying put is not a move)."""
-    return InstanceState(new) in INSTANCE_TRANSITIONS[InstanceState(current)]
-
-
 def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
     """True when `new` can be reached from `current` along the table without passing through
     DELETED or FAILED, nor DELETING unless `new` is DELETED. Events from different consumers may
