@@ -6,7 +6,7 @@ from starlette.routing import Mount
 
 from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
-from app.api import native, native_tokens
+from app.api import contract, native, native_tokens
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.api.edge import HygieneInterceptor, InputGuard
 from app.domain import effects
@@ -102,6 +102,7 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     app.include_router(native_tokens.router)
     native.install_error_handlers(app)
     app.add_middleware(InputGuard)  # body size limits and input hygiene, in each façade's format
+    contract.install(app)  # /openapi.json says every status the server answers; 405 lists every method
     app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
     if dispatcher:
         install_dispatcher()

@@ -282,10 +282,11 @@ def test_nul_characters_in_stored_text_are_invalid_argument(http, world, path, b
     check(http, path, body, world.token, "invalid_argument")
 
 
-def test_nul_characters_in_echoed_fields_round_trip(http, world):
-    # Fields kept in the project's JSON document can hold any string: stored and echoed unchanged.
+def test_nul_characters_are_refused_even_in_fields_kept_as_json(http, world):
+    # A NUL byte is refused in every string at the edge (issue 9), also where the JSON column could hold it.
     resp = post(http, PROJECT + "UpdateProject", {"projectId": world.project_id, "technicalDescription": "x\u0000y"},
                 world.token)
-    assert resp.status_code == 200, resp.text
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_argument", resp.text
+    assert "NUL" in resp.json()["message"]
     resp = post(http, PROJECT + "GetProject", {"projectId": world.project_id}, world.token)
-    assert resp.json()["project"]["technicalDescription"] == "x\u0000y"
+    assert resp.json()["project"].get("technicalDescription", "") == ""
