@@ -20,14 +20,16 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 NATIVE_ERRORS = {
     400: "a malformed id, page token or value (NUL byte, lone surrogate, integer out of range, nesting too deep)",
-    401: "missing, malformed or revoked bearer token",
+    401: "missing, malformed, expired or revoked bearer token",
+    403: "the token's scope does not allow this call (the message names the scope needed)",
     404: "no such object in the caller's organization",
     413: "the request body is larger than WARMPOOL_INPUT__MAX_BODY_BYTES",
     422: "invalid request parameters or body",
     500: "internal error; the server log has the details",
 }
 PODPOOL_ERRORS = {
-    401: "121049: missing, malformed or revoked bearer token",
+    401: "121049: missing, malformed, expired or revoked bearer token",
+    403: "121049: the token's scope does not allow pod pools",
     404: "4120: the pool does not exist or has been deleted",
     413: "4104: the request body is larger than WARMPOOL_INPUT__MAX_BODY_BYTES",
     500: "upstream's status for every other error: 4104 invalid parameter, 130600 malformed or refused body, "
@@ -113,6 +115,7 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
         ops["/metrics"]["get"]["responses"]["200"] = {"description": "Prometheus text exposition format", "content": {
             "text/plain": {"schema": {"type": "string"}}}}
         ops["/metrics"]["get"]["responses"]["401"] = _json("ErrorBody", "a token is needed (WARMPOOL_METRICS_PUBLIC=false)")
+        ops["/metrics"]["get"]["responses"]["403"] = _json("ErrorBody", "the token's scope does not allow metrics")
     if "/readyz" in ops:
         ops["/readyz"]["get"]["responses"]["503"] = {"description": "the database or Redis is unreachable",
                                                      "content": {"application/json": {"schema": {"type": "object"}}}}
