@@ -31,12 +31,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_runner_create(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.domain import tenancy
-    from workers.providers.registry import known_providers
+    from app.domain.errors import InvalidArgument
 
     _settings_for_cli()
-    if args.provider not in known_providers():
-        print(f"unknown provider {args.provider!r}; known: {', '.join(sorted(known_providers()))}", file=sys.stderr)
-        return 2
     settings: dict[str, str] = {}
     for item in args.setting or []:
         key, sep, value = item.partition("=")
@@ -44,10 +41,31 @@ def cmd_runner_create(args: argparse.Namespace) -> int:
             print(f"--setting takes KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         settings[key] = value
-    with session_scope() as session:
-        org = tenancy.ensure_organization(args.org, session=session)
-        runner = tenancy.create_runner(org.id, args.name, args.provider, settings, session=session)
+    try:  # the provider's typed model checks the settings before anything is stored
+        with session_scope() as session:
+            org = tenancy.ensure_organization(args.org, session=session)
+            runner = tenancy.create_runner(org.id, args.name, args.provider, settings, session=session)
+    except InvalidArgument as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     print(runner.id)
+    return 0
+
+
+def cmd_secrets_rotate(args: argparse.Namespace) -> int:
+    from app.crypto import SecretKeyError
+    from app.db import session_scope
+    from app.domain import compute
+
+    _settings_for_cli()
+    try:
+        with session_scope() as session:
+            runners, secrets = compute.rotate_secrets(session=session)
+    except SecretKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-encrypted {secrets} secret(s) of {runners} runner(s) with the first key of WARMPOOL_SECRET_KEYS; "
+          "the other keys can now be removed")
     return 0
 
 
@@ -124,9 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = run.add_parser("create", help="create a runner and print its id")
     sp.add_argument("name")
     sp.add_argument("--provider", required=True, help="provider name: fake, local, unikraft, kubernetes, …")
-    sp.add_argument("--setting", action="append", metavar="KEY=VALUE", help="provider setting (repeatable)")
+    sp.add_argument("--setting", action="append", metavar="KEY=VALUE",
+                    help="provider setting (repeatable), checked by the provider's settings model")
     sp.add_argument("--org", default=os.environ.get("WARMPOOL_ORG", "dev"), help="organization name (default: dev)")
     sp.set_defaults(fn=cmd_runner_create)
+
+    sec = sub.add_parser("secrets", help="runner secrets at rest").add_subparsers(dest="sub", required=True,
+                                                                               metavar="SUBCOMMAND")
+    sp = sec.add_parser("rotate", help="re-encrypt every runner's secrets with the first key of WARMPOOL_SECRET_KEYS")
+    sp.set_defaults(fn=cmd_secrets_rotate)
 
     sp = sub.add_parser("api", help="serve HTTP (Connect, REST, metrics) and gRPC")
     sp.add_argument("--host")
@@ -165,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from workers.providers.catalog import install as install_catalog
+
+    install_catalog()  # runner settings and templates are checked by the providers' typed models
     try:
         return args.fn(args) or 0
     except KeyboardInterrupt:

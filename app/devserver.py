@@ -86,7 +86,10 @@ def prepare(org_name: str) -> tuple[str, str]:
     from app.models import Runner
     from config.settings import get_settings
 
+    from app.crypto import configured_keys
+
     upgrade(get_settings().database_url)
+    configured_keys()  # under dev with no WARMPOOL_SECRET_KEYS: made now in the data dir, before the children start
     with session_scope() as s:
         org = tenancy.ensure_organization(org_name, session=s)
         # admin: the README walkthrough creates runners and tokens with it (leases and pools need less)

@@ -106,5 +106,8 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
     if dispatcher:
         install_dispatcher()
+    from workers.providers.catalog import install as install_catalog
+
+    install_catalog()  # runner settings and templates are checked by the providers' typed models
     app.state.settings = settings
     return app

@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -253,8 +255,9 @@ def main() -> int:
     db_url, redis_url = pg.start(), rd.start()
     port, grpc_port = free_port(), free_port()
     env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url,
-           "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test"}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})
+           "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test",
+           "WARMPOOL_SECRET_KEYS": os.environ.get("WARMPOOL_SECRET_KEYS") or Fernet.generate_key().decode()}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})  # a key for runner secrets too
     exe = str(Path(sys.executable).with_name("warmpool"))
     subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))

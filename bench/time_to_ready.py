@@ -25,6 +25,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -49,8 +51,9 @@ def main() -> int:
     db_url, redis_url = pg.start(), rd.start()
     port = free_port()
     env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url, "WARMPOOL_HTTP_PORT": str(port),
-           "WARMPOOL_GRPC_PORT": str(free_port()), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test"}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})
+           "WARMPOOL_GRPC_PORT": str(free_port()), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test",
+           "WARMPOOL_SECRET_KEYS": os.environ.get("WARMPOOL_SECRET_KEYS") or Fernet.generate_key().decode()}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})  # a key for runner secrets too
     exe = str(Path(sys.executable).with_name("warmpool"))
     subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace, port: int, logdir: Path) -> int:
 
     from app.db import session_scope
     from app.domain import catalog, pools, tenancy, tokens
+    from workers.providers.catalog import install as install_catalog
     from app.events import InstanceEvent, KIND_LEASED, publish
     from app.models import Instance, Pool
 
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace, port: int, logdir: Path) -> int:
             if time.monotonic() > deadline:
                 raise SystemExit(f"api did not start; see {logdir}")
             time.sleep(0.1)
+    install_catalog()  # runner settings pass the fake provider's model
     with session_scope() as s:
         org = tenancy.ensure_organization("bench", session=s)
         _, token = tokens.create_token(org, session=s, scope=tokens.Scope.MEMBER)

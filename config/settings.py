@@ -4,8 +4,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_FLOWER_PASSWORD = "warmpool-dev"
 
@@ -70,6 +72,70 @@ class InputSettings(BaseModel):
                                 "a request may carry.")
 
 
+# ---- providers: which compute this deployment offers (operator configuration, never tenant data) ----
+
+def _comma_list(value: Any) -> Any:
+    """A list setting from the environment: "a,b" or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class LocalProviderSettings(BaseModel):
+    """The `local` provider (dev only): what its instance processes run."""
+
+    command: str = Field("", description="Command line of every local instance process, {port} and {dir} filled in "
+                         "(empty: python -m http.server on {port}, serving the instance's files). Operator "
+                         "configuration only: no runner setting or template can set it.")
+    pass_env: CommaList = Field(default_factory=list, description="Extra environment variable names passed to "
+                                "instance processes (besides PATH, HOME, LANG, TZ…); WARMPOOL_* never are.")
+
+    _split = field_validator("pass_env", mode="before")(lambda cls, v: _comma_list(v))
+
+
+class KubernetesProviderSettings(BaseModel):
+    """The `kubernetes` provider: which cluster, and what a tenant's pod template may ask for."""
+
+    kubeconfig: str = Field("", description="Path of the kubeconfig file (empty: $KUBECONFIG or ~/.kube/config).")
+    context: str = Field("", description="Context of the kubeconfig to use (empty: its current context).")
+    in_cluster: bool = Field(False, description="Use the service account of the pod warmpool runs in.")
+    service_account: str = Field("", description="Service account of tenant pods (empty: the namespace's default).")
+    namespaces: CommaList = Field(default_factory=lambda: ["default"],
+                                  description="Namespaces a kubernetes runner may use (comma-separated).")
+    volume_types: CommaList = Field(
+        default_factory=lambda: ["emptyDir", "configMap", "downwardAPI"],
+        description="Volume sources a pod template may use (comma-separated); hostPath, secret and the rest "
+                    "are refused unless listed here.")
+
+    _split = field_validator("namespaces", "volume_types", mode="before")(lambda cls, v: _comma_list(v))
+
+
+class ProvidersSettings(BaseModel):
+    """Which providers this deployment offers, where they may connect, and their operator-only settings."""
+
+    enabled: CommaList = Field(default_factory=lambda: ["fake", "local", "unikraft", "kubernetes"],
+                               description="Providers tenants may create runners of (comma-separated); "
+                                           "`local` is offered only when WARMPOOL_ENV=dev.")
+    allowed_hosts: CommaList = Field(
+        default_factory=lambda: ["*.unikraft.cloud"],
+        description="Hosts a runner's URLs may point at (comma-separated): `host`, `host:port` or `*.domain`. "
+                    "Anything else, and any scheme but http(s), is refused.")
+    local: LocalProviderSettings = Field(default_factory=LocalProviderSettings,
+                                         description="The local provider (WARMPOOL_PROVIDERS__LOCAL__*).")
+    kubernetes: KubernetesProviderSettings = Field(default_factory=KubernetesProviderSettings,
+                                                   description="The kubernetes provider (WARMPOOL_PROVIDERS__KUBERNETES__*).")
+
+    _split = field_validator("enabled", "allowed_hosts", mode="before")(lambda cls, v: _comma_list(v))
+
+
 class Settings(BaseSettings):
     """warmpool configuration, read from WARMPOOL_* environment variables and an optional .env file.
 
@@ -110,12 +176,25 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Reconciler, applier, sweeps (WARMPOOL_ENGINE__*).")
     flower: FlowerSettings = Field(default_factory=FlowerSettings, description="Flower dashboard (WARMPOOL_FLOWER__*).")
     input: InputSettings = Field(default_factory=InputSettings, description="Request size and input limits (WARMPOOL_INPUT__*).")
+    providers: ProvidersSettings = Field(default_factory=ProvidersSettings,
+                                         description="Compute offered to tenants (WARMPOOL_PROVIDERS__*).")
+    secret_keys: SecretStr = Field(
+        SecretStr(""), description="Fernet keys encrypting runner secrets at rest, comma-separated: the first "
+        "encrypts, all decrypt (rotation). Required outside dev; under dev one is made in the data dir.")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
         if self.env == "prod" and self.flower.password == DEV_FLOWER_PASSWORD:
             raise ValueError("WARMPOOL_FLOWER__PASSWORD must be set to a non-default value when WARMPOOL_ENV=prod")
+        if self.env != "dev" and not self.secret_keys.get_secret_value().strip():
+            raise ValueError("WARMPOOL_SECRET_KEYS must be set when WARMPOOL_ENV is not dev: make one with "
+                             "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`")
         return self
+
+    @property
+    def offered_providers(self) -> list[str]:
+        """The providers tenants may use here: the enabled ones, `local` only under dev."""
+        return [p for p in self.providers.enabled if p != "local" or self.env == "dev"]
 
     @property
     def is_sqlite(self) -> bool:

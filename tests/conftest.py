@@ -16,6 +16,16 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.testenv import Postgres, Redis  # noqa: E402
 
+# Outside dev warmpool refuses to start without a key for runner secrets: one per test run, inherited by the
+# processes tests start. The domain checks runner settings and templates through the providers' models.
+if not os.environ.get("WARMPOOL_SECRET_KEYS"):
+    from cryptography.fernet import Fernet
+
+    os.environ["WARMPOOL_SECRET_KEYS"] = Fernet.generate_key().decode()
+from workers.providers.catalog import install as _install_catalog  # noqa: E402
+
+_install_catalog()
+
 TABLES = ["reservations", "leases", "instances", "pools", "prebuilds", "projects", "environment_classes",
           "runners", "api_tokens", "organizations"]
 

@@ -31,7 +31,7 @@ from starlette.responses import StreamingResponse
 from app import auth
 from app.api.hygiene import input_errors
 from app.db import session_scope
-from app.domain import instances, pagination, pools, tenancy
+from app.domain import compute, instances, pagination, pools, tenancy
 from app.domain.errors import DomainError, InvalidArgument
 from app.domain.pagination import Page
 from app.domain.tokens import Scope
@@ -39,7 +39,7 @@ from app.domain.states import InstanceState, PoolKind, PoolPhase
 from app.models import Instance, Pool, Runner
 from config.settings import get_settings
 from workers.providers.base import ProviderError
-from workers.providers.registry import known_providers, provider_for
+from workers.providers.registry import provider_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +47,7 @@ T = TypeVar("T")
 PREFIX = "/v1"
 POOL_CHANNEL = "warmpool:pool:"
 KEEPALIVE_SECONDS = 15.0
-SECRET_MARKERS = ("token", "secret", "password")
+SECRET_MARKERS = ("token", "secret", "password")  # pool templates only; runner secrets are masked by model
 STATUS_OF = {"invalid_argument": 400, "unauthenticated": 401, "permission_denied": 403, "not_found": 404,
              "already_exists": 409, "failed_precondition": 409, "aborted": 409, "resource_exhausted": 429,
              "unavailable": 503}
@@ -66,15 +66,18 @@ class ErrorBody(BaseModel):
 class RunnerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    provider: str = Field(min_length=1, max_length=64, description="a registered provider, e.g. fake, local")
-    settings: dict[str, Any] = Field(default_factory=dict, description="the adapter's settings")
+    provider: str = Field(min_length=1, max_length=64, description="a provider this deployment offers "
+                          "(WARMPOOL_PROVIDERS__ENABLED; local only under dev)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the provider's typed settings: unknown "
+                                     "keys, URLs off the operator's allow-list and other secret sources are refused")
 
 
 class RunnerOut(BaseModel):
     id: str
     name: str
     provider: str
-    settings: dict[str, Any] = Field(description="values of keys naming a token, secret or password read '***'")
+    settings: dict[str, Any] = Field(description="the settings as stored; each secret field of the provider's "
+                                     "model (e.g. unikraft `token`) reads '***'")
     created_at: datetime
 
 
@@ -283,7 +286,8 @@ def masked(settings: Any) -> Any:
 # ---- encoding ----------------------------------------------------------------------------------
 
 def runner_out(r: Runner) -> RunnerOut:
-    return RunnerOut(id=r.id, name=r.name, provider=r.provider, settings=masked(r.settings or {}), created_at=r.created_at)
+    return RunnerOut(id=r.id, name=r.name, provider=r.provider, settings=compute.public_settings(r.settings or {}),
+                     created_at=r.created_at)
 
 
 def pool_out(p: Pool) -> PoolOut:
@@ -371,13 +375,10 @@ async def get_runners(org_id: AdminOrg) -> RunnerList:
 
 
 @router.post("/runners", status_code=201, summary="Create a runner: a provider plus its settings",
-             responses={400: {"model": ErrorBody, "description": "unknown provider"},
+             responses={400: {"model": ErrorBody, "description": "a provider not offered here, or settings its "
+                                                                 "typed model refuses"},
                         409: {"model": ErrorBody, "description": "a runner of that name exists"}})
 async def create_runner(body: RunnerIn, org_id: AdminOrg) -> RunnerOut:
-    known = sorted(known_providers())
-    if body.provider not in known:
-        raise ApiError(400, "invalid_argument",
-                       f"unknown provider {body.provider!r}: known providers are {', '.join(known)}")
     return runner_out(await run(tenancy.create_runner, org_id, body.name, body.provider, body.settings))
 
 

@@ -17,9 +17,11 @@ def create_environment_class(
     org_id: str, runner_id: str, display_name: str, description: str, configuration: list[dict[str, str]],
     *, session: Session,
 ) -> EnvironmentClass:
+    from app.domain import compute
     from app.domain.tenancy import get_runner
 
-    get_runner(org_id, runner_id, session=session)
+    runner = get_runner(org_id, runner_id, session=session)
+    compute.check_template(runner.provider, {c["key"]: c.get("value", "") for c in configuration})
     ec = EnvironmentClass(
         organization_id=org_id, runner_id=runner_id, display_name=display_name, description=description,
         configuration=[{"key": c["key"], "value": c.get("value", "")} for c in configuration],

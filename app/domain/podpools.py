@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import pools
+from app.domain import compute, pools
 from app.domain.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.states import PoolKind, PoolPhase
 from app.models import Pool, Runner, utcnow
@@ -292,10 +292,12 @@ def _create_one(org_id: str, p: PodPoolInput, runner: Runner, tenant_id: str, *,
     if session.exec(_live(org_id, session=session, name=p.id).limit(1)).first() is not None:
         raise AlreadyExists("pool id already exists or is deleting")
     reserved, scaled = effective_idle_recycle(p.size, max_size, p.labels, p.idle_recycle_time)
+    template = template_for(p, parsed)
+    compute.check_template(runner.provider, template)  # e.g. no hostPath volume unless the operator allows it
     pool = pools.new_pool(
         org_id, kind=PoolKind.PODPOOL, name=p.id, min_size=p.size, max_size=max_size,
         group_name=p.group or DEFAULT_GROUP, labels=dict(p.labels or {}), tenant_id=tenant_id, runner_id=runner.id,
-        template=template_for(p, parsed), reuse=p.reuse, stopped_size=0,  # pods cannot be stopped
+        template=template, reuse=p.reuse, stopped_size=0,  # pods cannot be stopped
         idle_recycle_reserved=reserved, idle_recycle_scaled=scaled,
         extra={"podpool": dict(p.given), "spec_changed_at": utcnow().isoformat()},
     )

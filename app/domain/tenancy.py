@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
+from app.domain import compute
 from app.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from app.models import Organization, Runner
 
@@ -21,6 +22,8 @@ def ensure_organization(name: str, *, session: Session) -> Organization:
 
 
 def create_runner(org_id: str, name: str, provider: str, settings: dict, *, session: Session) -> Runner:
+    """A runner of an offered provider; its settings pass the provider's typed model before anything is
+    stored, and its secret fields are stored encrypted (app.domain.compute)."""
     name = name.strip()
     if not name:
         raise InvalidArgument("runner name must not be empty")
@@ -29,7 +32,8 @@ def create_runner(org_id: str, name: str, provider: str, settings: dict, *, sess
     existing = session.exec(select(Runner).where(Runner.organization_id == org_id, Runner.name == name)).first()
     if existing is not None:
         raise AlreadyExists(f"runner {name!r} already exists (id {existing.id})")
-    runner = Runner(organization_id=org_id, name=name, provider=provider, settings=dict(settings))
+    stored = compute.stored_settings(provider, settings)
+    runner = Runner(organization_id=org_id, name=name, provider=provider, settings=stored)
     session.add(runner)
     session.flush()
     return runner

@@ -44,11 +44,12 @@ def test_lifecycle_with_a_real_process(provider):
     assert provider.get(obs.ref) is None
 
 
-def test_a_dead_process_is_reported_failed_and_unknown_snapshots_are_permanent(provider):
-    obs = provider.create(InstanceSpec("i3", "p1", "warmpool", template={"command": "sleep 0.01"}), start=False)
+def test_a_dead_process_is_reported_failed_and_unknown_snapshots_are_permanent(provider, tmp_path):
+    dying = LocalProvider({"root": str(tmp_path / "local"), "command": "sleep 0.01"})  # the operator's command
+    obs = dying.create(InstanceSpec("i3", "p1", "warmpool"), start=False)
     assert obs.state == "stopped"
     with pytest.raises(ProviderTransient, match="exited"):
-        provider.start(obs.ref)
+        dying.start(obs.ref)
     running = provider.create(InstanceSpec("i5", "p1", "warmpool"), start=True)
     meta = provider._meta(running.ref)
     os.killpg(meta["pid"], signal.SIGKILL)

@@ -29,6 +29,7 @@ def engine(db, redis_client, monkeypatch):
     # Backoff long enough that nothing is retried behind the test's back; the test moves the clock.
     monkeypatch.setenv("WARMPOOL_ENGINE__BACKOFF_BASE_SECONDS", "30")
     monkeypatch.setenv("WARMPOOL_ENGINE__BACKOFF_MAX_SECONDS", "60")
+    monkeypatch.setenv("WARMPOOL_PROVIDERS__ALLOWED_HOSTS", "127.0.0.1")  # the operator allows the local stub
     from config.settings import get_settings
 
     get_settings.cache_clear()

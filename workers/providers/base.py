@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
 
 OWNER_TAG = "warmpool.owner"
 INSTANCE_TAG = "warmpool.instance"
@@ -60,9 +62,16 @@ class Observed:
 
 
 class Provider(ABC):
-    """A compute platform. One instance of the adapter per runner (its settings are the runner's)."""
+    """A compute platform. One instance of the adapter per runner (its settings are the runner's, merged with
+    the operator's settings for the provider by workers.providers.catalog).
+
+    `settings_model` and `template_model` (pydantic, unknown keys refused; workers/providers/models.py) say
+    what a tenant may put in a runner's settings and a pool's template: nothing reaches an adapter, or the
+    database, without passing them. An adapter without them cannot be offered to tenants."""
 
     name: str = ""
+    settings_model: ClassVar[type[BaseModel] | None] = None
+    template_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})

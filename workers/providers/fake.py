@@ -22,6 +22,7 @@ import redis as redis_lib
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
 )
+from workers.providers.models import FakeSettings, FakeTemplate
 
 DEFAULTS = {"boot_ms": 200, "start_ms": 100, "stop_ms": 50, "delete_ms": 20, "snapshot_ms": 100}
 
@@ -69,6 +70,8 @@ class FakeCloud:
 
 class FakeProvider(Provider):
     name = "fake"
+    settings_model = FakeSettings
+    template_model = FakeTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None, client: redis_lib.Redis | None = None) -> None:
         super().__init__(settings)

@@ -1,13 +1,16 @@
 """The `kubernetes` provider: one pod per instance, built from the pool template, via the official client.
 
-Runner settings (`runner.settings`):
-  namespace          where the pods live (default "default")
-  kubeconfig         path of a kubeconfig file (default: $KUBECONFIG or ~/.kube/config); `context` picks one
-  in_cluster         true: use the service account of the pod warmpool runs in instead of a kubeconfig
+Runner settings (`runner.settings`, checked by models.KubernetesSettings):
+  namespace          where the pods live (default "default"; one of WARMPOOL_PROVIDERS__KUBERNETES__NAMESPACES)
   request_timeout_s  HTTP timeout per call (default 30)
   delete_grace_s     grace period of a pod deletion (default: the pod's own, 30 s)
-  service_account    service account of the pods (default: the namespace's default)
   image_pull_policy  of the containers (default: Kubernetes' own rule)
+Operator settings (WARMPOOL_PROVIDERS__KUBERNETES__*, merged in by workers.providers.catalog; never a tenant's):
+  kubeconfig         path of a kubeconfig file (default: $KUBECONFIG or ~/.kube/config); `context` picks one
+  in_cluster         true: use the service account of the pod warmpool runs in instead of a kubeconfig
+  service_account    service account of the pods (default: the namespace's default)
+Templates pass models.KubernetesTemplate: no host namespaces or privileges can be expressed, and volumes
+only of the types the operator lists (WARMPOOL_PROVIDERS__KUBERNETES__VOLUME_TYPES; no hostPath by default).
 
 The pod (see `pod_manifest`): container `main` runs the template's image (or the instance's snapshot id,
 when there is one: a snapshot is an image here), container `init` the `init_image`; both get the
@@ -39,6 +42,7 @@ from app.domain.states import InstanceState as S
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
 )
+from workers.providers.models import KubernetesSettings, KubernetesTemplate
 
 LABELS = {OWNER_TAG: "warmpool.dev/owner", INSTANCE_TAG: "warmpool.dev/instance", POOL_TAG: "warmpool.dev/pool"}
 PENDING_ANNOTATION = "warmpool.dev/pending-threshold-seconds"
@@ -202,6 +206,8 @@ def _api_error(what: str, exc: Any) -> Exception:
 
 class KubernetesProvider(Provider):
     name = "kubernetes"
+    settings_model = KubernetesSettings
+    template_model = KubernetesTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)

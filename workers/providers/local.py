@@ -5,11 +5,16 @@ in it, listening on its own loopback port; stopped = process stopped, files kept
 Every instance keeps `meta.json` (our tags, pid, port, state) beside its files, so any process on the
 machine (api, worker, orphan collection) sees the same instances.
 
-Runner settings / pool template keys:
-  root      where instances and snapshots live (default: <WARMPOOL_DATA_DIR>/local)
-  command   the process to run, with {port} and {dir} filled in
-            (default: "<python> -m http.server {port} --bind 127.0.0.1", serving the instance's files)
-  ready_timeout  seconds to wait for the port to accept connections (default 15)
+Settings (`models.LocalSettings` for what a runner may set; the rest is the operator's,
+WARMPOOL_PROVIDERS__LOCAL__*, merged in by workers.providers.catalog):
+  ready_timeout  seconds to wait for the port to accept connections (default 15); a runner setting
+  root      where instances and snapshots live (operator: <WARMPOOL_DATA_DIR>/local)
+  command   the process to run, with {port} and {dir} filled in (operator only, never from a runner or a
+            template; default: "<python> -m http.server {port} --bind 127.0.0.1", serving the instance's files)
+  pass_env  extra environment variable names instance processes inherit (operator only)
+
+Instance processes get a scrubbed environment: a few harmless variables (PATH, HOME, LANG…), the ones the
+operator lists in pass_env, and PORT; never WARMPOOL_* (database URL, keys) or anything else of ours.
 """
 from __future__ import annotations
 
@@ -29,8 +34,18 @@ from typing import Any
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
 )
+from workers.providers.models import LocalSettings, LocalTemplate
 
 _children: dict[int, subprocess.Popen] = {}
+SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SYSTEMROOT")
+
+
+def child_environment(port: int, pass_env: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of an instance process: nothing of the worker's but harmless names and pass_env."""
+    names = [n for n in (*SAFE_ENV, *pass_env) if not n.upper().startswith("WARMPOOL_")]
+    env = {name: os.environ[name] for name in names if name in os.environ}
+    env["PORT"] = str(port)
+    return env
 
 
 def _free_port() -> int:
@@ -58,6 +73,8 @@ def _alive(pid: int | None) -> bool:
 
 class LocalProvider(Provider):
     name = "local"
+    settings_model = LocalSettings
+    template_model = LocalTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
@@ -97,15 +114,14 @@ class LocalProvider(Provider):
     def _spawn(self, ref: str, meta: dict[str, Any]) -> dict[str, Any]:
         port = _free_port()
         files = self._dir(ref) / "files"
-        template = meta.get("template", {})
-        command = template.get("command") or self.settings.get("command") or \
-            f"{shlex.quote(sys.executable)} -m http.server {{port}} --bind 127.0.0.1"
+        command = self.settings.get("command") or f"{shlex.quote(sys.executable)} -m http.server {{port}} --bind 127.0.0.1"
         argv = shlex.split(command.format(port=port, dir=str(files)))
         log = open(self._dir(ref) / "console.log", "ab")
         began = time.monotonic()
         try:
             proc = subprocess.Popen(argv, cwd=files, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env={**os.environ, "PORT": str(port)})
+                                    start_new_session=True,
+                                    env=child_environment(port, self.settings.get("pass_env") or ()))
         except OSError as exc:
             raise ProviderPermanent(f"cannot start {argv[0]!r}: {exc}") from exc
         finally:

@@ -32,13 +32,17 @@ _instances: dict[tuple[str, str], Any] = {}
 
 
 def provider_for(name: str, settings: dict[str, Any], key: str = "") -> Any:
-    """One adapter object per (runner, settings), reused across tasks in this process."""
+    """One adapter object per (runner, stored settings), reused across tasks in this process. `settings` are a
+    runner's stored settings (secrets encrypted): the adapter gets them checked, decrypted and merged with the
+    operator's settings for the provider (catalog.runtime_settings; ProviderPermanent if no longer allowed)."""
     import json
 
-    cache_key = (key or name, json.dumps(settings, sort_keys=True))
+    from workers.providers.catalog import runtime_settings
+
+    cache_key = (key or name, json.dumps(settings, sort_keys=True))  # ciphertext, never a plain secret
     adapter = _instances.get(cache_key)
     if adapter is None:
-        adapter = provider_class(name)(settings)
+        adapter = provider_class(name)(runtime_settings(name, settings))
         _instances[cache_key] = adapter
     return adapter
 

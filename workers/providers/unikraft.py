@@ -10,9 +10,11 @@ while this adapter inspects envelopes item by item and talks to exactly one metr
 
 Runner settings (`runner.settings`):
   metro              metro code ("fra", "fra0", "dal"…) or a full base URL (default "fra")
-  token              the API token. A secret: it is never logged, never in a repr or an exception message,
-                     and is blanked in `self.settings`. Or `token_env`: the environment variable holding it
-                     (default UKC_TOKEN, read when `token` is absent)
+  token              the API token. A secret: stored encrypted, never logged, never in a repr or an exception
+                     message, and blanked in `self.settings`. Or `token_env`: the environment variable holding
+                     it, set by the operator on the workers and named WARMPOOL_PROVIDER_SECRET_*
+  (A runner's settings pass models.UnikraftSettings first: a metro URL must be http(s) to a host on
+  WARMPOOL_PROVIDERS__ALLOWED_HOSTS, and redirects are never followed, so no answer can send us elsewhere.)
   default_memory_mb  memory of instances whose pool template sets none (default 128); default_vcpus likewise
   stopped_tier       "standby" (default): `stop` suspends to standby, our stopped tier, woken in milliseconds;
                      "stopped": `stop` shuts the instance down
@@ -55,6 +57,7 @@ from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderError, ProviderPermanent,
     ProviderTransient,
 )
+from workers.providers.models import UnikraftSettings, UnikraftTemplate
 from workers.providers.unikraft_template import (
     SNAPSHOT_KINDS, create_body, ids_from, instance_name, name_or_uuid, parse_snapshot, tag,
 )
@@ -129,13 +132,16 @@ def _envelope(value: Any) -> dict[str, Any]:
 
 class UnikraftProvider(Provider):
     name = "unikraft"
+    settings_model = UnikraftSettings
+    template_model = UnikraftTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
         from unikraft_cloud.core.metro import metro_base_url  # the SDK is imported lazily
 
         s = self.settings
-        self._token = str(s.get("token") or os.environ.get(str(s.get("token_env") or "UKC_TOKEN"), "") or "")
+        # token_env is an operator-set variable (models.UnikraftSettings allows only WARMPOOL_PROVIDER_SECRET_*)
+        self._token = str(s.get("token") or (os.environ.get(str(s["token_env"]), "") if s.get("token_env") else ""))
         if "token" in s:
             s["token"] = "***"  # the settings dict is shown and cached elsewhere; the secret stays here
         self.base_url = metro_base_url(str(s.get("metro") or "fra"))
@@ -182,7 +188,8 @@ class UnikraftProvider(Provider):
 
         async def run() -> Any:
             timeout = httpx.Timeout(self.timeout_s + max(wait_s, 0), connect=min(self.timeout_s, 10.0))
-            async with httpx.AsyncClient(timeout=timeout, verify=self._ssl(), event_hooks={"response": [remember]}) as http:
+            async with httpx.AsyncClient(timeout=timeout, verify=self._ssl(), follow_redirects=False,
+                                         event_hooks={"response": [remember]}) as http:
                 config = ApiClientConfig(base_url=self.base_url, token=self._token or None, http=http,
                                          user_agent=USER_AGENT, timeout=timeout)
                 return await fn(InstancesApi(config))
