@@ -25,7 +25,8 @@ FULL: dict[str, Any] = {
     "image": "registry.example/runtime-manager:1.2", "init_image": "registry.example/function-agent-init:1.2",
     "labels": {"team": "ml", "tier": "warm"}, "environment": {"LOG_LEVEL": "debug", "X_MODE": "fast"},
     "node_selector": {"disktype": "ssd"},
-    "volumes": json.dumps([{"name": "data", "hostPath": {"path": "/data", "type": "Directory"}}]),
+    # A volume type the operator allows by default (hostPath is refused unless allowed: tests/security).
+    "volumes": json.dumps([{"name": "data", "configMap": {"name": "runtime-config"}}]),
     "volume_mounts": json.dumps([{"name": "data", "mountPath": "/mnt/data", "readOnly": True}]),
     "affinities": json.dumps({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}}),
@@ -39,7 +40,11 @@ FULL: dict[str, Any] = {
 
 
 @pytest.fixture
-def world(api) -> World:
+def world(api, monkeypatch) -> World:
+    from config.settings import get_settings
+
+    monkeypatch.setenv("WARMPOOL_PROVIDERS__KUBERNETES__NAMESPACES", "pools")  # the operator offers this namespace
+    get_settings.cache_clear()
     w = make_org()
     with session_scope() as s:
         w.runner_id = tenancy.create_runner(w.org_id, "k8s", "kubernetes", {"namespace": "pools"}, session=s).id

@@ -50,3 +50,38 @@ def rows(table: str, org_id: str) -> int:
 
 def auth(world: World) -> dict[str, str]:
     return {"Authorization": f"Bearer {world.token}"}
+
+
+# ---- compute configuration and secrets at rest (test_compute_config.py, test_secrets_at_rest.py) ----
+
+def use_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Operator configuration for this test: the settings and the cached adapters are rebuilt."""
+    from config.settings import get_settings
+    from workers.providers.registry import clear_cache
+
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    clear_cache()
+
+
+@pytest.fixture
+def acme(db, effects_log) -> World:
+    return make_org("acme")
+
+
+bearer = auth
+
+
+def count(table: str) -> int:
+    """Rows of `table` across every organization: a refused request stored nothing anywhere."""
+    with get_engine().connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def refused(response, needle: str) -> str:
+    """A /v1 refusal: 400 {code: invalid_argument, message} whose message contains `needle`."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "invalid_argument" and needle in body["message"], body
+    return body["message"]
