@@ -34,15 +34,17 @@ def chunks(data: bytes, size: int = 8192):
 # ---- native admin REST /v1 ---------------------------------------------------------------------
 
 RUNNER = '{"name": %s, "provider": "fake", "settings": %s}'
+# Runner settings are the fake provider's typed model (unknown keys are refused on their own), so each
+# attack sits in a real setting: what refuses it is the attack, not an unknown key.
 RUNNER_ATTACKS = {
-    "surrogate in settings": RUNNER % ('"r1"', '{"a": "%s"}' % SURROGATE),
+    "surrogate in settings": RUNNER % ('"r1"', '{"namespace": "%s"}' % SURROGATE),
     "surrogate in a settings key": RUNNER % ('"r1"', '{"%s": 1}' % SURROGATE),
-    "NUL in settings": RUNNER % ('"r1"', '{"a": "x%sy"}' % NUL),
+    "NUL in settings": RUNNER % ('"r1"', '{"namespace": "x%sy"}' % NUL),
     "NUL in name": RUNNER % ('"r%s1"' % NUL, "{}"),
-    "integer beyond int64": RUNNER % ('"r1"', '{"n": %s}' % HUGE),
-    "NaN": RUNNER % ('"r1"', '{"n": NaN}'),
-    "nested 40 deep": RUNNER % ('"r1"', '{"a": %s}' % deep(40)),
-    "nested 30000 deep": RUNNER % ('"r1"', '{"a": %s}' % deep(30_000)),
+    "integer beyond int64": RUNNER % ('"r1"', '{"seed": %s}' % HUGE),
+    "NaN": RUNNER % ('"r1"', '{"boot_ms": NaN}'),
+    "nested 40 deep": RUNNER % ('"r1"', '{"namespace": %s}' % deep(40)),
+    "nested 30000 deep": RUNNER % ('"r1"', '{"namespace": %s}' % deep(30_000)),
 }
 
 
@@ -54,7 +56,7 @@ def native_error(r, status: int, code: str) -> str:
 
 
 def test_native_control_runner_is_created(client, world):
-    r = post_json(client, "/v1/runners", RUNNER % ('"r1"', '{"a": "fine", "deep": %s}' % deep(10)), world)
+    r = post_json(client, "/v1/runners", RUNNER % ('"r1"', '{"namespace": "fine", "seed": 7, "boot_ms": 10}'), world)
     assert r.status_code == 201, r.text
     assert rows("runners", world.org_id) == 2
 
