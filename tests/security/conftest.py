@@ -67,7 +67,8 @@ def use_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
 
 @pytest.fixture
 def acme(db, effects_log) -> World:
-    return make_org("acme")
+    """The attacker: an organization's admin token, the most a tenant can hold (runners need it)."""
+    return make_org("acme", scope="admin")
 
 
 bearer = auth

@@ -83,7 +83,7 @@ def flower(redis_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
     env.update(WARMPOOL_REDIS_URL=redis_url, WARMPOOL_FLOWER__PORT=str(port), WARMPOOL_FLOWER__USER="ops",
                WARMPOOL_FLOWER__PASSWORD="flower-secret", WARMPOOL_ENV="test", WARMPOOL_LOG_LEVEL="WARNING",
-               WARMPOOL_DATA_DIR=str(tmp_path))
+               WARMPOOL_DATA_DIR=str(tmp_path), WARMPOOL_SECRET_KEYS=os.environ["WARMPOOL_SECRET_KEYS"])
     exe = Path(sys.executable).with_name("warmpool")
     log = open(tmp_path / "flower.log", "w+")
     proc = subprocess.Popen([str(exe if exe.exists() else ROOT / ".venv/bin/warmpool"), "flower"], cwd=tmp_path,
