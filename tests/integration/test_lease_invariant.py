@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from app import events as ev
 from app.db import session_scope
 from app.domain import instances, leases, pools
-from app.domain.errors import Aborted, FailedPrecondition
+from app.domain.errors import Aborted, FailedPrecondition, ResourceExhausted
 from app.models import Instance, Lease, Pool, new_id, utcnow
 from tests.leasing import add_ready, make_pool
 
@@ -224,3 +224,24 @@ def test_the_migration_ends_duplicate_active_leases_an_old_sqlite_file_holds(tmp
             c.execute(sa.text("UPDATE leases SET state = 'active' WHERE id = 'l1'"))
     engine.dispose()
     assert states == {"l1": "expired", "l2": "expired", "l3": "active"}
+
+
+def test_reuse_pool_returns_racing_new_leases_hand_each_instance_to_one_caller(any_org, backend):
+    """On a `reuse` pool a returned instance is free again at once: returns racing fresh Lease calls (and
+    reservations the returns serve) still give every instance to one lease at a time."""
+    pool = make_pool(any_org.org_id, reuse=True, empty_policy="reject")
+    ids = add_ready(pool, 6)
+    for rnd in range(3):
+        with session_scope() as s:
+            held = [r.instance_id for r in s.execute(sa.select(Lease.instance_id).where(
+                Lease.pool_id == pool.id, Lease.state == "active")).all()]
+        for _ in range(len(ids) - len(held)):
+            held.append(in_session(leases.lease, any_org.org_id, pool.name, service_tag="t")().instance_id)
+        calls = [in_session(leases.return_lease, any_org.org_id, i, service_tag="t") for i in held]
+        calls += [in_session(leases.lease, any_org.org_id, pool.name, service_tag="t") for _ in range(12)]
+        results = race(calls)
+        assert all(isinstance(r, leases.LeaseView) for r in results[: len(held)]), (backend, rnd, results)
+        granted = [r for r in results[len(held):] if isinstance(r, leases.LeaseView)]
+        assert all(isinstance(r, (leases.LeaseView, ResourceExhausted)) for r in results[len(held):]), results
+        assert len({g.instance_id for g in granted}) == len(granted) <= len(ids)
+        assert_invariant(pool.id)
