@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -143,6 +145,22 @@ class PaginationQueryMerge:
         await self.app(scope, replay, send)
 
 
+ARRIVED: ContextVar[float | None] = ContextVar("connect_request_arrived", default=None)
+"""time.monotonic() when the router got the request, before authentication: a handler measures the
+caller's `connect-timeout-ms` from here (see remaining_seconds)."""
+
+
+def remaining_seconds(ctx: Any) -> float | None:
+    """Seconds left before the caller's deadline (its `connect-timeout-ms`), counted from the moment the
+    request arrived; None when it set no deadline."""
+    left = ctx.timeout_ms / 1000.0 if ctx.timeout_ms is not None else None
+    arrived, header = ARRIVED.get(), ctx.request_headers.get("connect-timeout-ms")
+    if arrived is not None and header and header.isdigit():
+        since_arrival = int(header) / 1000.0 - (time.monotonic() - arrived)
+        left = since_arrival if left is None else min(left, since_arrival)
+    return left
+
+
 class ConnectRouter:
     """ASGI app mounted at a prefix (e.g. /api) that hands each request to the Connect service
     application whose path (/package.Service) follows the prefix; anything else is a bare 404."""
@@ -156,6 +174,7 @@ class ConnectRouter:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        ARRIVED.set(time.monotonic())
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         service = "/" + path.lstrip("/").split("/", 1)[0]
         target = self.apps.get(service)

@@ -16,12 +16,12 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from app import auth
-from app.api.connect_common import to_connect_error
+from app.api.connect_common import remaining_seconds, to_connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import session_scope
@@ -75,13 +75,18 @@ def lease_message(v: leases.LeaseView) -> pb.Lease:
     return msg
 
 
+MAX_MARGIN = 0.5  # seconds kept before the caller's deadline for the answer to travel back
+MARGIN_SHARE = 0.2  # of the time the caller gave, for short deadlines
+
+
 def wait_budget(remaining: float | None) -> float:
-    """Seconds a Lease call may wait for its reservation: up to the caller's deadline, answering a
-    little before it so the client sees UNAVAILABLE rather than its own DEADLINE_EXCEEDED."""
+    """Seconds from now by which a Lease call answers: up to the caller's deadline (as measured from
+    the request's arrival) less a margin (a fifth of it, at most MAX_MARGIN) for the answer to reach the
+    client, so it sees UNAVAILABLE rather than its own DEADLINE_EXCEEDED; capped by `lease_wait_seconds`."""
     cap = get_settings().lease_wait_seconds
     if remaining is None:
         return cap
-    return max(0.0, min(cap, remaining - min(0.25, remaining * 0.1)))
+    return max(0.0, min(cap, remaining - min(MAX_MARGIN, remaining * MARGIN_SHARE)))
 
 
 def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
@@ -93,6 +98,36 @@ def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, 
         return fn(org_id, *args, session=session, **kwargs)
 
 
+def _quietly(authorization: str | None, fn: Callable[..., Any], *args: Any) -> None:
+    """A clean-up unit of work nobody waits for: its failure is logged, not raised."""
+    try:
+        _unit_of_work(authorization, fn, args, {})
+    except Exception:  # noqa: BLE001 - nobody to tell but the log; the expiry sweep is the backstop
+        log.exception("could not %s %s", getattr(fn, "__name__", fn), args)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _unanswered(reservation_id: str | None) -> Callable[[Any], tuple[Callable[..., Any], str] | None]:
+    """What to undo when a Lease call gives up after its first unit of work produced `result`: a lease
+    made for a call without a reservation id goes back (leases.give_back); an automatic reservation is
+    withdrawn (and whatever it was served goes back). A lease or a queued place of a named reservation is
+    kept: the next Lease call with the same reservation id gets it."""
+    def undo(result: Any) -> tuple[Callable[..., Any], str] | None:
+        if isinstance(result, leases.LeaseView) and reservation_id is None:
+            return leases.give_back, result.lease_id
+        if isinstance(result, leases.Queued) and result.automatic:
+            return leases.withdraw, result.reservation_id
+        return None
+
+    return undo
+
+
+class TooLate(Unavailable):
+    """The answer time came while a unit of work was still queued or running."""
 
 
 # ---- the service, transport-neutral -------------------------------------------------------------
@@ -112,6 +147,50 @@ class LeaseService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(_unit_of_work, authorization, fn, args, kwargs))
 
+    async def _run_until(
+        self, answer_by: float, undo: Callable[[Any], tuple[Callable[..., Any], str] | None],
+        authorization: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any,
+    ) -> T:
+        """`_run`, but answer UNAVAILABLE at `answer_by` (loop time) if the unit of work is still queued or
+        running then, and if the caller goes away (cancelled) or the time is up, whatever the unit of work
+        still produces is undone (`undo(result)` names the domain function and the id) instead of being
+        left to nobody."""
+        loop = asyncio.get_running_loop()
+        work = self.executor.submit(_unit_of_work, authorization, fn, args, kwargs)
+        waited = asyncio.wrap_future(work)
+        waited.add_done_callback(_retrieved)  # an outcome nobody awaits any more is not an "unretrieved" error
+        try:
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as
+            # the work finishes, and a client that left would then be waited for until its deadline.
+            done, _ = await asyncio.wait({waited}, timeout=max(0.0, answer_by - loop.time()))
+        except asyncio.CancelledError:
+            self._undo_when_done(work, undo, authorization)
+            raise
+        if not done:
+            self._undo_when_done(work, undo, authorization)
+            raise TooLate("the server could not answer before the call's deadline; retry")
+        return waited.result()
+
+    def _undo_when_done(self, work: Future, undo: Callable[[Any], tuple[Callable[..., Any], str] | None],
+                        authorization: str | None) -> None:
+        if work.cancel():  # never started: nothing to undo
+            return
+
+        def done(finished: Future) -> None:
+            if finished.cancelled() or finished.exception() is not None:
+                return
+            step = undo(finished.result())
+            if step is not None:
+                self._in_background(authorization, *step)
+
+        work.add_done_callback(done)
+
+    def _in_background(self, authorization: str | None, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.executor.submit(_quietly, authorization, fn, *args)
+        except RuntimeError:  # the executor is shutting down (process exit): do it on this thread
+            _quietly(authorization, fn, *args)
+
     async def ping(self, authorization: str | None, req: Any, remaining: float | None) -> pb.PingResponse:
         return pb.PingResponse(msg="pong")
 
@@ -122,40 +201,56 @@ class LeaseService:
         ])
 
     async def lease(self, authorization: str | None, req: pb.LeaseRequest, remaining: float | None) -> pb.LeaseResponse:
+        """`remaining`: seconds left before the caller's deadline, measured from the request's arrival.
+        Every step, the first unit of work included, ends by the answer time (wait_budget); a call that
+        gives up (deadline or cancellation) leaves nothing leased to nobody (_unanswered)."""
+        loop = asyncio.get_running_loop()
+        budget = wait_budget(remaining)
+        answer_by = loop.time() + budget
         pool = text(req.pool, "pool")
         tag = text(req.service_tag, "service_tag")
         reservation_id = None
         if req.HasField("reservation_id"):
             reservation_id = text(req.reservation_id, "reservation_id", limit=MAX_RESERVATION_ID, required=True)
         wished = wished_time(req, "expires")
-        result = await self._run(authorization, leases.lease, pool, service_tag=tag, wished_expiry=wished,
-                                 reservation_id=reservation_id)
+        # An automatic reservation lives no longer than its caller (its deadline, or the longest this call
+        # waits), even if this process dies before withdrawing it.
+        wait_until = datetime.now(UTC) + timedelta(seconds=min(remaining if remaining is not None else budget + MAX_MARGIN,
+                                                               budget + MAX_MARGIN))
+        result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
+                                       service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
+                                       wait_until=wait_until)
         if isinstance(result, leases.Queued):
-            result = await self._wait(authorization, result, remaining)
+            result = await self._wait(authorization, result, answer_by)
         return pb.LeaseResponse(lease=lease_message(result))
 
-    async def _wait(self, authorization: str | None, queued: leases.Queued, remaining: float | None) -> leases.LeaseView:
+    async def _wait(self, authorization: str | None, queued: leases.Queued, answer_by: float) -> leases.LeaseView:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_budget(remaining)
+        undo = _unanswered(None)
         try:
             with self.waiter.watch(reservation_channel(queued.reservation_id)) as wake:
                 while True:
                     # Checked after the watch is registered, so a wake-up between the two is not lost.
-                    served = await self._run(authorization, reservations.outcome, queued.reservation_id)
+                    try:
+                        served = await self._run_until(answer_by, lambda _: None, authorization,
+                                                       reservations.outcome, queued.reservation_id)
+                    except TooLate:
+                        break
                     if served is not None:
                         return served
-                    left = deadline - loop.time()
+                    left = answer_by - loop.time()
                     if left <= 0:
                         break
                     await wake.wait(left if self.waiter.healthy else min(left, FALLBACK_POLL_SECONDS))
-        except asyncio.CancelledError:
-            if queued.automatic:  # the caller went away: free its place in the queue
-                self.executor.submit(_unit_of_work, authorization, reservations.cancel, (queued.reservation_id,), {})
+        except (asyncio.CancelledError, Unavailable):
+            # The caller went away, or the time is up: an automatic reservation goes with it.
+            if (step := undo(queued)) is not None:
+                self._in_background(authorization, *step)
             raise
-        if queued.automatic:
-            served = await self._run(authorization, reservations.cancel, queued.reservation_id)
-            if served is not None:
-                return served
+        if (step := undo(queued)) is not None:
+            # Withdrawn without waiting for it: the answer is due now. Whatever was served in the last
+            # moment goes back to the pool rather than risk an answer after the caller's deadline.
+            self._in_background(authorization, *step)
             raise Unavailable(f"no instance of pool {queued.pool_name!r} became ready before the call's deadline; "
                               "retry, or send a reservation_id to keep a place in the queue")
         raise Unavailable(f"no instance of pool {queued.pool_name!r} became ready before the call's deadline; "
@@ -203,7 +298,7 @@ class VMPoolLeaseConnect:
         return self._service or default_service()
 
     async def _call(self, ctx: Any, method: Callable[..., Any], req: Any) -> Any:
-        remaining = ctx.timeout_ms / 1000.0 if ctx.timeout_ms is not None else None
+        remaining = remaining_seconds(ctx)
         try:
             return await method(ctx.request_headers.get("authorization"), req, remaining)
         except DomainError as exc:

@@ -107,10 +107,12 @@ class _Watch:
             pass
 
     async def wait(self, timeout: float) -> None:
+        # asyncio.wait, not wait_for: a cancellation arriving with the wake-up must not be swallowed (3.11).
+        waiting = asyncio.ensure_future(self.event.wait())
         try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait({waiting}, timeout=timeout)
+        finally:
+            waiting.cancel()
         self.event.clear()
 
 

@@ -47,8 +47,8 @@ from app.domain.claims import (  # noqa: F401 - the lease API the façades use: 
     ACTIVE, READY, LeaseView, Queued, announce, bind, claim, grant_expiry, view,
 )
 from app.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
-from app.domain.states import IN_FLIGHT, DesiredState, EmptyPoolPolicy, LeaseState
-from app.models import Instance, Lease, Pool, Runner, utcnow
+from app.domain.states import ALIVE, IN_FLIGHT, DesiredState, EmptyPoolPolicy, LeaseState, ReservationState
+from app.models import Instance, Lease, Pool, Reservation, Runner, utcnow
 
 POLICY = (Pool.id, Pool.name, Pool.organization_id, Pool.lease_default_seconds, Pool.lease_max_seconds,
           Pool.reservation_ttl_seconds, Pool.empty_policy)
@@ -84,13 +84,18 @@ def resolve_pool(org_id: str, name: str, *, session: Session) -> Any:
 
 def lease(
     org_id: str, pool_name: str, *, session: Session, service_tag: str = "", wished_expiry: datetime | None = None,
-    reservation_id: str | None = None, now: datetime | None = None,
+    reservation_id: str | None = None, now: datetime | None = None, wait_until: datetime | None = None,
 ) -> LeaseView | Queued:
     """Lease a ready instance of the pool, or queue (or reject, or create cold) by the rules above.
 
     A reservation id is recorded even when an instance is free at once, so every Lease call naming it
     returns the same lease while it is active (a retry after a lost response gets no second
-    instance); once that lease has ended the id starts over (a fresh claim, else the back of the queue)."""
+    instance); once that lease has ended the id starts over (a fresh claim, else the back of the queue).
+
+    `wait_until` is the caller's deadline: an automatic reservation (made for a call without a
+    reservation id) expires then rather than after the pool's reservation TTL, so it is never served to
+    a caller that has gone, even if the server that took the call died before withdrawing it.
+    """
     now = now or utcnow()
     res, fresh = None, False
     if reservation_id is not None and not pool_name:
@@ -121,26 +126,23 @@ def lease(
     if policy == EmptyPoolPolicy.COLD:
         return lease_cold(pool, service_tag=service_tag, wished_expiry=wished_expiry, session=session, now=now)
     res, _ = reservations.take(org_id, None, pool, service_tag=service_tag, wished_expiry=wished_expiry,
-                               session=session, now=now)
+                               session=session, now=now, expires_at=wait_until)
     return reservations.queued(res, pool)
 
 def lease_cold(
     pool: Any, *, service_tag: str, wished_expiry: datetime | None, session: Session, now: datetime,
 ) -> LeaseView:
-    """The `cold` empty-pool policy: a new instance, leased at once; it boots after commit."""
-    pool = session.get(Pool, pool.id)
+    """The `cold` empty-pool policy: a new instance, leased at once; it boots after commit. Counted under
+    the pool's row lock (the reconciler's per-pool lock), so concurrent cold leases and the reconciler
+    never take the pool past `max_size` together."""
+    pool = session.exec(select(Pool).where(Pool.id == pool.id).with_for_update()).one()
     runner = session.get(Runner, pool.runner_id) if pool.runner_id else None
     if runner is None:
         raise FailedPrecondition(f"pool {pool.name!r} has no runner to create a cold instance on")
-    booting = session.execute(
-        sa.select(sa.func.count()).select_from(Instance).where(
-            Instance.pool_id == pool.id, Instance.lease_id.is_not(None),
-            Instance.state.in_([str(s) for s in IN_FLIGHT]),
-        )
-    ).scalar_one()
-    if booting >= max(pool.max_size, 1):
-        raise ResourceExhausted(f"pool {pool.name!r} is empty and already boots {booting} cold instances "
-                                f"(at most max_size={pool.max_size}); retry later")
+    size = pool_size(pool, session=session)
+    if size >= max(pool.max_size, 1):
+        raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and already has {size} instances "
+                                f"(max_size={pool.max_size}); retry later")
     inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=runner.provider,
                     snapshot_id=pool.snapshot_id, desired_state=str(DesiredState.RUNNING),
                     zone=str((pool.template or {}).get("zone", "")))
@@ -150,6 +152,19 @@ def lease_cold(
                 session=session, now=now)
     effects.defer(session, "provision_instance", instance_id=inst.id)
     return view
+
+
+def pool_size(pool: Pool, *, session: Session) -> int:
+    """The instances that count against the pool's `max_size`, as the planner counts them: every live
+    free one, the leased ones on a `reuse` pool (they come back), and leased ones still booting (cold)."""
+    counted = sa.true() if pool.reuse else sa.or_(Instance.lease_id.is_(None),
+                                                  Instance.state.in_([str(s) for s in IN_FLIGHT]))
+    return session.execute(
+        sa.select(sa.func.count()).select_from(Instance).where(
+            Instance.pool_id == pool.id, Instance.desired_state != str(DesiredState.DELETED),
+            Instance.state.in_([str(s) for s in ALIVE]), counted,
+        )
+    ).scalar_one()
 
 
 # ---- one lease, named by its instance ----------------------------------------------------------
@@ -265,6 +280,45 @@ def end(row: Lease, state: LeaseState, *, pool: Pool | None, session: Session, n
         effects.defer(session, "delete_instance", instance_id=row.instance_id)
     announce(row.instance_id, row.pool_id, ev.KIND_RETURNED, session=session)
     return True
+
+
+UNDELIVERED = "undelivered"
+"""The end reason of a lease whose Lease call gave up before answering (cancelled, deadline): see give_back."""
+
+
+def give_back(org_id: str, lease_id: str, *, session: Session, now: datetime | None = None) -> bool:
+    """End a lease that never reached its caller (the Lease call was cancelled, or answered UNAVAILABLE at
+    its deadline, after the lease was made) and put its instance back where it was: nobody has used it,
+    so it is ready again at once (on any pool) and goes to the oldest waiting reservation, if any.
+    False if the lease had already ended."""
+    now = now or utcnow()
+    row = session.get(Lease, lease_id)
+    if row is None or row.organization_id != org_id:
+        return False
+    if not transitions.LEASE.move(session, row, LeaseState.RETURNED, expect=[LeaseState.ACTIVE], now=now,
+                                  end_reason=UNDELIVERED):
+        return False
+    freed = session.execute(
+        sa.update(Instance).where(Instance.id == row.instance_id, Instance.lease_id == lease_id)
+        .values(lease_id=None, idle_since=now)
+    ).rowcount
+    if freed:
+        reservations.assign_ready_instance(row.instance_id, session=session, now=now)
+    announce(row.instance_id, row.pool_id, ev.KIND_RETURNED, session=session)
+    return True
+
+
+def withdraw(org_id: str, reservation_id: str, *, session: Session, now: datetime | None = None) -> bool:
+    """The caller of an automatic reservation has gone (cancelled, deadline, shutdown): cancel the
+    reservation if it still waits, and give back the lease it was served if it was served meanwhile,
+    so nothing stays leased to nobody. True if something changed."""
+    now = now or utcnow()
+    if reservations.cancel_waiting(org_id, reservation_id, session=session, now=now):
+        return True
+    res = session.get(Reservation, reservation_id)
+    if res is None or res.organization_id != org_id or res.state != ReservationState.FULFILLED or not res.lease_id:
+        return False
+    return give_back(org_id, res.lease_id, session=session, now=now)
 
 
 def expire_due(now: datetime, limit: int, *, session: Session) -> int:

@@ -76,16 +76,17 @@ def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, no
 
 def take(
     org_id: str, client_id: str | None, pool: Any, *, service_tag: str, wished_expiry: datetime | None,
-    session: Session, now: datetime,
+    session: Session, now: datetime, expires_at: datetime | None = None,
 ) -> tuple[Reservation, bool]:
     """The organization's reservation `client_id`, queued on `pool` if it is new; (row, True) when this
-    call created it. `client_id=None` makes an automatic one (the `reserve` empty-pool policy). A
+    call created it. `client_id=None` makes an automatic one (the `reserve` empty-pool policy), which
+    expires at `expires_at` (its caller's deadline) if that comes before the pool's TTL. A
     concurrent call with the same new id waits for the first one's commit and then sees its row."""
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     values = dict(
         id=new_id(), organization_id=org_id, client_id=client_id or f"{AUTOMATIC_PREFIX}{uuid.uuid4()}",
         pool_id=pool.id, service_tag=service_tag, state=str(R.WAITING), requested_expires_at=wished_expiry,
-        created_at=now, expires_at=now + _ttl(pool),
+        created_at=now, expires_at=min(now + _ttl(pool), expires_at or now + _ttl(pool)),
     )
     created = session.scalars(
         insert(Reservation).values(**values)
@@ -150,11 +151,15 @@ def outcome(org_id: str, reservation_id: str, *, session: Session, now: datetime
 def cancel(org_id: str, reservation_id: str, *, session: Session, now: datetime | None = None) -> LeaseView | None:
     """Withdraw a waiting reservation (an automatic one whose call gave up); if it was served in the
     meantime, the lease it got is returned instead."""
-    done = transitions.RESERVATION.move(session, reservation_id, R.CANCELLED, expect=[R.WAITING], now=now,
-                                        where=[Reservation.organization_id == org_id])
-    if done:
+    if cancel_waiting(org_id, reservation_id, session=session, now=now):
         return None
     return outcome(org_id, reservation_id, session=session, now=now)
+
+
+def cancel_waiting(org_id: str, reservation_id: str, *, session: Session, now: datetime | None = None) -> bool:
+    """Compare-and-set a waiting reservation to cancelled; False if it was no longer waiting."""
+    return bool(transitions.RESERVATION.move(session, reservation_id, R.CANCELLED, expect=[R.WAITING], now=now,
+                                             where=[Reservation.organization_id == org_id]))
 
 
 def assign_ready_instance(instance_id: str, *, session: Session, now: datetime | None = None) -> str | None:

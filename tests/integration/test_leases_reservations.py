@@ -159,9 +159,14 @@ def test_an_automatic_reservation_is_cancelled_when_its_call_gives_up(org, servi
     call = run_lease(service, org.token, pb.LeaseRequest(pool="pool-a"), remaining=0.3)
     call["thread"].join(5)
     assert isinstance(call.get("error"), Unavailable)
-    with session_scope() as s:
-        rows = s.query(Reservation).all()
-    assert [r.state for r in rows] == ["cancelled"] and rows[0].client_id.startswith("auto-")
+
+    def states() -> list[tuple[str, str]]:
+        with session_scope() as s:
+            return [(r.state, r.client_id) for r in s.query(Reservation).all()]
+
+    # Withdrawn right after the answer (the answer does not wait for it).
+    wait_for(lambda: [state for state, _ in states()] == ["cancelled"])
+    assert states()[0][1].startswith("auto-")
 
 
 def test_every_lease_call_defers_expiry_and_an_expired_reservation_requeues_at_the_back(org, pushed):
