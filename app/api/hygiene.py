@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from app.domain.errors import AlreadyExists, DomainError, InvalidArgument
+from app.domain.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
 from config.settings import get_settings
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -145,6 +145,8 @@ def _push(stack: list[tuple[Any, str, int]], fd: Any, value: Any, name: str, dep
 # PostgreSQL SQLSTATEs / SQLite message prefixes of integrity errors that only a bad value causes.
 _BAD_VALUE_STATES = {"23502": "a required value is missing", "23514": "a value breaks a rule of its field",
                      "23503": "a value refers to an object that does not exist"}
+# The unique partial index that allows one active lease per instance (migration 0002_lease_invariant).
+ACTIVE_LEASE_INDEX = "uq_leases_active_instance"
 _SQLITE_BAD_VALUE = {"NOT NULL": "a required value is missing", "CHECK": "a value breaks a rule of its field",
                      "FOREIGN KEY": "a value refers to an object that does not exist"}
 
@@ -158,6 +160,10 @@ def domain_error_of(exc: BaseException) -> DomainError | None:
         return InvalidArgument(f"a value in the request cannot be stored: {reason}")
     if isinstance(exc, IntegrityError):
         state = getattr(orig, "sqlstate", None)
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+        if constraint == ACTIVE_LEASE_INDEX or "UNIQUE constraint failed: leases.instance_id" in reason:
+            # The database's backstop against a second active lease: a lost race, not a bad value.
+            return Aborted("the instance was leased concurrently; retry the call")
         if state == "23505" or "UNIQUE constraint failed" in reason:
             return AlreadyExists(f"an object with these values already exists ({reason})")
         what = _BAD_VALUE_STATES.get(state or "") or next(

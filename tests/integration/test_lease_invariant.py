@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from app import events as ev
+from app.api.hygiene import domain_error_of
 from app.db import session_scope
 from app.domain import instances, leases, pools
 from app.domain.errors import Aborted, FailedPrecondition, ResourceExhausted
@@ -93,8 +94,10 @@ def test_the_database_refuses_a_second_active_lease(any_org):
         first = leases.lease(any_org.org_id, pool.name, session=s)
     row = dict(organization_id=any_org.org_id, pool_id=pool.id, instance_id=inst, state="active",
                expires_at=utcnow() + timedelta(hours=1))
-    with pytest.raises(IntegrityError), session_scope() as s:
+    with pytest.raises(IntegrityError) as refused, session_scope() as s:
         s.execute(sa.insert(Lease).values(id=new_id(), **row))
+    # Every façade answers the backstop as a lost race (aborted: retry), not as bad input.
+    assert isinstance(domain_error_of(refused.value), Aborted)
     # An ended lease does not count: history may hold any number of them.
     with session_scope() as s:
         s.execute(sa.insert(Lease).values(id=new_id(), **{**row, "state": "returned"}))
