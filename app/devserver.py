@@ -148,6 +148,7 @@ warmpool dev is starting (Ctrl-C stops everything)
   flower     http://{settings.flower.address}:{settings.flower.port}  (user {settings.flower.user})
   runner     local  {runner_id}
 
+  # an admin token of organization {args.org!r}: runners, tokens, and all a member may do
   export WARMPOOL_TOKEN={token}
 """, flush=True)
     code = 0
