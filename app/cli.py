@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: WARMPOOL_API_WORKERS)")
     sp.set_defaults(fn=cmd_api)
 
-    sp = sub.add_parser("worker", help="Celery worker for the reconcile and provider queues")
-    sp.add_argument("--queues", default="reconcile,provider", help="comma-separated queues (default: both)")
+    sp = sub.add_parser("worker", help="Celery worker for the reconcile, provider, system and sweep queues")
+    sp.add_argument("--queues", default="reconcile,provider,system,sweep",
+                    help="comma-separated queues (default: all four; `system` carries lease expiry and the sweeps, "
+                    "`sweep` the sweep's reconcile passes)")
     sp.add_argument("--concurrency", type=int, help="worker threads (default: WARMPOOL_ENGINE__WORKER_CONCURRENCY)")
     sp.add_argument("--hostname", help="Celery node name")
     sp.set_defaults(fn=cmd_worker)
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_leases import add_commands as add_lease_commands
 
     add_lease_commands(sub)  # lease, leases, return
+
+    from app.cli_quota import add_commands as add_quota_commands
+
+    add_quota_commands(sub)  # quota set|show
     return p
 
 

@@ -73,6 +73,20 @@ class Organization(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class OrganizationQuota(SQLModel, table=True):
+    """The operator's per-organization overrides of the quota defaults (config QuotaSettings); NULL = default."""
+
+    __tablename__ = "organization_quotas"
+    organization_id: str = Field(sa_column_args=[sa.ForeignKey("organizations.id", ondelete="CASCADE")],
+                                 primary_key=True, max_length=36)
+    max_pool_size: int | None = None
+    max_pools: int | None = None
+    max_instances: int | None = None
+    max_pools_per_request: int | None = None
+    max_creating: int | None = None
+    updated_at: datetime = _ts()
+
+
 class ApiToken(SQLModel, table=True):
     """A bearer token; only its SHA-256 is stored. `prefix` lets an operator tell tokens apart.
     `scope` is one of app.domain.tokens.Scope; `last_used_at` is written at most once per

@@ -281,7 +281,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     import sqlalchemy as sa
 
     from app.db import session_scope
-    from app.domain import pools, tenancy, tokens
+    from app.domain import pools, quotas, tenancy, tokens
     from app.domain.states import PoolKind
     from tests.leasing import add_ready_bulk
 
@@ -300,6 +300,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     org_id = org.id
     levels = [int(c) for c in args.clients.split(",")]
     names = [f"{kind}-{c}" for c in levels for kind in ("pgbench", "connect", "grpc")]
+    with session_scope() as s:  # the operator's override: the seeded pools are far above the default quota
+        quotas.set_quota(org_id, max_pool_size=args.seed, max_instances=args.seed * len(names), session=s)
     for name in names:
         with session_scope() as s:
             pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=0, max_size=args.seed,

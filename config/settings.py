@@ -49,8 +49,29 @@ class EngineSettings(BaseModel):
     stuck_after_seconds: float = Field(30.0, description="An instance whose observed state lags its desired state "
                                        "this long gets its provider task enqueued again (tasks are idempotent).")
     sweep_batch: int = Field(500, description="Most pools one reconcile sweep enqueues.")
+    sweep_per_org: int = Field(25, description="Most pools of one organization a reconcile sweep enqueues, so one "
+                               "tenant's many pools cannot crowd out another's.")
+    inflight_reconcile_seconds: float = Field(60.0, description="How long a queued reconcile_pool holds its pool's "
+                                              "dedupe key (no second one is enqueued meanwhile); a lost task delays "
+                                              "the sweep's re-enqueue this long at most.")
+    inflight_provider_seconds: float = Field(120.0, description="How long a provider task holds its (instance, "
+                                             "operation) dedupe key, refreshed when it starts and when it retries.")
     provider_retries: int = Field(5, description="Retries of a transient provider error before the instance fails.")
     worker_concurrency: int = Field(32, description="Threads of the `provider` queue worker (provider calls block).")
+
+
+class QuotaSettings(BaseModel):
+    """Per-organization limits every tenant gets unless the operator sets its own (`warmpool quota set`)."""
+
+    max_pool_size: int = Field(100, description="Largest min/max/stopped size of any one pool.")
+    max_pools: int = Field(200, description="Live (not deleted) pools an organization may have.")
+    max_instances: int = Field(1000, description="Instances an organization may hold: the live pools' max sizes "
+                               "(plus stopped tiers) must fit, and the reconciler creates none beyond it.")
+    max_pools_per_request: int = Field(100, description="Pod pools one openYuanrong create request may carry; "
+                                       "a larger request is refused whole.")
+    max_creating: int = Field(10, description="Instances of the organization being created at once (requested or "
+                              "provisioning); each landing lets the next start, so a big pool fills in waves and "
+                              "other tenants' creations never queue behind hundreds of its provider calls.")
 
 
 class FlowerSettings(BaseModel):
@@ -181,6 +202,7 @@ class Settings(BaseSettings):
     secret_keys: SecretStr = Field(
         SecretStr(""), description="Fernet keys encrypting runner secrets at rest, comma-separated: the first "
         "encrypts, all decrypt (rotation). Required outside dev; under dev one is made in the data dir.")
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings, description="Per-organization defaults (WARMPOOL_QUOTAS__*).")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":

@@ -14,7 +14,8 @@ from app.models import Instance, Lease, Pool, Reservation, utcnow
 
 
 def make_pool(org_id: str, name: str = "pool-a", *, runner_id: str | None = None, kind: PoolKind = PoolKind.NAMED,
-              max_size: int = 1000, **fields: Any) -> Pool:
+              max_size: int = 10, **fields: Any) -> Pool:
+    """A named pool (instances are added directly, so `max_size` is only what quotas count)."""
     with session_scope() as s:
         pool = pools.new_pool(org_id, kind=kind, name=name, min_size=0, max_size=max_size, runner_id=runner_id, **fields)
         return pools.insert_pool(pool, session=s, conflict=f"pool {name} exists")

@@ -430,6 +430,41 @@ async def get_instance_logs(instance_id: IdPath, org_id: Org,
     return InstanceLogs(instance_id=instance_id, provider=runner.provider, provider_ref=ref, lines=lines, output=output)
 
 
+# ---- quota (read-only for tenants: the operator sets it with `warmpool quota set`) -------------
+
+class QuotaLimits(BaseModel):
+    max_pool_size: int = Field(description="largest min/max/stopped size of one pool")
+    max_pools: int = Field(description="live pools the organization may have")
+    max_instances: int = Field(description="instances the organization may hold")
+    max_pools_per_request: int = Field(description="pod pools one openYuanrong create request may carry")
+    max_creating: int = Field(description="instances being created at once")
+
+
+class QuotaUsage(BaseModel):
+    pools: int = Field(description="live pools now")
+    admitted_instances: int = Field(description="the live pools' max sizes plus stopped tiers")
+    instances: int = Field(description="instances that exist or are being made")
+
+
+class QuotaOut(BaseModel):
+    limits: QuotaLimits
+    usage: QuotaUsage
+
+
+def quota_view(org_id: str, *, session: Session) -> QuotaOut:
+    from dataclasses import asdict
+
+    from app.domain import quotas
+
+    return QuotaOut(limits=QuotaLimits(**asdict(quotas.quota_of(org_id, session=session))),
+                    usage=QuotaUsage(**quotas.usage(org_id, session=session)))
+
+
+@router.get("/quota", summary="The organization's quota and its usage (set by the operator, never by a tenant)")
+async def get_quota(org_id: Org) -> QuotaOut:
+    return await run(quota_view, org_id)
+
+
 # ---- pool status as Server-Sent Events ---------------------------------------------------------
 
 class EventStream(StreamingResponse):

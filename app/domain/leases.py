@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app import events as ev
-from app.domain import effects, reservations, transitions
+from app.domain import effects, quotas, reservations, transitions
 from app.domain.claims import (  # noqa: F401 - the lease API the façades use: leases.LeaseView, leases.Queued
     ACTIVE, READY, LeaseView, Queued, announce, bind, claim, grant_expiry, view,
 )
@@ -143,6 +143,9 @@ def lease_cold(
     if size >= max(pool.max_size, 1):
         raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and already has {size} instances "
                                 f"(max_size={pool.max_size}); retry later")
+    if quotas.instance_room(pool.organization_id, session=session) <= 0:
+        raise quotas.QuotaExceeded("max_instances", f"pool {pool.name!r} is empty and the organization holds as many "
+                                   "instances as its quota allows (max_instances); retry later")
     inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=runner.provider,
                     snapshot_id=pool.snapshot_id, desired_state=str(DesiredState.RUNNING),
                     zone=str((pool.template or {}).get("zone", "")))

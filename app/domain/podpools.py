@@ -11,7 +11,9 @@ A pod pool is a `Pool` of kind `podpool` whose `name` is the pool id and `group_
   is New (0) or pending Update (2), and openYuanrong refuses updates in those states.
 
 Several pools in one create are handled per item (each in its own savepoint), as openYuanrong's meta
-service does: the good ones are created, the failures are reported together.
+service does: the good ones are created, the failures are reported together. A request beyond the
+organization's quota (more pools than `max_pools_per_request`, or than its live-pool room) is refused
+whole before any item is stored.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import compute, pools
+from app.domain import compute, pools, quotas
 from app.domain.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.states import PoolKind, PoolPhase
 from app.models import Pool, Runner, utcnow
@@ -308,6 +310,8 @@ def create_pod_pools(org_id: str, inputs: list[PodPoolInput], *, tenant_id: str,
     """Create each pool in its own savepoint; returns (id, error message) for those that failed."""
     if not inputs:
         raise InvalidArgument("pools must contain at least one pool")
+    # Refused whole, before anything is stored: a request too large for the quota creates nothing.
+    quotas.admit_batch(org_id, len(inputs), session=session)
     runner = runner_for_pod_pools(org_id, session=session)
     failures: list[tuple[str, str]] = []
     for p in inputs:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from app.domain import effects, pagination, transitions
+from app.domain import effects, pagination, quotas, transitions
 from app.domain.catalog import get_environment_class, get_project, template_of
 from app.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.pagination import Page
@@ -64,7 +64,9 @@ def new_pool(org_id: str, *, kind: PoolKind, name: str, min_size: int, max_size:
 
 
 def insert_pool(pool: Pool, *, session: Session, conflict: str) -> Pool:
-    """Insert a new pool; a concurrent or existing twin (same pair or name) is AlreadyExists(conflict)."""
+    """Insert a new pool; a concurrent or existing twin (same pair or name) is AlreadyExists(conflict).
+    Every façade's pool comes through here, so the organization's quota is checked here once."""
+    quotas.admit_pool(pool, session=session)
     try:
         with session.begin_nested():
             session.add(pool)
@@ -151,6 +153,8 @@ def resize_pool(
     new_min = pool.min_size if min_size is None else min_size
     new_max = pool.max_size if max_size is None else max_size
     validate_sizes(new_min, new_max)
+    quotas.admit_resize(pool, min_size=new_min, max_size=new_max,
+                        stopped_size=spec.get("stopped_size", pool.stopped_size), session=session)
     changed = (new_min, new_max) != (pool.min_size, pool.max_size)
     pool.min_size, pool.max_size = new_min, new_max
     for key, value in spec.items():
@@ -253,12 +257,22 @@ def pools_of_pair(project_id: str, environment_class_id: str, *, session: Sessio
     ).all())
 
 
-def pools_to_sweep(limit: int, *, session: Session) -> list[str]:
+def pools_to_sweep(limit: int, *, session: Session, per_org: int | None = None) -> list[str]:
     """Bounded, read-only: ids of the live pools the reconcile sweep enqueues, flagged ones first,
-    then the least recently reconciled (level-triggered: every pool gets a pass now and then)."""
-    return list(session.exec(
-        select(Pool.id)
-        .where(Pool.phase != str(PoolPhase.DELETED))
-        .order_by(Pool.needs_reconcile.desc(), Pool.reconciled_at.asc().nulls_first())
+    then the least recently reconciled (level-triggered: every pool gets a pass now and then). With
+    `per_org`, at most that many of any one organization, so a tenant with thousands of pools takes
+    its turn beside the others instead of filling the batch."""
+    order = (Pool.needs_reconcile.desc(), Pool.reconciled_at.asc().nulls_first(), Pool.id)
+    live = Pool.phase != str(PoolPhase.DELETED)
+    if per_org is None:
+        return list(session.exec(select(Pool.id).where(live).order_by(*order).limit(limit)).all())
+    ranked = (
+        sa.select(Pool.id, Pool.needs_reconcile, Pool.reconciled_at,
+                  sa.func.row_number().over(partition_by=Pool.organization_id, order_by=order).label("rank"))
+        .where(live).subquery()
+    )
+    return list(session.execute(
+        sa.select(ranked.c.id).where(ranked.c.rank <= per_org)
+        .order_by(ranked.c.needs_reconcile.desc(), ranked.c.reconciled_at.asc().nulls_first(), ranked.c.id)
         .limit(limit)
-    ).all())
+    ).scalars().all())

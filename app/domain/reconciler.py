@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import autoscale, effects, instances as inst_domain, planner
+from app.domain import autoscale, effects, instances as inst_domain, planner, quotas
 from app.domain.pools import bump_status
 from app.domain.states import DesiredState, InstanceState as S, PoolPhase
 from app.models import Instance, Lease, Pool, Runner, utcnow
@@ -46,12 +46,30 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
         for i in rows
     ]
     plan = planner.plan(view, views, now)
+    _within_quota(pool, plan, session=session)
     _apply(pool, plan, session=session)
     pool.needs_reconcile = False
     pool.reconciled_at = now
     inst_domain.recount(pool, session=session)
     session.add(pool)
     return plan
+
+
+def _within_quota(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
+    """Trim the plan's creations to the organization's instance quota (surges, cold leases and a lowered
+    quota can otherwise take it past max_instances) and to its share of creations in flight (each
+    landing asks for the next pass, so a big pool fills at a steady pace and another tenant's backfill
+    queues behind a few of its provider calls, not hundreds); running instances come first."""
+    wanted = plan.create_running + plan.create_stopped
+    if not wanted:
+        return
+    room = quotas.instance_room(pool.organization_id, session=session)
+    if wanted > room:
+        log.warning("pool %s: %d instances wanted, %d allowed by the organization's max_instances quota",
+                    pool.id, wanted, room)
+    room = min(room, quotas.creation_room(pool.organization_id, session=session))
+    plan.create_running = min(plan.create_running, room)
+    plan.create_stopped = min(plan.create_stopped, room - plan.create_running)
 
 
 def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:

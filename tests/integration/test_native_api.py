@@ -83,6 +83,7 @@ ROUTES = [("GET", "/v1/runners"), ("POST", "/v1/runners"), ("GET", "/v1/runners/
           ("GET", "/v1/pools/{id}"), ("GET", "/v1/pools/{id}/instances"), ("GET", "/v1/instances/{id}"),
           ("GET", "/v1/instances/{id}/logs"), ("GET", "/v1/events"),
           ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{id}")]
+ROUTES += [("GET", "/v1/quota")]  # tests/security/test_quotas.py tests what it answers
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
