@@ -9,19 +9,27 @@ from config.settings import Settings
 
 RECONCILE_QUEUE = "reconcile"
 PROVIDER_QUEUE = "provider"
+# Lease expiry and the sweeps have a queue of their own, consumed by every worker command we ship, so
+# no backlog of tenant work (reconcile, provider calls) can delay them. A worker takes from its queues
+# in turn (kombu rotates them), so a long queue delays the others by one task at a time, not its length.
+SYSTEM_QUEUE = "system"
+# The reconcile sweep's own passes (level-triggered re-checks): a queue apart from `reconcile`, so the
+# passes writes ask for (a lease's backfill) never wait behind one tenant's thousands of swept pools.
+SWEEP_QUEUE = "sweep"
+ALL_QUEUES = (RECONCILE_QUEUE, PROVIDER_QUEUE, SYSTEM_QUEUE, SWEEP_QUEUE)
 
 # Task name -> queue. Names are explicit and stable: they are the wire format between processes.
 TASK_ROUTES = {
     "warmpool.reconcile_pool": {"queue": RECONCILE_QUEUE},
-    "warmpool.reconcile_sweep": {"queue": RECONCILE_QUEUE},
-    "warmpool.rotate_snapshots": {"queue": RECONCILE_QUEUE},
-    "warmpool.expire_leases": {"queue": RECONCILE_QUEUE},
+    "warmpool.reconcile_sweep": {"queue": SYSTEM_QUEUE},
+    "warmpool.rotate_snapshots": {"queue": SYSTEM_QUEUE},
+    "warmpool.expire_leases": {"queue": SYSTEM_QUEUE},
     "warmpool.provision_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.start_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.stop_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
-    "warmpool.collect_orphans": {"queue": PROVIDER_QUEUE},
+    "warmpool.collect_orphans": {"queue": SYSTEM_QUEUE},
     "warmpool.delete_snapshot": {"queue": PROVIDER_QUEUE},
 }
 
@@ -52,7 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_send_task_events": False,
         "task_default_queue": RECONCILE_QUEUE,
-        "task_queues": [Queue(RECONCILE_QUEUE), Queue(PROVIDER_QUEUE)],
+        "task_queues": [Queue(q) for q in ALL_QUEUES],
         "task_routes": TASK_ROUTES,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": 3600},

@@ -1,34 +1,39 @@
-"""Reconcile tasks: one pool per task, and the beat sweep that enqueues them (queue `reconcile`)."""
+"""Reconcile tasks: one pool per task (queues `reconcile` and `sweep`), and the beat sweep (queue `system`)."""
 from __future__ import annotations
-
-import logging
-import time
 
 from app.db import session_scope
 from app.domain import pools, reconciler
 from config.settings import get_settings
-from workers.celery_app import celery_app
-
-log = logging.getLogger(__name__)
+from workers import inflight, sweeps
+from workers.celery_app import celery_app, enqueue_swept_reconcile
 
 
 @celery_app.task(name="warmpool.reconcile_pool", acks_late=True)
-def reconcile_pool(pool_id: str) -> str:
-    with session_scope() as session:
-        plan = reconciler.reconcile(pool_id, session=session)
+def reconcile_pool(pool_id: str, swept: bool = False) -> str:
+    """One pass over one pool: asked for by a write (queue `reconcile`) or by the sweep (`swept`, queue `sweep`)."""
+    key = "swept_reconcile" if swept else "reconcile_pool"
+    if not swept:
+        # Marked running before reading the pool: a change committed from now on enqueues a pass of its own.
+        inflight.mark_running(key, pool_id=pool_id)
+    try:
+        with session_scope() as session:
+            plan = reconciler.reconcile(pool_id, session=session)
+    finally:
+        if swept:
+            inflight.forget(key, pool_id=pool_id)
+        else:
+            inflight.release(key, pool_id=pool_id)
     return "gone" if plan is None else ("steady" if plan.empty else "acted")
 
 
 @celery_app.task(name="warmpool.reconcile_sweep")
 def reconcile_sweep() -> int:
-    """Read-only and bounded: enqueue reconcile_pool for every live pool, least recently reconciled first."""
-    began = time.monotonic()
-    s = get_settings()
-    with session_scope() as session:
-        ids = pools.pools_to_sweep(s.engine.sweep_batch, session=session)
-    for pool_id in ids:
-        reconcile_pool.delay(pool_id)
-    took = time.monotonic() - began
-    if took > s.engine.reconcile_interval_seconds:
-        log.warning("reconcile sweep took %.1fs, longer than its %.1fs interval", took, s.engine.reconcile_interval_seconds)
-    return len(ids)
+    """Read-only and bounded: a pass for live pools, flagged and least recently reconciled first, at most
+    `sweep_per_org` per organization, on the `sweep` queue, so however many pools one tenant has, the
+    passes its writes ask for (queue `reconcile`) never wait behind the sweep's. Pools with a pass
+    queued or running are skipped. Returns how many were enqueued."""
+    e = get_settings().engine
+    with sweeps.timed("reconcile", e.reconcile_interval_seconds):
+        with session_scope() as session:
+            ids = pools.pools_to_sweep(e.sweep_batch, per_org=e.sweep_per_org, session=session)
+        return sum(1 for pool_id in ids if enqueue_swept_reconcile(pool_id))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from app.db import session_scope
 from app.domain import prebuilds
-from workers import operations, prebuild
+from config.settings import get_settings
+from workers import operations, prebuild, sweeps
 from workers.celery_app import celery_app
 
 
@@ -17,8 +18,9 @@ def run_prebuild(self, prebuild_id: str) -> str:
 
 @celery_app.task(name="warmpool.rotate_snapshots")
 def rotate_snapshots() -> int:
-    with session_scope() as session:
-        return prebuilds.rotate_all(1000, session=session)
+    with sweeps.timed("snapshot rotation", get_settings().engine.rotation_interval_seconds):
+        with session_scope() as session:
+            return prebuilds.rotate_all(1000, session=session)
 
 
 @celery_app.task(name="warmpool.delete_snapshot", bind=True, acks_late=True)

@@ -42,10 +42,42 @@ def dispatch_effect(name: str, payload: dict[str, Any]) -> None:
     if name == "notify":
         events.notify(payload["channel"], payload.get("message", ""))
         return
+    enqueue(name, payload)
+
+
+def enqueue(name: str, payload: dict[str, Any]) -> bool:
+    """Send the task for effect `name` unless an identical one is already in flight (workers.inflight);
+    True if it was sent. A write's reconcile also goes behind a running pass (that pass may have read
+    the pool before the write)."""
+    from workers import inflight
+
     task = EFFECT_TASKS.get(name)
     if task is None:
         raise ValueError(f"no task for effect {name!r}")
-    celery_app.send_task(task, kwargs=payload)
+    if not inflight.claim(name, payload, behind_running=name == "reconcile_pool"):
+        return False
+    try:
+        celery_app.send_task(task, kwargs=payload)
+    except Exception:
+        inflight.forget(name, **payload)  # not sent: the next ask must not be dropped
+        raise
+    return True
+
+
+def enqueue_swept_reconcile(pool_id: str) -> bool:
+    """The beat sweep's pass over one pool, on the `sweep` queue: skipped while a pass of the pool is
+    queued or running anywhere, one at a time per pool. True if it was sent."""
+    from config.celery import SWEEP_QUEUE
+    from workers import inflight
+
+    if inflight.busy("reconcile_pool", {"pool_id": pool_id}) or not inflight.claim("swept_reconcile", {"pool_id": pool_id}):
+        return False
+    try:
+        celery_app.send_task("warmpool.reconcile_pool", kwargs={"pool_id": pool_id, "swept": True}, queue=SWEEP_QUEUE)
+    except Exception:
+        inflight.forget("swept_reconcile", pool_id=pool_id)
+        raise
+    return True
 
 
 @worker_init.connect

@@ -66,6 +66,8 @@ def engine(db, redis_client, tmp_path, monkeypatch):
         "WARMPOOL_ENGINE__STUCK_AFTER_SECONDS": "2", "WARMPOOL_ENGINE__BACKOFF_BASE_SECONDS": "0.2",
         "WARMPOOL_ENGINE__BACKOFF_MAX_SECONDS": "1", "WARMPOOL_ENGINE__PROVIDER_RETRIES": "50",
         "WARMPOOL_ENGINE__RECONCILE_INTERVAL_SECONDS": "1", "WARMPOOL_LOG_LEVEL": "WARNING",
+        # A task lost with a SIGKILLed worker holds its dedupe key this long before the sweep re-enqueues it.
+        "WARMPOOL_ENGINE__INFLIGHT_PROVIDER_SECONDS": "3", "WARMPOOL_ENGINE__INFLIGHT_RECONCILE_SECONDS": "3",
     }
     env.update(extra)
     for k, v in extra.items():
