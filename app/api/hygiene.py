@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -70,8 +71,9 @@ def max_depth() -> int:
     return get_settings().input.max_json_depth
 
 
-def check_json(value: Any, field: str = "body", *, depth_limit: int | None = None) -> Any:
-    """Walk decoded JSON (iteratively: depth is bounded by us, not by the interpreter's stack)."""
+def check_json(value: Any, field: str = "body", *, depth_limit: int | None = None, scalars: bool = True) -> Any:
+    """Walk decoded JSON (iteratively: depth is bounded by us, not by the interpreter's stack).
+    `scalars=False` checks the nesting only (see `loads`, which knows when the scalars are fine)."""
     limit = depth_limit or max_depth()
     stack: list[tuple[Any, str, int]] = [(value, field, 1)]
     while stack:
@@ -90,6 +92,8 @@ def check_json(value: Any, field: str = "body", *, depth_limit: int | None = Non
                 raise BadInput(f"{path} is nested too deeply: JSON may nest at most {limit} levels")
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in pairs:
+                if not scalars and not isinstance(child, (dict, list)):
+                    continue
                 if isinstance(key, str):
                     check_text(key, f"a key of {path}")
                     stack.append((child, f"{path}.{key}", depth + 1))
@@ -98,14 +102,46 @@ def check_json(value: Any, field: str = "body", *, depth_limit: int | None = Non
     return value
 
 
+# In JSON text a NUL or a lone surrogate can only arrive as an escape (raw ones are not valid JSON, or
+# not UTF-8). A body without such an escape needs its strings walked for nothing: numbers are checked
+# while parsing, so a megabyte costs a walk over its containers only, not over every value.
+_ODD_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _json_int(field: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            return check_int(int(text), f"an integer in {field}")
+        except ValueError:  # more digits than int() takes
+            raise BadInput(f"an integer in {field} is out of range: {text[:24]}... has {len(text)} digits") from None
+    return parse
+
+
+def _json_float(field: str) -> Any:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise BadInput(f"a number in {field} must be finite, got {text[:40]}")
+        return value
+    return parse
+
+
+def _json_constant(field: str) -> Any:
+    def parse(name: str) -> float:
+        raise BadInput(f"a number in {field} must be finite, got {name}")
+    return parse
+
+
 def loads(body: bytes | str, field: str = "body") -> Any:
     """json.loads plus check_json. Malformed JSON still raises json.JSONDecodeError (or
     UnicodeDecodeError), for the façade to answer in its own words; too deep raises BadInput."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_json_int(field), parse_float=_json_float(field),
+                          parse_constant=_json_constant(field))
     except RecursionError:
         raise BadInput(f"{field} is nested too deeply: JSON may nest at most {max_depth()} levels") from None
-    return check_json(data, field)
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    return check_json(data, field, scalars=_ODD_ESCAPE.search(raw) is not None)
 
 
 def check_message(msg: Any, field: str = "", *, depth_limit: int | None = None) -> Any:
