@@ -14,7 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.domain.states import InstanceState
 from config.settings import get_settings
 
 KIND_STATE = "state"  # a provider observed `state` for the instance
@@ -45,10 +47,54 @@ class InstanceEvent:
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> "InstanceEvent":
+        """Decode and validate an entry (unknown fields ignored); raises MalformedEvent if it is not one."""
         raw = fields.get(b"data", fields.get("data"))
-        data = json.loads(raw)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if raw is None:
+            raise MalformedEvent("no `data` field")
+        try:
+            wire = _WireEvent.model_validate_json(raw)
+        except ValidationError as exc:
+            raise MalformedEvent(_first_problem(exc)) from None
+        return cls(**wire.model_dump())
+
+
+class MalformedEvent(ValueError):
+    """A stream entry that is not a valid instance event: the applier dead-letters it at once."""
+
+
+_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class _WireEvent(BaseModel):
+    """The typed shape of an event on the stream, checked at decode so a malformed entry never reaches
+    the database (where it would fail every retry and hold up its batch)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instance_id: str = Field(pattern=_ID)
+    pool_id: str = Field(pattern=_ID)
+    kind: str = Field(KIND_STATE, pattern=r"^[a-z_]{1,32}$")  # a kind this applier does not know is ignored by it
+    state: str = ""
+    ref: str = Field("", max_length=512)
+    seq: int = Field(default_factory=lambda: time.time_ns() // 1000, ge=0, le=2**63 - 1)
+    message: str = Field("", max_length=10_000)
+    address: str = Field("", max_length=512)
+    boot_ms: int | None = Field(None, ge=0, le=2**31 - 1)
+    observed_at: float = Field(default_factory=time.time, allow_inf_nan=False)
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=_ID)
+
+    @field_validator("state")
+    @classmethod
+    def _known_state(cls, value: str) -> str:
+        if value and value not in {s.value for s in InstanceState}:
+            raise ValueError(f"unknown instance state {value!r}")
+        return value
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "entry"
+    return f"{where}: {err.get('msg', 'invalid')}"
 
 
 @lru_cache(maxsize=4)

@@ -46,6 +46,10 @@ class EngineSettings(BaseModel):
     events_group: str = Field("appliers", description="Consumer group of the event appliers.")
     events_max_deliveries: int = Field(5, description="Deliveries before an event goes to the dead-letter stream.")
     events_claim_idle_ms: int = Field(30000, description="Idle time after which a dead consumer's entries are reclaimed.")
+    events_dead_consumer_ms: int = Field(300000, description="A consumer of the applier group idle this long with "
+                                         "nothing pending is a dead applier's and is removed from the group.")
+    events_retry_max_seconds: float = Field(5.0, description="Longest backoff of the applier while Redis or the "
+                                            "database is unreachable.")
     stuck_after_seconds: float = Field(30.0, description="An instance whose observed state lags its desired state "
                                        "this long gets its provider task enqueued again (tasks are idempotent).")
     sweep_batch: int = Field(500, description="Most pools one reconcile sweep enqueues.")

@@ -1,10 +1,18 @@
 """The event applier (`warmpool events`): reads the instance event stream with a consumer group and
-writes observed state to Postgres, one event per transaction, acknowledging only after commit.
+writes observed state to Postgres, acknowledging only after commit. It survives whatever Redis does.
 
 - Several appliers may share the group; ordering across them is not guaranteed, so every apply is a
   compare-and-set (app.domain.instances) and a stale or duplicate event changes nothing.
-- Entries a dead consumer left pending longer than `events_claim_idle_ms` are claimed (XAUTOCLAIM).
-- An entry delivered `events_max_deliveries` times without success goes to `<stream>:dead`.
+- Entries are validated at decode (app.events.InstanceEvent.from_fields); a malformed one goes to the
+  dead letters (`<stream>:dead`) at once.
+- A batch that fails is retried event by event; an event that fails `events_max_deliveries` times (here,
+  or delivered that often to anyone) is dead-lettered and logged, so one poison event holds up nothing.
+- A lost stream or group (FLUSHALL, a Redis restart without persistence) is re-created; a lost
+  connection, or an unreachable database, is retried with backoff. Nothing but a stop ends the loop.
+- Entries a dead consumer left pending longer than `events_claim_idle_ms` are claimed (XAUTOCLAIM), and
+  consumers idle longer than `events_dead_consumer_ms` with nothing pending are removed from the group.
+
+The loop is self-contained (start/stop, run_once, health); it predates a shared LoopService base.
 """
 from __future__ import annotations
 
@@ -13,9 +21,12 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 import redis as redis_lib
+from kombu import exceptions as kombu_exc
+from sqlalchemy import exc as sa_exc
 
 from app import events
 from app.db import session_scope
@@ -24,52 +35,151 @@ from config.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# Errors that say "the database is unreachable", not "this event is bad": they never count toward a
+# dead letter, they make the whole loop back off instead.
+_STORE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+_REDIS_DOWN = (redis_lib.ConnectionError, redis_lib.TimeoutError, kombu_exc.OperationalError)
+
+
+def _lost_stream(exc: redis_lib.ResponseError) -> bool:
+    """NOGROUP after a flush; UNBLOCKED when the key vanished under a blocked XREADGROUP."""
+    text = str(exc)
+    return "NOGROUP" in text or "UNBLOCKED" in text or "no longer exists" in text
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
 
 class Applier:
     def __init__(self, client: redis_lib.Redis | None = None, consumer: str | None = None) -> None:
         s = get_settings().engine
-        self.r = client or redis_lib.Redis.from_url(get_settings().redis_url)
+        self.r = client or redis_lib.Redis.from_url(get_settings().redis_url, socket_connect_timeout=5,
+                                                     socket_timeout=30, health_check_interval=10)
         self.stream, self.group = s.events_stream, s.events_group
         self.dead = f"{s.events_stream}:dead"
         self.max_deliveries = s.events_max_deliveries
         self.claim_idle_ms = s.events_claim_idle_ms
+        self.dead_consumer_ms = s.events_dead_consumer_ms
+        self.retry_max = s.events_retry_max_seconds
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
         self.applied = 0
-        self.ensure_group()
+        self.dead_lettered = 0
+        self.failures: dict[str, int] = {}  # entry id -> failed applies here, while it stays pending
+        self.ticks = 0
+        self.recheck_own = False  # an outage interrupted a pass: entries may sit in our pending list
+        self.delay = 0.0
+        self.last_ok = time.monotonic()
+        self.last_error = ""
+        self._thread: threading.Thread | None = None
+        try:
+            self.ensure_group()
+            self.prune_consumers()
+        except _REDIS_DOWN as exc:  # the loop retries; starting must not need Redis up
+            log.warning("redis unreachable at start (%s); will retry", exc)
+
+    # --- the group -------------------------------------------------------------------------------
 
     def ensure_group(self) -> None:
+        """Create the stream and the group if either is missing; from id 0, so entries published into a
+        re-created stream before the group came back are read too."""
         try:
             self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", self.group, self.stream)
         except redis_lib.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def apply_one(self, entry_id: Any, fields: dict) -> bool:
-        """Apply and acknowledge one entry; False (left pending for a retry) if applying failed."""
+    def prune_consumers(self) -> int:
+        """Remove consumers of dead appliers: idle past the threshold with nothing pending (a dead
+        consumer's pending entries are reclaimed first, so its pending count drops to 0)."""
+        removed = 0
+        for c in self.r.xinfo_consumers(self.stream, self.group):
+            name = _text(c["name"])
+            if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > self.dead_consumer_ms:
+                self.r.xgroup_delconsumer(self.stream, self.group, name)
+                removed += 1
+                log.info("removed dead consumer %s from group %s", name, self.group)
+        return removed
+
+    # --- applying --------------------------------------------------------------------------------
+
+    def _decode(self, entry_id: Any, fields: dict | None) -> events.InstanceEvent | None:
+        if not fields:  # trimmed away while pending: nothing to apply
+            self.r.xack(self.stream, self.group, entry_id)
+            return None
         try:
-            event = events.InstanceEvent.from_fields(fields)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("undecodable event %s (%s): dead-lettered", entry_id, exc)
-            self._dead_letter(entry_id, fields, f"undecodable: {exc}")
+            return events.InstanceEvent.from_fields(fields)
+        except events.MalformedEvent as exc:
+            self._dead_letter(entry_id, fields, f"malformed: {exc}")
+            return None
+
+    def apply_one(self, entry_id: Any, fields: dict | None) -> bool:
+        """Apply and acknowledge one entry; False (left pending for a retry) if applying failed. A database
+        outage propagates (the loop backs off) and never counts as the event's failure."""
+        event = self._decode(entry_id, fields)
+        if event is None:
             return True
+        key = _text(entry_id)
         try:
             with session_scope() as session:
                 instances.apply_event(event, session=session)
-        except Exception:  # noqa: BLE001 - one bad event must not stop the applier
-            log.exception("applying event %s failed; it stays pending for a retry", entry_id)
+        except _STORE_DOWN:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the applier
+            count = self.failures.get(key, 0) + 1
+            if count >= self.max_deliveries:
+                self.failures.pop(key, None)
+                self._dead_letter(entry_id, fields or {}, f"failed {count} times: {type(exc).__name__}: {exc}")
+                return True
+            self.failures[key] = count
+            log.warning("applying event %s failed (%d of %d): %s", key, count, self.max_deliveries, exc)
             return False
+        self.failures.pop(key, None)
         self.r.xack(self.stream, self.group, entry_id)
         self.applied += 1
         return True
 
     def _dead_letter(self, entry_id: Any, fields: dict, reason: str) -> None:
-        payload = dict(fields)
-        payload[b"reason" if isinstance(next(iter(fields), b""), bytes) else "reason"] = reason
+        payload = {_text(k): v for k, v in fields.items()}
+        payload["reason"] = reason
+        payload["entry_id"] = _text(entry_id)
         pipe = self.r.pipeline()
         pipe.xadd(self.dead, payload, maxlen=100_000, approximate=True)
         pipe.xack(self.stream, self.group, entry_id)
         pipe.execute()
+        self.dead_lettered += 1
+        log.error("event %s dead-lettered to %s: %s", _text(entry_id), self.dead, reason)
+
+    def apply_batch(self, entries: list[tuple[Any, dict]]) -> int:
+        """Apply many entries in one transaction and acknowledge them after its commit; if the batch
+        fails, fall back to one entry per transaction so one poison entry cannot hold up the rest."""
+        decoded = [(entry_id, fields, ev) for entry_id, fields in entries
+                   if (ev := self._decode(entry_id, fields)) is not None]
+        if not decoded:
+            return 0
+        try:
+            with session_scope() as session:
+                instances.apply_events([ev for _, _, ev in decoded], session=session)
+        except _STORE_DOWN:
+            raise
+        except Exception:  # noqa: BLE001 - retried entry by entry below
+            log.warning("a batch of %d events failed; applying them one by one", len(decoded), exc_info=True)
+            return sum(1 for entry_id, fields, _ in decoded if self.apply_one(entry_id, fields))
+        self.r.xack(self.stream, self.group, *[entry_id for entry_id, _, _ in decoded])
+        self.applied += len(decoded)
+        return len(decoded)
+
+    def retry_own(self, count: int = 100) -> int:
+        """Apply again the entries that failed here (our own pending list, read from id 0)."""
+        response = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+        done = 0
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                if self.apply_one(entry_id, fields):
+                    done += 1
+        return done
 
     def reclaim(self) -> int:
         """Take over entries idle too long (a dead consumer's, or our own failures); dead-letter the
@@ -93,51 +203,78 @@ class Applier:
             if start in (b"0-0", "0-0") or not claimed:
                 return done
 
-    def apply_batch(self, entries: list[tuple[Any, dict]]) -> int:
-        """Apply many entries in one transaction and acknowledge them after its commit; if the batch
-        fails, fall back to one entry per transaction so one poison entry cannot hold up the rest."""
-        decoded = []
-        for entry_id, fields in entries:
-            try:
-                decoded.append((entry_id, events.InstanceEvent.from_fields(fields)))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("undecodable event %s (%s): dead-lettered", entry_id, exc)
-                self._dead_letter(entry_id, fields, f"undecodable: {exc}")
-        if not decoded:
-            return 0
-        try:
-            with session_scope() as session:
-                instances.apply_events([e for _, e in decoded], session=session)
-        except Exception:  # noqa: BLE001 - retried entry by entry below
-            log.warning("a batch of %d events failed; applying them one by one", len(decoded), exc_info=True)
-            by_id = dict(entries)
-            return sum(1 for entry_id, _ in decoded if self.apply_one(entry_id, by_id[entry_id]))
-        self.r.xack(self.stream, self.group, *[entry_id for entry_id, _ in decoded])
-        self.applied += len(decoded)
-        return len(decoded)
-
     def poll(self, block_ms: int = 1000, count: int = 200) -> int:
         """Read new entries once and apply them as one batch; returns how many were applied."""
         response = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return sum(self.apply_batch(entries) for _stream, entries in response or [] if entries)
 
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run_once(self, block_ms: int = 1000) -> int:
+        """One pass: retry our failures, read new entries, and now and then reclaim and prune."""
+        done = 0
+        if self.failures or self.recheck_own:
+            done += self.retry_own()
+            self.recheck_own = False
+        done += self.poll(block_ms=block_ms)
+        self.ticks += 1
+        if self.ticks % 10 == 1:
+            done += self.reclaim()
+        if self.ticks % 60 == 1:
+            self.prune_consumers()
+        return done
+
+    def _backoff(self, what: str, exc: BaseException, *, trace: bool = False) -> None:
+        self.delay = min(max(0.1, self.delay * 2), self.retry_max)
+        self.recheck_own = True
+        self.last_error = f"{what}: {exc}"
+        log.warning("%s (%s); retrying in %.1fs", what, exc, self.delay, exc_info=trace)
+        self.stopping.wait(self.delay)
+
     def run(self) -> None:
         log.info("event applier %s reading %s (group %s)", self.consumer, self.stream, self.group)
-        ticks = 0
         while not self.stopping.is_set():
             try:
-                self.poll()
-                ticks += 1
-                if ticks % 10 == 1:
-                    self.reclaim()
-            except redis_lib.ConnectionError as exc:
-                log.warning("redis unreachable (%s); retrying", exc)
-                self.stopping.wait(1.0)
+                self.run_once()
+            except _REDIS_DOWN as exc:
+                self._backoff("redis unreachable", exc)
+                continue
             except redis_lib.ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if not _lost_stream(exc):
+                    self._backoff("unexpected redis error", exc, trace=True)
+                    continue
+                log.warning("the event stream or its group is gone (%s): re-creating it", exc)
+                self.failures.clear()  # those entry ids died with the stream
+                try:
                     self.ensure_group()
-                else:
-                    raise
+                except Exception as again:  # noqa: BLE001 - retried on the next pass
+                    self._backoff("could not re-create the group", again)
+                continue
+            except _STORE_DOWN as exc:
+                self._backoff("database unreachable", exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the applier must outlive any one bug
+                self._backoff("unexpected error in the applier loop", exc, trace=True)
+                continue
+            self.delay = 0.0
+            self.last_ok = time.monotonic()
+            self.last_error = ""
+
+    def health(self) -> dict[str, Any]:
+        """Healthy while a pass succeeded recently; what went wrong last otherwise."""
+        age = time.monotonic() - self.last_ok
+        return {"healthy": age < max(10.0, 2 * self.retry_max), "seconds_since_ok": round(age, 1),
+                "applied": self.applied, "dead_lettered": self.dead_lettered, "last_error": self.last_error}
+
+    def start(self) -> "Applier":
+        self._thread = threading.Thread(target=self.run, name=f"applier-{self.consumer}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 def main() -> None:
