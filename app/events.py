@@ -22,6 +22,7 @@ from config.settings import get_settings
 KIND_STATE = "state"  # a provider observed `state` for the instance
 KIND_LEASED = "leased"  # the instance was claimed by a lease (assignment changed)
 KIND_RETURNED = "returned"  # a lease ended (returned or expired)
+KIND_RECYCLED = "recycled"  # a returned instance of a `reuse` pool was reset by its provider: ready again
 KIND_POOL = "pool"  # something about the pool changed; recount its status
 KIND_FAILURE = "failure"  # a provider call failed transiently (message says why); counts toward DEGRADED
 KIND_SUCCESS = "success"  # a provider call succeeded without a state change worth an event; clears failures

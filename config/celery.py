@@ -28,6 +28,7 @@ TASK_ROUTES = {
     "warmpool.start_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.stop_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.recycle_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
     "warmpool.collect_orphans": {"queue": SYSTEM_QUEUE},
     "warmpool.delete_snapshot": {"queue": PROVIDER_QUEUE},
@@ -40,6 +41,7 @@ EFFECT_TASKS = {
     "start_instance": "warmpool.start_instance",
     "stop_instance": "warmpool.stop_instance",
     "delete_instance": "warmpool.delete_instance",
+    "recycle_instance": "warmpool.recycle_instance",
     "run_prebuild": "warmpool.run_prebuild",
     "delete_snapshot": "warmpool.delete_snapshot",
 }

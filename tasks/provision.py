@@ -1,4 +1,4 @@
-"""Provider tasks: provision, start, stop, delete one instance (queue `provider`)."""
+"""Provider tasks: provision, start, stop, delete, recycle one instance (queue `provider`)."""
 from __future__ import annotations
 
 from workers import inflight, operations
@@ -40,3 +40,8 @@ def stop_instance(self, instance_id: str) -> str:
 @celery_app.task(name="warmpool.delete_instance", bind=True, acks_late=True)
 def delete_instance(self, instance_id: str) -> str:
     return _run(self, operations.delete, instance_id)
+
+
+@celery_app.task(name="warmpool.recycle_instance", bind=True, acks_late=True)
+def recycle_instance(self, instance_id: str) -> str:
+    return _run(self, operations.recycle, instance_id)

@@ -17,6 +17,7 @@ OPERATIONS = {
     "start_instance": operations.start,
     "stop_instance": operations.stop,
     "delete_instance": operations.delete,
+    "recycle_instance": operations.recycle,
 }
 
 

@@ -155,6 +155,26 @@ def _power(instance_id: str, retries: int, want: DesiredState) -> str:
     return obs.state
 
 
+def recycle(instance_id: str, retries: int = 0) -> str:
+    """A lease on a `reuse` pool ended: have the provider make the instance clean (Provider.reset), then
+    publish `recycled`; the applier puts it back in the ready set only then (app.domain.instances)."""
+    target = load(instance_id)
+    if target is None:
+        return "gone"
+    inst = target.instance
+    if not (inst.draining and inst.lease_id is None and inst.desired_state == DesiredState.RUNNING
+            and inst.state == S.RUNNING and inst.provider_ref):
+        return "not wanted"
+    obs = _guard(target, "reset", retries, lambda: target.provider.reset(inst.provider_ref))
+    if obs is None:
+        return "failed"
+    if obs.state != S.RUNNING:
+        emit(target, obs.state, obs)  # not running after its reset: the applier sees what it is
+        return obs.state
+    emit_kind(target, events.KIND_RECYCLED)
+    return "recycled"
+
+
 def delete(instance_id: str, retries: int = 0) -> str:
     target = load(instance_id)
     if target is None:

@@ -183,10 +183,27 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
     if event.kind == ev.KIND_SUCCESS:
         note_success(pool)
         return True
+    if event.kind == ev.KIND_RECYCLED:
+        return _back_in_service(event.instance_id, pool, session=session, now=now)
     if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
         request_reconcile(pool, session=session)  # backfill what was taken, recycle what came back
         return True
     return event.kind == ev.KIND_POOL
+
+
+def _back_in_service(instance_id: str, pool: Pool, *, session: Session, now: datetime) -> bool:
+    """A returned instance of a `reuse` pool was reset by its provider: only now is it ready again
+    (compare-and-set on the recycling marks leases.end left: draining, free, wanted running, running)."""
+    back = session.execute(
+        sa.update(Instance).where(
+            Instance.id == instance_id, Instance.draining == sa.true(), Instance.lease_id.is_(None),
+            Instance.desired_state == str(DesiredState.RUNNING), Instance.state == str(S.RUNNING),
+        ).values(draining=False, idle_since=now)
+    ).rowcount
+    if back:
+        _serve_reservations(instance_id, session=session)
+        request_reconcile(pool, session=session)
+    return bool(back)
 
 
 def _learn_refill(pool: Pool, inst: Instance, now: datetime) -> None:

@@ -19,7 +19,9 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
   after a lowered maximum); without it a `to` that is not in the future is InvalidArgument (Return
   ends a lease).
 - **Return / expiry.** The instance is destroyed (desired state `deleted`) and the pool backfills; on
-  a `reuse` pool it is freed instead and handed at once to the oldest waiting reservation, if any.
+  a `reuse` pool it is freed instead, but kept out of the ready set (`draining`) until its provider has
+  reset it (`recycle_instance`, Provider.reset); the applier then puts it back and hands it to the oldest
+  waiting reservation, if any. A lease that never reached its caller is given back (give_back).
 - **Empty pool.** With a reservation id the reservation is queued FIFO (app.domain.reservations).
   Without one, the pool's `empty_policy`: `reserve` queues a server-side reservation that lives only
   as long as the call waits for it; `reject` answers ResourceExhausted; `cold` creates a new instance
@@ -271,16 +273,13 @@ def end(row: Lease, state: LeaseState, *, pool: Pool | None, session: Session, n
         return False
     held = sa.and_(Instance.id == row.instance_id, Instance.lease_id == row.id)
     recycle = pool is not None and pool.reuse and pool.deleted_at is None and not reason
-    if recycle:
-        values: dict[str, Any] = dict(lease_id=None, idle_since=now)
+    if recycle:  # out of the ready set until its provider has reset it (operations.recycle, the applier)
+        values: dict[str, Any] = dict(lease_id=None, draining=True, idle_since=None, state_changed_at=now)
     else:  # draining keeps the claim away until the provider task has deleted it
         values = dict(lease_id=None, draining=True, desired_state=str(DesiredState.DELETED), state_changed_at=now)
     if session.execute(sa.update(Instance).where(held).values(**values)).rowcount != 1:
         raise Aborted(f"lease {row.id} was active but instance {row.instance_id} did not hold it")
-    if recycle:
-        reservations.assign_ready_instance(row.instance_id, session=session, now=now)
-    else:
-        effects.defer(session, "delete_instance", instance_id=row.instance_id)
+    effects.defer(session, "recycle_instance" if recycle else "delete_instance", instance_id=row.instance_id)
     announce(row.instance_id, row.pool_id, ev.KIND_RETURNED, session=session)
     return True
 

@@ -95,6 +95,8 @@ def _kicks(instances: list[InstanceView], pool: PoolView, now: datetime) -> list
             out.append((i.id, "start_instance"))
         elif i.desired_state == DesiredState.STOPPED and i.state in (S.RUNNING, S.STOPPING):
             out.append((i.id, "stop_instance"))
+        elif i.draining and not i.leased and i.desired_state == DesiredState.RUNNING and i.state == S.RUNNING:
+            out.append((i.id, "recycle_instance"))  # returned to a reuse pool, its reset not yet seen
     return out
 
 

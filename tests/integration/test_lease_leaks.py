@@ -16,10 +16,11 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from app import events as ev
 from app.api.vmpool import LeaseService
 from app.api.vmpool_background import _Watch
 from app.db import session_scope
-from app.domain import leases, reservations
+from app.domain import instances, leases, reservations
 from app.domain.errors import ResourceExhausted, Unavailable
 from app.models import Instance, Lease, Reservation, utcnow
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
@@ -257,3 +258,47 @@ def test_concurrent_cold_leases_never_take_the_pool_past_max_size(any_org):
         booting = s.execute(sa.select(sa.func.count()).select_from(Instance).where(
             Instance.pool_id == pool.id, Instance.state == "requested")).scalar_one()
     assert booting == 5
+
+
+# ---- reuse pools: back in the ready set only once clean -------------------------------------------
+
+def recycled(pool, iid: str) -> None:
+    """The provider reset the instance (operations.recycle): the applier gets `recycled`."""
+    with session_scope() as s:
+        instances.apply_event(ev.InstanceEvent(instance_id=iid, pool_id=pool.id, kind=ev.KIND_RECYCLED), session=s)
+
+
+def test_a_returned_instance_of_a_reuse_pool_is_leased_again_only_after_its_reset(any_org, effects_log):
+    pool = make_pool(any_org.org_id, "pods", reuse=True, empty_policy="reject")
+    [iid] = add_ready(pool)
+    with session_scope() as s:
+        first = leases.lease(any_org.org_id, "pods", service_tag="t", session=s)
+    with session_scope() as s:
+        assert leases.lease(any_org.org_id, "pods", reservation_id="next", session=s).reservation_id
+    with session_scope() as s:
+        leases.return_lease(any_org.org_id, iid, service_tag="t", session=s)
+    inst = rows(Instance, id=iid)[0]
+    assert inst.lease_id is None and inst.draining and inst.desired_state == "running"
+    assert ("recycle_instance", {"instance_id": iid}) in effects_log
+    assert rows(Reservation, client_id="next")[0].state == "waiting"  # not handed over dirty
+    with session_scope() as s, pytest.raises(ResourceExhausted):
+        leases.lease(any_org.org_id, "pods", session=s)
+    recycled(pool, iid)
+    nxt = rows(Reservation, client_id="next")[0]
+    assert nxt.state == "fulfilled" and nxt.instance_id == iid and nxt.lease_id != first.lease_id
+    assert not rows(Instance, id=iid)[0].draining
+
+
+def test_a_returned_instance_of_a_non_reuse_pool_is_never_leased_again(any_org, effects_log):
+    pool = make_pool(any_org.org_id, "vms", empty_policy="reject")
+    [iid] = add_ready(pool)
+    with session_scope() as s:
+        leases.lease(any_org.org_id, "vms", service_tag="t", session=s)
+    with session_scope() as s:
+        leases.return_lease(any_org.org_id, iid, service_tag="t", session=s)
+    recycled(pool, iid)  # a stray reset changes nothing
+    inst = rows(Instance, id=iid)[0]
+    assert inst.desired_state == "deleted" and inst.draining and inst.lease_id is None
+    with session_scope() as s, pytest.raises(ResourceExhausted):
+        leases.lease(any_org.org_id, "vms", session=s)
+    assert ("delete_instance", {"instance_id": iid}) in effects_log

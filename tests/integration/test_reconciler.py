@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from app.db import session_scope
-from app.domain import pools, prebuilds, reconciler
+from app.domain import leases, pools, prebuilds, reconciler
 from app.models import Instance, Pool
 from tests.conftest import World, make_catalog, make_org
 from tests.engine_harness import InlineEngine
@@ -215,3 +215,33 @@ def test_deleting_a_pool_drains_it(engine, world, cloud):
     engine.settle()
     assert get_pool(pool_id).phase == "deleted"
     assert states(pool_id) == {"deleted": 2} and cloud.all() == {}
+
+
+@pytest.mark.parametrize("reset_fails", [False, True], ids=["reset", "reset-fails"])
+def test_a_returned_instance_of_a_reuse_pool_is_reset_before_it_is_ready_again(engine, world, cloud, reset_fails):
+    pool_id = make_pool(world, 2, 2, reuse=True)
+    engine.settle()
+    name = get_pool(pool_id).name
+    with session_scope() as s:
+        taken = leases.lease(world.org_id, name, service_tag="t", session=s)
+    engine.settle()
+    if reset_fails:
+        cloud.configure(fail_reset=1.0, fail_reset_permanent="true")
+    with session_scope() as s:
+        leases.return_lease(world.org_id, taken.instance_id, service_tag="t", session=s)
+    with session_scope() as s:
+        inst = s.get(Instance, taken.instance_id)
+        assert inst.draining and inst.lease_id is None  # not ready before the provider has reset it
+    assert get_pool(pool_id).ready_instances == 1
+    engine.settle()
+    ran = [(n, p["instance_id"]) for n, p in engine.ran if n == "recycle_instance"]
+    assert ran == [("recycle_instance", taken.instance_id)]
+    with session_scope() as s:
+        inst = s.get(Instance, taken.instance_id)
+    if reset_fails:  # not clean: failed and replaced, never leased again
+        assert inst.state in ("failed", "deleting", "deleted") and inst.desired_state == "deleted"
+    else:
+        assert inst.state == "running" and not inst.draining
+        assert "reset for the next lease" in cloud.load(inst.provider_ref)["log"]
+    engine.settle()
+    assert get_pool(pool_id).ready_instances == 2

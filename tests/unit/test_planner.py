@@ -107,6 +107,16 @@ def test_stuck_instances_are_kicked_again():
     assert ("i001", "provision_instance") in p.kick and ("i002", "start_instance") in p.kick
 
 
+def test_a_reuse_instance_whose_reset_was_not_seen_is_reset_again():
+    from dataclasses import replace
+
+    old = NOW - timedelta(seconds=120)
+    recycling = replace(inst(1, changed=old), draining=True)
+    fresh = replace(inst(2, changed=NOW), draining=True)
+    p = plan(pool(target=2, stuck_after=30, reuse=True), [recycling, fresh], NOW)
+    assert ("i001", "recycle_instance") in p.kick and ("i002", "recycle_instance") not in p.kick
+
+
 def test_base_instance_idle_past_reserved_is_recycled_like_a_stale_one():
     p = plan(pool(target=1, max_size=1, surge=1, idle_recycle_reserved=60), [inst(1, idle=120)], NOW)
     assert p.create_running == 1 and p.delete == []

@@ -94,6 +94,15 @@ class Provider(ABC):
     def delete(self, ref: str) -> None:
         """Delete the resource. Deleting something already gone succeeds."""
 
+    def reset(self, ref: str) -> Observed:
+        """Make a running resource clean for its next user after a lease on a `reuse` pool ended, and return
+        it as it now is (running when it is ready again). The default suits resources that keep no state
+        between users: it checks the resource is still there. Unknown ref: ProviderPermanent."""
+        found = self.get(ref)
+        if found is None:
+            raise ProviderPermanent(f"{self.name or 'provider'}: no resource {ref} to reset")
+        return found
+
     @abstractmethod
     def get(self, ref: str) -> Observed | None:
         """The resource's current state, or None if it does not exist."""

@@ -163,6 +163,15 @@ class FakeProvider(Provider):
             self.cloud.put(ref, record)
         return self._observed(record)
 
+    def reset(self, ref: str) -> Observed:
+        record = self._require(ref)
+        conf = self._behaviour()
+        self._maybe_fail("reset", ref, conf)
+        self._pause("reset", conf)
+        record["log"].append("reset for the next lease")
+        self.cloud.put(ref, record)
+        return self._observed(record)
+
     def delete(self, ref: str) -> None:
         if self.cloud.load(ref) is None:
             return
