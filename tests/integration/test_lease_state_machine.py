@@ -57,10 +57,14 @@ class LeaseMachine(RuleBasedStateMachine):
             with session_scope() as s:
                 plan = reconciler.reconcile(self.pool_id, session=s, now=self.now)
             with session_scope() as s:
-                rows = s.execute(sa.select(Instance.id, Instance.state, Instance.desired_state)
-                                 .where(Instance.pool_id == self.pool_id)).all()
+                rows = s.execute(sa.select(Instance.id, Instance.state, Instance.desired_state, Instance.draining,
+                                           Instance.lease_id).where(Instance.pool_id == self.pool_id)).all()
                 batch = [ev.InstanceEvent(instance_id=i, pool_id=self.pool_id, state=nxt, seq=next(SEQ))
-                         for i, state, desired in rows if (nxt := next_state(state, desired))]
+                         for i, state, desired, _, _ in rows if (nxt := next_state(state, desired))]
+                # A returned instance of a reuse pool is reset by its provider (operations.recycle).
+                batch += [ev.InstanceEvent(instance_id=i, pool_id=self.pool_id, kind=ev.KIND_RECYCLED, seq=next(SEQ))
+                          for i, state, desired, draining, lease_id in rows
+                          if draining and lease_id is None and state == S.RUNNING and desired == D.RUNNING]
                 instances.apply_events(batch, session=s, now=self.now)
             if not batch and (plan is None or plan.empty):
                 self.settled = True

@@ -7,7 +7,7 @@ import pytest
 
 from app import events as ev
 from app.db import session_scope
-from app.domain import leases, reservations, tenancy
+from app.domain import instances, leases, reservations, tenancy
 from app.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from app.models import Instance, Lease, utcnow
 from tests.leasing import add_ready, get, leases_of, make_pool
@@ -172,19 +172,31 @@ def test_unknown_and_foreign_instances_are_not_found(org):
         call(leases.get_lease, org.org_id, free)
 
 
+def recycled(pool, iid: str) -> None:
+    """The provider reset the returned instance (operations.recycle): the applier gets `recycled`."""
+    with session_scope() as s:
+        instances.apply_event(ev.InstanceEvent(instance_id=iid, pool_id=pool.id, kind=ev.KIND_RECYCLED), session=s)
+
+
 def test_reuse_pool_recycles_the_instance_to_the_next_claim_or_the_oldest_reservation(org, effects_log):
     pool = make_pool(org.org_id, reuse=True)
     [iid] = add_ready(pool)
     first = lease(org.org_id, service_tag="a")
     call(leases.return_lease, org.org_id, iid, service_tag="a")
     inst = get(Instance, iid)
-    assert (inst.lease_id, inst.desired_state, inst.draining) == (None, "running", False) and inst.idle_since
+    # Out of the ready set until its provider has reset it (recycle_instance, then `recycled` applied).
+    assert (inst.lease_id, inst.desired_state, inst.draining) == (None, "running", True)
     assert "delete_instance" not in [n for n, _ in effects_log]
+    assert ("recycle_instance", {"instance_id": iid}) in effects_log
+    recycled(pool, iid)
+    assert get(Instance, iid).idle_since
     second = lease(org.org_id, service_tag="b")
     assert second.instance_id == iid and second.lease_id != first.lease_id
     queued = lease(org.org_id, service_tag="c", reservation_id="waiting-c")
     assert isinstance(queued, leases.Queued)
     call(leases.return_lease, org.org_id, iid, service_tag="b")
+    assert call(reservations.outcome, org.org_id, queued.reservation_id) is None  # not handed over dirty
+    recycled(pool, iid)
     served = call(reservations.outcome, org.org_id, queued.reservation_id)
     assert served.instance_id == iid and served.service_tag == "c"
 
