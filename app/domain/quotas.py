@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from app.domain.errors import InvalidArgument, ResourceExhausted
+from app.domain.errors import InvalidArgument, NotFound, ResourceExhausted
 from app.domain.states import InstanceState
 from app.models import Instance, Organization, OrganizationQuota, Pool, utcnow
 from config.settings import get_settings
@@ -197,10 +197,6 @@ def creation_room(org_id: str, *, session: Session) -> int:
 
 def organization_named(name: str, *, session: Session) -> Organization:
     """The organization an operator names on the command line; NotFound rather than creating a typo."""
-    from sqlmodel import select
-
-    from app.domain.errors import NotFound
-
     org = session.exec(select(Organization).where(Organization.name == name.strip())).first()
     if org is None:
         raise NotFound(f"no organization named {name!r} (`warmpool token create --org {name}` creates it)")
