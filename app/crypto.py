@@ -7,6 +7,7 @@ appears in a log, a response or an error message.
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def _dev_key(data_dir: Path) -> str:
         text = path.read_text().strip()
         if text:
             return text
-        import time
-
         time.sleep(0.01)
     raise SecretKeyError(f"{path} is empty: delete it and start again")
 
