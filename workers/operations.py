@@ -96,7 +96,8 @@ def provision(instance_id: str, retries: int = 0) -> str:
         return "gone"
     inst = target.instance
     if inst.desired_state == DesiredState.DELETED:
-        return "not wanted"
+        # A retry may follow an attempt whose create landed (or whose delete-on-landing failed): clean up.
+        return delete(instance_id, retries) if retries else "not wanted"
     if inst.state not in (S.REQUESTED, S.PROVISIONING):
         return "already provisioned"
     if inst.state == S.REQUESTED:
@@ -105,19 +106,41 @@ def provision(instance_id: str, retries: int = 0) -> str:
     if obs is None:
         return "failed"
     emit(target, obs.state, obs)
-    # Deleted while we were creating it: do not leave the resource behind.
+    # Deleted while we were creating it. The delete recorded its intent (desired_state) and may already
+    # have marked the row deleted without finding anything to delete: this landing deletes the resource
+    # now, whatever state the row reached meanwhile (never an "already deleted" that leaves it running).
     again = load(instance_id)
     if again is None or again.instance.desired_state == DesiredState.DELETED:
-        return delete(instance_id, retries) if again else _delete_ref(target, obs.ref)
+        return _delete_landed(again or target, obs.ref, retries, row_gone=again is None)
     return obs.state
 
 
-def _delete_ref(target: Target, ref: str) -> str:
+def _delete_landed(target: Target, ref: str, retries: int, *, row_gone: bool) -> str:
+    """Delete a resource whose create landed after its instance was deleted; transient errors retry the task
+    (whose retry, finding the instance unwanted, deletes again)."""
     try:
         target.provider.delete(ref)
-    except (ProviderTransient, ProviderPermanent):
-        log.warning("could not delete %s of a vanished instance; orphan collection will", ref)
-    return "deleted"
+    except ProviderTransient as exc:
+        if retries >= get_settings().engine.provider_retries:
+            log.warning("could not delete %s of a deleted instance (%s); orphan collection will", ref, exc)
+            return "left for orphan collection"
+        raise Failed(backoff(retries, exc.retry_after)) from exc
+    except ProviderPermanent as exc:
+        log.warning("delete of %s refused (%s); treating it as gone", ref, exc)
+    if not row_gone and target.instance.state != S.DELETED:
+        emit(target, S.DELETED)
+    return "deleted on landing"
+
+
+def _refs_at_provider(target: Target) -> list[str]:
+    """Resources tagged with this instance, for a delete that has no provider_ref: a create may have landed
+    without its event being applied yet, and the ref lives only at the provider."""
+    try:
+        seen = target.provider.list(get_settings().owner)
+    except ProviderPermanent as exc:
+        log.warning("cannot list %s's resources (%s); orphan collection covers a leftover", target.instance.id, exc)
+        return []
+    return [o.ref for o in seen if o.instance_id == target.instance.id and o.ref]
 
 
 def start(instance_id: str, retries: int = 0) -> str:
@@ -180,20 +203,24 @@ def delete(instance_id: str, retries: int = 0) -> str:
     if target is None:
         return "gone"
     inst = target.instance
-    if inst.state == S.DELETED:
-        return "already deleted"
-    if inst.state != S.DELETING:
-        emit(target, S.DELETING)
-    ref = inst.provider_ref
-    if ref:
-        try:
-            target.provider.delete(ref)
-        except ProviderTransient as exc:
-            emit_kind(target, events.KIND_FAILURE, f"delete failed: {exc}")
-            if retries >= get_settings().engine.provider_retries:
-                return "left for orphan collection"
-            raise Failed(backoff(retries, exc.retry_after)) from exc
-        except ProviderPermanent as exc:
-            log.warning("delete of %s refused (%s); treating it as gone", ref, exc)
-    emit(target, S.DELETED)
+    try:
+        # No ref in the row does not mean nothing at the provider: ask it. A create still in flight is
+        # covered by its own landing (provision re-reads the desired state after the create returns).
+        refs = [inst.provider_ref] if inst.provider_ref else _refs_at_provider(target)
+        if inst.state == S.DELETED and not refs:
+            return "already deleted"
+        if inst.state not in (S.DELETING, S.DELETED):
+            emit(target, S.DELETING)
+        for ref in refs:
+            try:
+                target.provider.delete(ref)
+            except ProviderPermanent as exc:
+                log.warning("delete of %s refused (%s); treating it as gone", ref, exc)
+    except ProviderTransient as exc:
+        emit_kind(target, events.KIND_FAILURE, f"delete failed: {exc}")
+        if retries >= get_settings().engine.provider_retries:
+            return "left for orphan collection"
+        raise Failed(backoff(retries, exc.retry_after)) from exc
+    if inst.state != S.DELETED:
+        emit(target, S.DELETED)
     return "deleted"
