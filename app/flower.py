@@ -11,7 +11,7 @@ OPEN_HANDLERS = {"flower.views.monitor": ("Metrics", "Healthcheck")}
 def flower_argv(settings: Any, port: int | None = None) -> list[str]:
     """The Celery command line that serves Flower with the configured basic-auth credentials."""
     f = settings.flower
-    return ["flower", f"--port={port or f.port}", f"--address={f.address}", f"--basic-auth={f.user}:{f.password}"]
+    return ["flower", f"--port={port or f.port}", f"--address={f.address}", f"--basic-auth={f.user}:{f.password.get_secret_value()}"]
 
 
 def _require_user(handler: Any) -> None:

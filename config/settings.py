@@ -84,7 +84,8 @@ class FlowerSettings(BaseModel):
     port: int = Field(5555, description="Port Flower listens on.")
     address: str = Field("127.0.0.1", description="Address Flower binds to.")
     user: str = Field("admin", description="Basic-auth user of Flower.")
-    password: str = Field(DEV_FLOWER_PASSWORD, description="Basic-auth password of Flower; must be changed outside dev.")
+    password: SecretStr = Field(SecretStr(DEV_FLOWER_PASSWORD),
+                                description="Basic-auth password of Flower; must be changed outside dev.")
 
 
 class InputSettings(BaseModel):
@@ -210,7 +211,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
-        if self.env == "prod" and self.flower.password == DEV_FLOWER_PASSWORD:
+        if self.env == "prod" and self.flower.password.get_secret_value() == DEV_FLOWER_PASSWORD:
             raise ValueError("WARMPOOL_FLOWER__PASSWORD must be set to a non-default value when WARMPOOL_ENV=prod")
         if self.env != "dev" and not self.secret_keys.get_secret_value().strip():
             raise ValueError("WARMPOOL_SECRET_KEYS must be set when WARMPOOL_ENV is not dev: make one with "

@@ -41,7 +41,9 @@ def test_default_secrets_are_refused_in_production(monkeypatch):
     with pytest.raises(pydantic.ValidationError, match="FLOWER__PASSWORD"):
         Settings()
     monkeypatch.setenv("WARMPOOL_FLOWER__PASSWORD", "s3cret")
-    assert Settings().flower.password == "s3cret"
+    assert Settings().flower.password.get_secret_value() == "s3cret"
+    # A secret never shows in a repr, a log line or a validation error.
+    assert "s3cret" not in repr(Settings()) and "s3cret" not in str(Settings().flower)
 
 
 def test_every_setting_is_documented():
