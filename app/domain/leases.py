@@ -34,6 +34,7 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
   counters are not touched here: the event applier recounts them, so concurrent claims never queue on
   the pool row.
 - **A lost instance** (observed failed, deleting or deleted) ends its lease: expired, reason `instance_lost`.
+  GetLease and ExtendTo of it are FailedPrecondition naming the reason; Return of it succeeds (idempotently).
 """
 from __future__ import annotations
 
@@ -195,8 +196,10 @@ def _changeable(org_id: str, instance_id: str, service_tag: str, *, session: Ses
 
 def _check_live(row: Lease, now: datetime) -> None:
     if row.state != LeaseState.ACTIVE:
+        why = f" ({row.end_reason})" if row.end_reason and row.end_reason != row.state else ""
+        lost = ": the instance failed or vanished at its provider" if row.end_reason == LOST else ""
         raise FailedPrecondition(f"the lease of instance {row.instance_id} already ended: "
-                                 f"{row.state} at {_iso(row.ended_at)}")
+                                 f"{row.state}{why} at {_iso(row.ended_at)}{lost}")
     if row.expires_at <= now:
         raise FailedPrecondition(f"the lease of instance {row.instance_id} expired at {_iso(row.expires_at)}")
 
@@ -248,10 +251,19 @@ def return_lease(
 ) -> LeaseView:
     """End the instance's lease; the instance is destroyed (recycled on a `reuse` pool)."""
     now = now or utcnow()
+    latest = _latest(org_id, instance_id, session=session)
+    if latest.end_reason == LOST:
+        # The instance was lost under the lease, which already ended: returning it is what the caller
+        # should do next, so it succeeds (and changes nothing), however often it is repeated.
+        _check_tag(latest, service_tag)
+        return view(latest, session=session)
     row, pool = _changeable(org_id, instance_id, service_tag, session=session, now=now)
     if not end(row, LeaseState.RETURNED, pool=pool, session=session, now=now):
         raise FailedPrecondition(f"the lease of instance {instance_id} ended meanwhile")
     return view(row, session=session, pool=pool)
+
+
+LOST = "instance_lost"  # end_reason of a lease whose instance failed or vanished under it
 
 
 def end_for_lost_instance(instance_id: str, *, session: Session, now: datetime) -> bool:
@@ -261,7 +273,7 @@ def end_for_lost_instance(instance_id: str, *, session: Session, now: datetime) 
     if row is None:
         return False
     return end(row, LeaseState.EXPIRED, pool=session.get(Pool, row.pool_id), session=session, now=now,
-               reason="instance_lost")
+               reason=LOST)
 
 
 def end(row: Lease, state: LeaseState, *, pool: Pool | None, session: Session, now: datetime,

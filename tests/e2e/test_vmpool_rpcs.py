@@ -269,3 +269,31 @@ def test_a_waiting_lease_is_woken_by_a_push_when_its_instance_becomes_ready(clie
         # A healthy waiter sleeps until the 10 s deadline unless pushed: an answer well before it can only
         # come from the push. How fast the push is, is a benchmark's figure, not a timed test's.
         assert out["at"] - started < 3.0, f"answered after {(out['at'] - started) * 1000:.0f} ms: no push woke it"
+
+
+def test_a_lease_follows_its_lost_instance(client, org):
+    """The instance fails under its lease (the applier ends the lease, reason instance_lost): GetLease and
+    ExtendTo say so with the reason; Return succeeds, and again, and changes nothing."""
+    from sqlmodel import select
+
+    from app.domain import instances
+    from app.models import Lease
+
+    pool = make_pool(org.org_id, "lossy")
+    [iid] = add_ready(pool)
+    got = client.call("Lease", pb.LeaseRequest(pool="lossy", service_tag="svc")).lease
+    assert got.instance == iid
+    with session_scope() as s:
+        instances.apply_event(events.InstanceEvent(instance_id=iid, pool_id=pool.id, state="failed",
+                                                   message="vanished at the provider"), session=s)
+    e = expect("failed_precondition", client.call, "GetLease", pb.GetLeaseRequest(instance=iid))
+    assert "instance_lost" in e.message, e.message
+    e = expect("failed_precondition", client.call, "ExtendTo", pb.ExtendToRequest(
+        instance=iid, service_tag="svc", to=ts(datetime.now(UTC) + timedelta(minutes=5))))
+    assert "instance_lost" in e.message, e.message
+    expect("permission_denied", client.call, "Return", pb.ReturnRequest(instance=iid, service_tag="someone-else"))
+    for _ in range(2):
+        assert client.call("Return", pb.ReturnRequest(instance=iid, service_tag="svc")) == pb.ReturnResponse()
+    with session_scope() as s:
+        rows = s.exec(select(Lease).where(Lease.instance_id == iid)).all()
+    assert [(r.state, r.end_reason) for r in rows] == [("expired", "instance_lost")]
