@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from app.cli_context import CliError, check_database, load_dev_env, org_name
 from config.logging import configure_logging
 from config.settings import get_settings
 
@@ -43,7 +43,7 @@ def cmd_runner_create(args: argparse.Namespace) -> int:
         settings[key] = value
     try:  # the provider's typed model checks the settings before anything is stored
         with session_scope() as session:
-            org = tenancy.ensure_organization(args.org, session=session)
+            org = tenancy.ensure_organization(org_name(args.org), session=session)
             runner = tenancy.create_runner(org.id, args.name, args.provider, settings, session=session)
     except InvalidArgument as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -144,8 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--provider", required=True, help="provider name: fake, local, unikraft, kubernetes, …")
     sp.add_argument("--setting", action="append", metavar="KEY=VALUE",
                     help="provider setting (repeatable), checked by the provider's settings model")
-    sp.add_argument("--org", default=os.environ.get("WARMPOOL_ORG", "dev"), help="organization name (default: dev)")
+    sp.add_argument("--org", help="organization name, created if needed (default: $WARMPOOL_ORG, else dev)")
     sp.set_defaults(fn=cmd_runner_create)
+
+    from app.cli_pools import add_commands as add_pool_commands, add_runner_commands
+
+    add_runner_commands(run)  # runner list|delete
+    add_pool_commands(sub)  # pools [--watch], pool show
 
     sec = sub.add_parser("secrets", help="runner secrets at rest").add_subparsers(dest="sub", required=True,
                                                                                metavar="SUBCOMMAND")
@@ -193,20 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that set up the database or serve: they do not need (or make) a migrated one first.
+NO_DATABASE_CHECK = frozenset({"migrate", "dev", "api", "worker", "beat", "events", "flower", "observe"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "dev" and load_dev_env() is not None:
+        get_settings.cache_clear()  # a running `warmpool dev` supplied Redis, database and org
     from workers.providers.catalog import install as install_catalog
 
     install_catalog()  # runner settings and templates are checked by the providers' typed models
     try:
+        if args.command not in NO_DATABASE_CHECK:
+            check_database(get_settings().database_url)
         return args.fn(args) or 0
     except KeyboardInterrupt:
         return 130
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
+        from sqlalchemy.exc import OperationalError
+
         from app.domain.errors import DomainError
 
         if isinstance(exc, DomainError):
             print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OperationalError):  # the database went away mid-command: one line, not a traceback
+            print(f"error: database {_redact(get_settings().database_url)}: {str(exc.orig).strip().splitlines()[0]}",
+                  file=sys.stderr)
             return 1
         raise
 

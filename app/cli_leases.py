@@ -1,10 +1,10 @@
 """The lease commands of `warmpool`: lease, leases, return. They call the lease domain directly for an
-organization (--org, like `runner create`), print readable tables, and hand the deferred work
-(backfill, instance deletion, events) to Celery after commit like the API does."""
+existing organization (app.cli_context: --org, $WARMPOOL_ORG, dev), print readable tables with each
+instance's address, and hand the deferred work (backfill, instance deletion, events) to Celery after
+commit like the API does."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -46,20 +46,27 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _expiry(v, now: datetime) -> str:  # type: ignore[no-untyped-def]
+    if v.ended_at is not None:  # an ended lease's expiry is history, not a countdown
+        return f"ended {v.ended_at:%Y-%m-%d %H:%M:%SZ}" + (f" ({v.end_reason})" if v.end_reason else "")
+    return human_until(v.expires_at, now)
+
+
 def _lease_rows(views: Sequence, now: datetime) -> list[list[str]]:
-    return [[v.instance_id, v.pool_name, v.state, v.service_tag or "-", human_until(v.expires_at, now), v.zone or "-"]
+    return [[v.instance_id, v.pool_name, v.state, v.service_tag or "-", _expiry(v, now), v.address or "-", v.zone or "-"]
             for v in views]
 
 
-LEASE_HEADERS = ("INSTANCE", "POOL", "STATE", "TAG", "EXPIRES", "ZONE")
+LEASE_HEADERS = ("INSTANCE", "POOL", "STATE", "TAG", "EXPIRES", "ADDRESS", "ZONE")
 
 
-def _organization(name: str) -> str:
+def _organization(name: str | None) -> str:
+    """The id of the organization the command acts for; an unknown one is an error, never created."""
+    from app.cli_context import org_name, organization_id
     from app.db import session_scope
-    from app.domain import tenancy
 
     with session_scope() as session:
-        return tenancy.ensure_organization(name, session=session).id
+        return organization_id(org_name(name), session=session)
 
 
 def _dispatch_after_commit() -> None:
@@ -87,6 +94,8 @@ def cmd_lease(args: argparse.Namespace) -> int:
         if isinstance(got, leases.Queued) and got.automatic:
             # Nobody would wait on it: do not leave it in the queue.
             reservations.cancel(org_id, got.reservation_id, session=session)
+    if not isinstance(got, leases.Queued):
+        got = _with_address(org_id, got)
     if isinstance(got, leases.Queued):
         if got.automatic:
             print(f"pool {got.pool_name!r} has no ready instance; try again, or pass --reservation ID to queue",
@@ -96,7 +105,22 @@ def cmd_lease(args: argparse.Namespace) -> int:
                   f"{got.expires_at:%H:%M:%SZ}; run the same command again to pick up its instance", file=sys.stderr)
         return 3
     print(table(LEASE_HEADERS, _lease_rows([got], utcnow())))
+    if not got.address:
+        print(f"instance {got.instance_id} has no address yet (it is booting); "
+              f"`warmpool pool show {got.pool_name}` shows it once it is ready", file=sys.stderr)
     return 0
+
+
+def _with_address(org_id: str, view):  # type: ignore[no-untyped-def]
+    """The granted lease with its instance's observed address (the claim itself reads no more than it must)."""
+    from dataclasses import replace
+
+    from app.db import session_scope
+    from app.domain import instances
+
+    with session_scope() as session:
+        inst = instances.get_instance(org_id, view.instance_id, session=session)
+    return replace(view, address=inst.address or "")
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
@@ -130,7 +154,7 @@ def cmd_return(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    org_default = os.environ.get("WARMPOOL_ORG", "dev")
+    org_help = "organization name (default: $WARMPOOL_ORG, which `warmpool dev` provides, else dev)"
 
     sp = sub.add_parser("lease", help="lease a ready instance from a pool and print it")
     sp.add_argument("--pool", default="", help="pool name (default: the pool with the most ready instances)")
@@ -138,18 +162,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "clamped to the pool's maximum)")
     sp.add_argument("--tag", default="", help="service tag; returning or extending needs the same one")
     sp.add_argument("--reservation", help="reservation id: queue FIFO when the pool is empty; run again to pick it up")
-    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.add_argument("--org", help=org_help)
     sp.set_defaults(fn=cmd_lease)
 
     sp = sub.add_parser("leases", help="list leases as a table (active ones unless --all)")
     sp.add_argument("--all", action="store_true", help="include returned and expired leases")
     sp.add_argument("--pool", default="", help="only this pool")
     sp.add_argument("--limit", type=int, default=100, help="at most this many rows, newest first (default 100)")
-    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.add_argument("--org", help=org_help)
     sp.set_defaults(fn=cmd_leases)
 
     sp = sub.add_parser("return", help="return a lease by its instance id (the instance is destroyed)")
     sp.add_argument("instance", metavar="ID", help="instance id, as `warmpool lease` printed it")
     sp.add_argument("--tag", default="", help="the service tag the lease was taken with")
-    sp.add_argument("--org", default=org_default, help="organization name (default: $WARMPOOL_ORG or dev)")
+    sp.add_argument("--org", help=org_help)
     sp.set_defaults(fn=cmd_return)

@@ -116,6 +116,12 @@ def run_dev(args: Any) -> int:
         get_settings.cache_clear()
         settings = get_settings()
     token, runner_id = prepare(args.org)
+    # --- dev.env: a second shell's `warmpool …` finds this Redis, database and org (app.cli_context) ---
+    from app.cli_context import remove_dev_env, write_dev_env
+
+    dev_env = write_dev_env(settings.data_dir, redis_url=settings.redis_url, database_url=settings.database_url,
+                            org=args.org)
+    # --- end dev.env ---
 
     exe = str(Path(sys.executable).with_name("warmpool"))
     if not Path(exe).exists():
@@ -147,6 +153,7 @@ warmpool dev is starting (Ctrl-C stops everything)
   grpc       {settings.http_host}:{settings.grpc_port}
   flower     http://{settings.flower.address}:{settings.flower.port}  (user {settings.flower.user})
   runner     local  {runner_id}
+  cli        another shell here: `. .venv/bin/activate` and `warmpool pools` (settings from {dev_env})
 
   # an admin token of organization {args.org!r}: runners, tokens, and all a member may do
   export WARMPOOL_TOKEN={token}
@@ -162,6 +169,7 @@ warmpool dev is starting (Ctrl-C stops everything)
                     break
             stopping.wait(0.5)
     finally:
+        remove_dev_env(settings.data_dir)  # --- dev.env ---
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -47,6 +47,9 @@ class LeaseView:
     pool_id: str = ""
     created_at: datetime | None = None
     ended_at: datetime | None = None
+    address: str = ""
+    """Where the instance answers (observed; empty until it is ready)."""
+    end_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,4 +170,4 @@ def view(row: Lease, *, session: Session, pool: Pool | None = None) -> LeaseView
     return LeaseView(instance_id=row.instance_id, pool_name=pool.name if pool else row.pool_id,
                      expires_at=row.expires_at, zone=inst.zone if inst else "", service_tag=row.service_tag,
                      state=row.state, lease_id=row.id, pool_id=row.pool_id, created_at=row.created_at,
-                     ended_at=row.ended_at)
+                     ended_at=row.ended_at, address=inst.address if inst else "", end_reason=row.end_reason)

@@ -355,7 +355,7 @@ def list_leases(
     org_id: str, *, session: Session, include_ended: bool = False, pool_name: str = "", limit: int = 100,
 ) -> list[LeaseView]:
     """The organization's leases, newest first (active ones only unless `include_ended`)."""
-    stmt = (sa.select(Lease, Pool, Instance.zone)
+    stmt = (sa.select(Lease, Pool, Instance.zone, Instance.address)
             .join(Pool, Pool.id == Lease.pool_id)
             .outerjoin(Instance, Instance.id == Lease.instance_id)
             .where(Lease.organization_id == org_id))
@@ -367,8 +367,8 @@ def list_leases(
     return [
         LeaseView(instance_id=row.instance_id, pool_name=pool.name, expires_at=row.expires_at, zone=zone or "",
                   service_tag=row.service_tag, state=row.state, lease_id=row.id, pool_id=pool.id,
-                  created_at=row.created_at, ended_at=row.ended_at)
-        for row, pool, zone in rows
+                  created_at=row.created_at, ended_at=row.ended_at, address=address or "", end_reason=row.end_reason)
+        for row, pool, zone, address in rows
     ]
 
 

@@ -32,8 +32,8 @@ def test_lease_list_and_return_print_readable_tables(org, dispatched, capsys):
     code, out, _ = run(capsys, "lease", "--pool", "builders", "--for", "30m", "--tag", "ci", "--org", "acme")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["INSTANCE", "POOL", "STATE", "TAG", "EXPIRES", "ZONE"]
-    assert row.split()[:4] == [iid, "builders", "active", "ci"] and "(in 29m" in row and row.endswith("eu-1")
+    assert header.split() == ["INSTANCE", "POOL", "STATE", "TAG", "EXPIRES", "ADDRESS", "ZONE"]
+    assert row.split()[:4] == [iid, "builders", "active", "ci"] and "(in 29m" in row and row.split()[-2:] == ["-", "eu-1"]
     assert ("reconcile_pool", {"pool_id": pool.id}) in dispatched
 
     code, out, _ = run(capsys, "leases", "--org", "acme")
@@ -52,6 +52,7 @@ def test_lease_list_and_return_print_readable_tables(org, dispatched, capsys):
     assert code == 0 and out.strip() == "no active leases"
     code, out, _ = run(capsys, "leases", "--all", "--org", "acme")
     assert "returned" in out and iid in out
+    assert "(in " not in out and "ended " in out  # an ended lease shows when it ended, not a countdown
 
 
 def test_lease_on_an_empty_pool_and_bad_durations(org, dispatched, capsys):
