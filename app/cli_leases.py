@@ -104,7 +104,10 @@ def cmd_lease(args: argparse.Namespace) -> int:
             print(f"pool {got.pool_name!r} has no ready instance: reservation {got.client_id!r} is queued until "
                   f"{got.expires_at:%H:%M:%SZ}; run the same command again to pick up its instance", file=sys.stderr)
         return 3
-    print(table(LEASE_HEADERS, _lease_rows([got], utcnow())))
+    if args.quiet:  # for scripts: `read ID ADDRESS < <(warmpool lease -q)`
+        print(got.instance_id, got.address or "-")
+    else:
+        print(table(LEASE_HEADERS, _lease_rows([got], utcnow())))
     if not got.address:
         print(f"instance {got.instance_id} has no address yet (it is booting); "
               f"`warmpool pool show {got.pool_name}` shows it once it is ready", file=sys.stderr)
@@ -162,6 +165,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "clamped to the pool's maximum)")
     sp.add_argument("--tag", default="", help="service tag; returning or extending needs the same one")
     sp.add_argument("--reservation", help="reservation id: queue FIFO when the pool is empty; run again to pick it up")
+    sp.add_argument("--quiet", "-q", action="store_true", help="print only the instance id and its address")
     sp.add_argument("--org", help=org_help)
     sp.set_defaults(fn=cmd_lease)
 

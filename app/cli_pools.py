@@ -42,13 +42,23 @@ def _all_pools(org_id: str, *, session: Any, include_deleted: bool) -> list:
         page = Page(size=PAGE, after=(got[-1].created_at, got[-1].id))
 
 
-def pools_frame(org: str, *, include_deleted: bool = False, now: datetime | None = None) -> str:
-    """One rendering of `warmpool pools`: a title line and a table, read fresh from the database."""
+def read_pools(org: str, *, include_deleted: bool = False) -> list:
+    """The organization's pools, read fresh in a unit of work of their own."""
     from app.db import session_scope
 
     with session_scope() as session:
         org_id = organization_id(org, session=session)
-        rows = _all_pools(org_id, session=session, include_deleted=include_deleted)
+        return _all_pools(org_id, session=session, include_deleted=include_deleted)
+
+
+def all_ready(rows: list) -> bool:
+    """Every pool READY with its desired number of ready instances (what --until-ready waits for)."""
+    return bool(rows) and all(p.phase == "ready" and p.ready_instances >= p.desired_size for p in rows
+                              if p.phase not in ("deleting", "deleted"))
+
+
+def pools_frame(org: str, rows: list, *, now: datetime | None = None) -> str:
+    """One rendering of `warmpool pools`: a title line and a table."""
     now = now or utcnow()
     title = f"organization {org}: {len(rows)} pool(s) at {now:%H:%M:%SZ}"
     if not rows:
@@ -66,8 +76,8 @@ def _pause(seconds: float) -> None:
 
 def cmd_pools(args: argparse.Namespace) -> int:
     org = org_name(args.org)
-    if not args.watch:
-        print(pools_frame(org, include_deleted=args.all))
+    if not (args.watch or args.until_ready):
+        print(pools_frame(org, read_pools(org, include_deleted=args.all)))
         return 0
     if args.interval <= 0:
         print("error: --interval must be > 0", file=sys.stderr)
@@ -76,11 +86,12 @@ def cmd_pools(args: argparse.Namespace) -> int:
     frames = 0
     try:
         while True:
-            frame = pools_frame(org, include_deleted=args.all)
+            rows = read_pools(org, include_deleted=args.all)
+            frame = pools_frame(org, rows)
             # On a terminal each frame replaces the last; into a pipe or file they follow one another.
             print(CLEAR + frame if tty else frame + "\n", flush=True)
             frames += 1
-            if args.count and frames >= args.count:
+            if (args.count and frames >= args.count) or (args.until_ready and all_ready(rows)):
                 return 0
             _pause(args.interval)
     except KeyboardInterrupt:  # Ctrl-C is how --watch ends
@@ -209,6 +220,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--watch", "-w", action="store_true", help="redraw the table every --interval seconds")
     sp.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
     sp.add_argument("--count", type=int, default=0, help="with --watch: stop after this many redraws (default: until Ctrl-C)")
+    sp.add_argument("--until-ready", action="store_true", help="watch until every pool is READY with its desired "
+                    "ready instances, then exit (for scripts)")
     sp.add_argument("--all", action="store_true", help="include deleted pools")
     sp.add_argument("--org", help=ORG_HELP)
     sp.set_defaults(fn=cmd_pools)

@@ -137,6 +137,34 @@ def test_watch_redraws_fresh_state_until_stopped(org, filled_pool, capsys, monke
     assert out.startswith(cli_pools.CLEAR)  # on a terminal each frame replaces the last
 
 
+def test_until_ready_watches_until_every_pool_is_ready(org, capsys, monkeypatch):
+    pending = make_pool(org.org_id, "filling")
+    with session_scope() as s:
+        s.execute(sa.update(Pool).where(Pool.id == pending.id).values(desired_size=1))
+
+    def fill(seconds: float) -> None:
+        add_ready(pending)
+        recount(pending.id)
+
+    monkeypatch.setattr(cli_pools, "_pause", fill)
+    code, out, err = run(capsys, "pools", "--until-ready", "--org", "acme")
+    assert code == 0, err
+    first, second = [f for f in out.split("\n\n") if f.strip()]
+    assert first.splitlines()[2].split()[2:4] == ["pending", "0"]
+    assert second.splitlines()[2].split()[2:4] == ["ready", "1"]
+
+
+def test_lease_quiet_prints_id_and_address(org, filled_pool, capsys, monkeypatch):
+    from app import cli_leases
+
+    monkeypatch.setattr(cli_leases, "_dispatch_after_commit", lambda: None)
+    _, ids = filled_pool
+    code, out, err = run(capsys, "lease", "-q", "--org", "acme")
+    assert code == 0, err
+    iid, address = out.split()
+    assert iid in ids and address == f"10.0.0.{ids.index(iid) + 1}:8080"
+
+
 def test_runner_list_masks_secrets_and_delete_refuses_while_pools_use_it(org, filled_pool, runner, capsys):
     pool, _ = filled_pool
     code, out, err = run(capsys, "runner", "create", "ukc-eu", "--provider", "unikraft", "--setting", "metro=fra",
