@@ -136,16 +136,19 @@ class FakeSettings(RunnerSettingsModel):
     stop_ms: Ms | None = None
     delete_ms: Ms | None = None
     snapshot_ms: Ms | None = None
+    reset_ms: Ms | None = None
     fail_create: Rate | None = None
     fail_start: Rate | None = None
     fail_stop: Rate | None = None
     fail_delete: Rate | None = None
     fail_snapshot: Rate | None = None
+    fail_reset: Rate | None = None
     fail_create_permanent: bool | None = None
     fail_start_permanent: bool | None = None
     fail_stop_permanent: bool | None = None
     fail_delete_permanent: bool | None = None
     fail_snapshot_permanent: bool | None = None
+    fail_reset_permanent: bool | None = None
     seed: int | None = None
 
 

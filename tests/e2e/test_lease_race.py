@@ -1,0 +1,296 @@
+"""The lease race and the lease load, end to end, on PostgreSQL and on SQLite: a running `warmpool api`
+(gRPC and Connect), a real `warmpool worker` and `warmpool events` on the fake provider, and 64 clients
+(half gRPC, half Connect) per round. Checked from the database after every round: no instance with two
+active leases, and no lease that no client received (every lease ended by a client's Return is one a
+client got; every other one was given back as `undelivered`); no reservation left waiting.
+
+The load test runs WARMPOOL_SOAK_ROUNDS rounds per deadline (2 here; `make soak` runs 20)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.db import reset_engine, session_scope
+from app.domain import effects, pools
+from app.domain.states import PoolKind
+from app.models import Instance, Lease, Pool, Reservation, Runner
+from tests.conftest import World, make_catalog, make_org
+from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.lease_crowd import Crowd, Tally
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+CLIENTS = 64
+RACE_ROUNDS = int(os.environ.get("WARMPOOL_RACE_ROUNDS", "20"))
+SOAK_ROUNDS = int(os.environ.get("WARMPOOL_SOAK_ROUNDS", "2"))
+FAST = {"boot_ms": 0, "start_ms": 0, "stop_ms": 0, "delete_ms": 0, "reset_ms": 20}
+
+
+@dataclass
+class Stack:
+    backend: str
+    database_url: str
+    redis_url: str
+    http: str
+    grpc: str
+    logs: list[Path] = field(default_factory=list)
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]) for p in self.logs)
+
+
+def _warmpool() -> str:
+    exe = Path(sys.executable).with_name("warmpool")
+    return str(exe if exe.exists() else ROOT / ".venv/bin/warmpool")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def stack(request, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
+    """api + worker + events as real processes on a database of their own (PostgreSQL: a fresh database
+    on the test server; SQLite: a fresh file, as `warmpool dev` makes it), migrated to head."""
+    from app.migrate import upgrade
+
+    tmp = tmp_path_factory.mktemp(f"race-{request.param}")
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_server_url")
+        name = f"warmpool_race_{os.getpid()}"
+        admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = server.rsplit("/", 1)[0] + f"/{name}"
+    else:
+        url = f"sqlite:///{tmp / 'race.sqlite3'}"
+    upgrade(url)
+    redis = redis_url.rsplit("/", 1)[0] + "/5"  # its own Redis database: other tests flush theirs
+    http, grpc_port = free_port(), free_port()
+    env = dict(os.environ, WARMPOOL_ENV="test", WARMPOOL_DATABASE_URL=url, WARMPOOL_REDIS_URL=redis,
+               WARMPOOL_DATA_DIR=str(tmp / "data"), WARMPOOL_GRPC_PORT=str(grpc_port), WARMPOOL_LOG_LEVEL="WARNING",
+               WARMPOOL_DB_POOL_SIZE="16")
+    s = Stack(request.param, url, redis, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
+    commands = {"api": ["api", "--host", "127.0.0.1", "--port", str(http)],
+                "worker": ["worker", "--concurrency", "8"], "events": ["events"]}
+    procs = []
+    try:
+        for name, args in commands.items():
+            log = tmp / f"{name}.log"
+            s.logs.append(log)
+            with log.open("wb") as out:
+                procs.append(subprocess.Popen([_warmpool(), *args], cwd=tmp, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), s.tail()
+            try:
+                if httpx.get(s.http + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"warmpool api did not answer within 60 s:\n{s.tail()}")
+        yield s
+    finally:
+        _stop(procs)
+    assert "Traceback" not in s.logs[0].read_text(errors="replace"), s.tail()
+
+
+@pytest.fixture
+def world(stack: Stack, monkeypatch) -> Iterator[World]:
+    """This process on the stack's database and Redis (to set up and to check), with an organization
+    whose runner is the fake cloud, fast; committed effects go to the real worker through Celery."""
+    from app import auth
+    from config.settings import get_settings
+    from workers.celery_app import dispatch_effect, reconfigure
+
+    monkeypatch.setenv("WARMPOOL_DATABASE_URL", stack.database_url)
+    monkeypatch.setenv("WARMPOOL_REDIS_URL", stack.redis_url)
+    get_settings.cache_clear()
+    reset_engine()
+    auth.clear_cache()
+    reconfigure()
+    previous = effects.set_dispatcher(dispatch_effect)
+    w = make_catalog(make_org(f"race-{uuid.uuid4().hex[:8]}"), provider="fake")
+    with session_scope() as s:
+        s.get(Runner, w.runner_id).settings = dict(FAST, namespace=f"race-{uuid.uuid4().hex[:8]}")
+    yield w
+    effects.set_dispatcher(previous)
+    reset_engine()
+    get_settings.cache_clear()
+
+
+def warm_pool(w: World, size: int, max_size_override: int | None = None, **fields) -> Pool:
+    with session_scope() as s:
+        pool = pools.new_pool(w.org_id, kind=PoolKind.NAMED, name=f"p-{uuid.uuid4().hex[:8]}", min_size=size,
+                              max_size=max_size_override or size, runner_id=w.runner_id, stopped_size=0, **fields)
+        pool = pools.insert_pool(pool, session=s, conflict="exists")
+        pools.request_reconcile(pool, session=s)
+    return pool
+
+
+def ready_count(pool_id: str) -> int:
+    with session_scope() as s:
+        return s.execute(sa.select(sa.func.count()).select_from(Instance).where(
+            Instance.pool_id == pool_id, Instance.state == "running", Instance.lease_id.is_(None),
+            Instance.draining == sa.false())).scalar_one()
+
+
+def wait_ready(stack: Stack, pool: Pool, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while ready_count(pool.id) < n:
+        if time.monotonic() > deadline:
+            pytest.fail(f"pool never had {n} ready instances (has {ready_count(pool.id)}):\n{stack.tail()}")
+        time.sleep(0.05)
+
+
+def doubles(pool_id: str) -> list[str]:
+    with session_scope() as s:
+        return list(s.execute(sa.select(Lease.instance_id).where(Lease.pool_id == pool_id, Lease.state == "active")
+                              .group_by(Lease.instance_id).having(sa.func.count() > 1)).scalars())
+
+
+def active(pool_id: str) -> list[tuple[str, object]]:
+    with session_scope() as s:
+        return [tuple(r) for r in s.execute(sa.select(Lease.instance_id, Lease.expires_at)
+                                            .where(Lease.pool_id == pool_id, Lease.state == "active")).all()]
+
+
+# ---- the race -------------------------------------------------------------------------------------
+
+def test_64_clients_race_for_n_instances_over_grpc_and_connect(stack, world):
+    """`reject` pool: each round the N ready instances go to N clients (and backfill to a few more), the
+    rest get resource_exhausted; no instance ever has two active leases, and the active leases are
+    exactly the ones clients received."""
+    n = 8
+    pool = warm_pool(world, n, empty_policy="reject")
+    crowd = Crowd(CLIENTS, stack.grpc, stack.http, world.token)
+    try:
+        for rnd in range(RACE_ROUNDS):
+            wait_ready(stack, pool, n)
+            tally = crowd.round(pool.name, timeout=10, give_back=False)
+            assert doubles(pool.id) == [], (stack.backend, rnd)
+            # The N ready ones all go; the backfill the first claims trigger may serve a few more callers
+            # before the round is over (fast fake boots): never the same instance twice.
+            ok = tally.outcomes["ok"]
+            assert ok >= n and tally.outcomes == {"ok": ok, "resource_exhausted": CLIENTS - ok}, \
+                (stack.backend, rnd, tally.outcomes)
+            got = {(g.instance, g.expires) for g in tally.received}
+            assert len({g.instance for g in tally.received}) == ok
+            assert set(active(pool.id)) == got, (stack.backend, rnd)
+            for g in tally.received:
+                assert crowd.give_back(g) == "ok"
+    finally:
+        crowd.close()
+
+
+# ---- a cancelled waiting Lease ----------------------------------------------------------------------
+
+def test_a_waiting_lease_whose_client_leaves_ends_with_one_outcome(stack, world):
+    """A client waits on an empty `reserve` pool and hangs up; an instance is served meanwhile or after:
+    the instance ends up free (or with a caller who got it), never leased to nobody."""
+    pool = warm_pool(world, 0, empty_policy="reserve", max_size_override=2)
+    crowd = Crowd(8, stack.grpc, stack.http, world.token)
+    try:
+        tally = crowd.round(pool.name, timeout=0.3, give_back=False)  # every caller gives up at 300 ms
+        assert set(tally.outcomes) <= {"unavailable", "deadline_exceeded"}, tally.outcomes
+        with session_scope() as s:
+            p = s.get(Pool, pool.id)
+            p.min_size = p.max_size = p.desired_size = 2
+            pools.request_reconcile(p, session=s)
+        wait_ready(stack, pool, 2)
+        assert active(pool.id) == []
+        assert_no_waiting_reservation(pool.id)
+    finally:
+        crowd.close()
+
+
+def assert_no_waiting_reservation(pool_id: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as s:
+            waiting = s.execute(sa.select(sa.func.count()).select_from(Reservation).where(
+                Reservation.pool_id == pool_id, Reservation.state == "waiting")).scalar_one()
+        if waiting == 0:
+            return
+        assert time.monotonic() < deadline, f"{waiting} reservations left waiting without a caller"
+        time.sleep(0.05)
+
+
+# ---- the load -------------------------------------------------------------------------------------
+
+def leases_nobody_received(pool_id: str, received: set[tuple[str, object]], timeout: float = 15) -> tuple[int, Counter]:
+    """Once every client has returned what it got: leases still active, or ended by a Return no client
+    could have made (a lease no client received), after giving the server's give-backs time to land."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as s:
+            rows = s.execute(sa.select(Lease.instance_id, Lease.expires_at, Lease.state, Lease.end_reason)
+                             .where(Lease.pool_id == pool_id)).all()
+        reasons = Counter(r.end_reason or r.state for r in rows)
+        stray = [r for r in rows if (r.state == "active" or r.end_reason != "undelivered")
+                 and (r.instance_id, r.expires_at) not in received]
+        still_active = [r for r in rows if r.state == "active"]
+        if not stray and not still_active:
+            return 0, reasons
+        if time.monotonic() > deadline:
+            return len(stray) + len(still_active), reasons
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["pool", "reuse-pool"])
+def test_load_with_short_deadlines_leaves_no_lease_to_nobody(stack, world, reuse):
+    """64 clients per round against 10 ready instances, with 500 ms and 2.5 s deadlines: each returns at
+    once what it got, so callers waiting on automatic reservations are served meanwhile."""
+    n = 10
+    pool = warm_pool(world, n, empty_policy="reserve", reuse=reuse)
+    crowd = Crowd(CLIENTS, stack.grpc, stack.http, world.token)
+    seen: Counter = Counter()
+    by_transport: Counter = Counter()
+    received: set = set()
+    try:
+        for deadline in (0.5, 2.5):
+            for rnd in range(SOAK_ROUNDS):
+                wait_ready(stack, pool, n)
+                tally: Tally = crowd.round(pool.name, timeout=deadline, give_back=True)
+                seen.update(tally.outcomes)
+                by_transport.update({f"{deadline}s {k}": v for k, v in tally.by_transport.items()})
+                received |= {(g.instance, g.expires) for g in tally.received}
+                assert doubles(pool.id) == [], (stack.backend, deadline, rnd)
+                assert tally.outcomes["return:ok"] == tally.outcomes["ok"], tally.outcomes
+        leaked, reasons = leases_nobody_received(pool.id, received)
+        assert_no_waiting_reservation(pool.id)
+    finally:
+        crowd.close()
+    # The figures (make soak prints them): a deadline_exceeded is a call the server answered too late for
+    # its client, which on a loaded machine happens (the answer leaves a margin, not a guarantee); what
+    # must never happen is a lease nobody received.
+    print(f"\n{stack.backend} reuse={reuse} rounds={SOAK_ROUNDS}: {dict(sorted(by_transport.items()))}; "
+          f"leases by how they ended {dict(reasons)}; leases nobody received: {leaked}")
+    assert leaked == 0, (dict(seen), dict(reasons))
+    assert seen["ok"] > 0
