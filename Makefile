@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 CLIENTS := .clients
 
-.PHONY: dev test install clients unit lint proto bench clean
+.PHONY: dev test soak install clients unit lint proto bench clean
 
 ## make dev: venv + install + migrate + dev token + every process on embedded defaults (SQLite, in-process Redis)
 dev: install
@@ -14,6 +14,11 @@ dev: install
 ## make test: the whole suite against throwaway PostgreSQL and Redis started (and stopped) for the run
 test: install clients
 	$(PY) scripts/testenv.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+## make soak: the lease race and load tests long (20 rounds each, both backends, and under warmpool dev)
+soak: install clients
+	WARMPOOL_RACE_ROUNDS=20 WARMPOOL_SOAK_ROUNDS=20 WARMPOOL_DEV_RACE_ROUNDS=20 \
+	  $(PY) scripts/testenv.py -- $(PY) -m pytest -q -s tests/e2e/test_lease_race.py tests/e2e/test_dev_lease_race.py
 
 install: $(VENV)/.installed
 

@@ -76,12 +76,12 @@ def lease_message(v: leases.LeaseView) -> pb.Lease:
 
 
 MAX_MARGIN = 0.5  # seconds kept before the caller's deadline for the answer to travel back
-MARGIN_SHARE = 0.2  # of the time the caller gave, for short deadlines
+MARGIN_SHARE = 0.3  # of the time the caller gave, for short deadlines
 
 
 def wait_budget(remaining: float | None) -> float:
     """Seconds from now by which a Lease call answers: up to the caller's deadline (as measured from
-    the request's arrival) less a margin (a fifth of it, at most MAX_MARGIN) for the answer to reach the
+    the request's arrival) less a margin (30% of it, at most MAX_MARGIN) for the answer to reach the
     client, so it sees UNAVAILABLE rather than its own DEADLINE_EXCEEDED; capped by `lease_wait_seconds`."""
     cap = get_settings().lease_wait_seconds
     if remaining is None:

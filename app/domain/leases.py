@@ -176,8 +176,11 @@ def pool_size(pool: Pool, *, session: Session) -> int:
 # ---- one lease, named by its instance ----------------------------------------------------------
 
 def _latest(org_id: str, instance_id: str, *, session: Session, lock: bool = False) -> Lease:
+    """The instance's active lease (there is at most one), else its newest. Active first: a lease's
+    `created_at` is its call's start, and a call that queued for the write lock (SQLite) can create a lease
+    stamped earlier than one given back on the same instance before it (give_back)."""
     stmt = (select(Lease).where(Lease.instance_id == instance_id, Lease.organization_id == org_id)
-            .order_by(Lease.created_at.desc()).limit(1))
+            .order_by(sa.case((ACTIVE, 0), else_=1), Lease.created_at.desc()).limit(1))
     if lock:
         stmt = stmt.with_for_update()
     found = session.exec(stmt).first()

@@ -302,3 +302,22 @@ def test_a_returned_instance_of_a_non_reuse_pool_is_never_leased_again(any_org, 
     with session_scope() as s, pytest.raises(ResourceExhausted):
         leases.lease(any_org.org_id, "vms", session=s)
     assert ("delete_instance", {"instance_id": iid}) in effects_log
+
+
+def test_an_instance_given_back_and_leased_again_is_returned_by_its_new_holder(any_org):
+    """A call that queued for the write lock stamps its lease with the time it started: the new lease on
+    a given-back instance may be stamped before the undelivered one. Return acts on the active lease."""
+    pool = make_pool(any_org.org_id, "p")
+    [iid] = add_ready(pool)
+    t0 = utcnow()
+    with session_scope() as s:
+        lost = leases.lease(any_org.org_id, "p", service_tag="gone", session=s, now=t0 + timedelta(seconds=1))
+    with session_scope() as s:
+        assert leases.give_back(any_org.org_id, lost.lease_id, session=s)
+    with session_scope() as s:
+        held = leases.lease(any_org.org_id, "p", service_tag="holder", session=s, now=t0)
+    assert held.instance_id == iid
+    with session_scope() as s:
+        assert leases.get_lease(any_org.org_id, iid, session=s).lease_id == held.lease_id
+        leases.return_lease(any_org.org_id, iid, service_tag="holder", session=s)
+    nothing_leased_to_nobody(pool.id, delivered=set())

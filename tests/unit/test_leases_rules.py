@@ -72,8 +72,8 @@ def test_text_checks():
         vmpool.text("a\nb", "service_tag")
 
 
-@pytest.mark.parametrize(("remaining", "budget"), [(None, 20.0), (100.0, 20.0), (10.0, 9.5), (2.5, 2.0), (1.0, 0.8),
-                                                   (0.5, 0.4), (0.0, 0.0), (-3.0, 0.0)])
+@pytest.mark.parametrize(("remaining", "budget"), [(None, 20.0), (100.0, 20.0), (10.0, 9.5), (2.5, 2.0), (1.0, 0.7),
+                                                   (0.5, 0.35), (0.0, 0.0), (-3.0, 0.0)])
 def test_wait_budget_answers_before_the_callers_deadline(remaining, budget, monkeypatch):
     monkeypatch.setattr(vmpool, "get_settings", lambda: type("S", (), {"lease_wait_seconds": 20.0})())
     assert vmpool.wait_budget(remaining) == pytest.approx(budget)
