@@ -215,8 +215,8 @@ class LeaseService:
         wished = wished_time(req, "expires")
         # An automatic reservation lives no longer than its caller (its deadline, or the longest this call
         # waits), even if this process dies before withdrawing it.
-        wait_until = datetime.now(UTC) + timedelta(seconds=min(remaining if remaining is not None else budget + MAX_MARGIN,
-                                                               budget + MAX_MARGIN))
+        caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
+        wait_until = datetime.now(UTC) + timedelta(seconds=caller_left)
         result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
                                        service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
                                        wait_until=wait_until)
