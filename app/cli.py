@@ -198,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _org_hint(args: argparse.Namespace, exc: Exception) -> str:
+    """A thing not found may be in another organization: say which one was searched (the README's flow
+    once made everything in `acme` and then looked in `dev`)."""
+    from app.domain.errors import NotFound
+
+    if not isinstance(exc, NotFound) or not hasattr(args, "org") or str(exc.message).startswith("no organization"):
+        return ""
+    return f" in organization {org_name(args.org)!r} (--org or $WARMPOOL_ORG picks another)"
+
+
 # Commands that set up the database or serve: they do not need (or make) a migrated one first.
 NO_DATABASE_CHECK = frozenset({"migrate", "dev", "api", "worker", "beat", "events", "flower", "observe"})
 
@@ -224,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.domain.errors import DomainError
 
         if isinstance(exc, DomainError):
-            print(f"error: {exc.message}", file=sys.stderr)
+            print(f"error: {exc.message}{_org_hint(args, exc)}", file=sys.stderr)
             return 1
         if isinstance(exc, OperationalError):  # the database went away mid-command: one line, not a traceback
             print(f"error: database {_redact(get_settings().database_url)}: {str(exc.orig).strip().splitlines()[0]}",

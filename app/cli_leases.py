@@ -5,6 +5,7 @@ commit like the API does."""
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -70,10 +71,29 @@ def _organization(name: str | None) -> str:
 
 
 def _dispatch_after_commit() -> None:
+    """Hand the committed follow-up work to Celery and the event stream. If Redis does not take it, one
+    line says so (not a traceback per effect): the lease is committed, and the engine's sweep catches up."""
+    from app.cli import _redact
     from app.domain import effects
+    from config.settings import get_settings
     from workers.celery_app import dispatch_effect
 
-    effects.set_dispatcher(dispatch_effect)
+    warned: list[str] = []
+
+    def dispatch(name: str, payload: dict) -> None:
+        logging.disable(logging.ERROR)  # the plumbing's own retries and warnings: the line below says it once
+        try:
+            dispatch_effect(name, payload)
+        except Exception as exc:  # noqa: BLE001 - a committed lease must not end in a traceback
+            if not warned:
+                warned.append(name)
+                print(f"warning: done, but Redis at {_redact(get_settings().redis_url)} did not take the follow-up "
+                      f"work ({type(exc).__name__}); the engine's next sweep does it. Is `warmpool dev` running "
+                      "here, or WARMPOOL_REDIS_URL set?", file=sys.stderr)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    effects.set_dispatcher(dispatch)
 
 
 def cmd_lease(args: argparse.Namespace) -> int:

@@ -133,3 +133,15 @@ def test_a_second_shell_beside_dev_uses_its_redis_database_and_org(org, database
 
     done = cli_process(tmp_path, "leases", WARMPOOL_ORG="nosuchorg")  # the environment wins over the file
     assert done.returncode == 1 and "no organization named 'nosuchorg'" in done.stderr
+
+
+@pytest.mark.postgres
+def test_a_lease_with_redis_down_is_still_a_lease_and_one_warning(org, database_url, tmp_path):
+    pool = make_pool(org.org_id, "builders")
+    [iid] = add_ready(pool)
+    done = cli_process(tmp_path, "lease", "--pool", "builders", "-q", "--org", "acme",
+                       WARMPOOL_DATABASE_URL=database_url, WARMPOOL_REDIS_URL="redis://127.0.0.1:1/0")
+    assert done.returncode == 0 and done.stdout.split()[0] == iid
+    assert "Traceback" not in done.stderr, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "redis://127.0.0.1:1/0 did not take the follow-up work" in warnings[0], done.stderr

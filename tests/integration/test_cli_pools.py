@@ -106,7 +106,8 @@ def test_pool_show_lists_instances_with_lease_and_address(org, filled_pool, caps
         assert row_of[free].split()[1:6] == ["running", "running", "free", f"10.0.0.{ids.index(free) + 1}:8080", "zone-a"]
 
     code, _, err = run(capsys, "pool", "show", "nope", "--org", "acme")
-    assert code == 1 and err.strip() == "error: pool 'nope' not found"
+    assert code == 1 and err.strip() == ("error: pool 'nope' not found in organization 'acme' "
+                                        "(--org or $WARMPOOL_ORG picks another)")
 
 
 def test_watch_redraws_fresh_state_until_stopped(org, filled_pool, capsys, monkeypatch):
@@ -195,7 +196,7 @@ def test_runner_list_masks_secrets_and_delete_refuses_while_pools_use_it(org, fi
     code, out, _ = run(capsys, "runner", "list", "--org", "acme")
     assert "has no runners" in out
     code, _, err = run(capsys, "runner", "delete", "fake-eu", "--org", "acme")
-    assert code == 1 and err.strip() == "error: runner 'fake-eu' not found"
+    assert code == 1 and err.strip().startswith("error: runner 'fake-eu' not found in organization 'acme'")
 
 
 @pytest.mark.parametrize("argv", [["pools"], ["pools", "--watch", "--count", "1"], ["pool", "show", "x"],
