@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 CLIENTS := .clients
 
-.PHONY: dev test soak install clients unit lint proto bench clean
+.PHONY: dev test soak chaos install clients unit lint proto bench clean
 
 ## make dev: venv + install + migrate + dev token + every process on embedded defaults (SQLite, in-process Redis)
 dev: install
@@ -19,6 +19,11 @@ test: install clients
 soak: install clients
 	WARMPOOL_RACE_ROUNDS=20 WARMPOOL_SOAK_ROUNDS=20 WARMPOOL_DEV_RACE_ROUNDS=20 \
 	  $(PY) scripts/testenv.py -- $(PY) -m pytest -q -s tests/e2e/test_lease_race.py tests/e2e/test_dev_lease_race.py
+
+## make chaos: each fault of tests/chaos repeated ITERATIONS times (default 10; the normal suite runs 2)
+ITERATIONS ?= 10
+chaos: install
+	ITERATIONS=$(ITERATIONS) $(PY) scripts/testenv.py -- $(PY) -m pytest tests/chaos -q -s $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
 

@@ -65,7 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(q) for q in ALL_QUEUES],
         "task_routes": TASK_ROUTES,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # A SIGKILLed worker's tasks come back after the visibility timeout, so it is short (seconds);
+        # that is safe because no countdown reaches it (workers.operations.backoff caps them) and every
+        # task is idempotent (a slow one delivered twice is harmless). Long waits live in Postgres.
+        "broker_transport_options": {"visibility_timeout": e.broker_visibility_seconds},
         "timezone": "UTC",
         "beat_schedule": {
             "reconcile-sweep": {

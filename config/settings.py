@@ -50,6 +50,9 @@ class EngineSettings(BaseModel):
                                          "nothing pending is a dead applier's and is removed from the group.")
     events_retry_max_seconds: float = Field(5.0, description="Longest backoff of the applier while Redis or the "
                                             "database is unreachable.")
+    broker_visibility_seconds: int = Field(30, description="Redis broker visibility timeout: a task a dead worker "
+                                           "held is delivered again this long after it was taken. Every task "
+                                           "countdown is kept below it (longer waits live in Postgres columns).")
     stuck_after_seconds: float = Field(30.0, description="An instance whose observed state lags its desired state "
                                        "this long gets its provider task enqueued again (tasks are idempotent).")
     sweep_batch: int = Field(500, description="Most pools one reconcile sweep enqueues.")

@@ -58,11 +58,17 @@ def emit_kind(target: Target, kind: str, message: str = "") -> None:
 
 
 def backoff(retries: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never shorter than the provider's Retry-After."""
+    """Exponential backoff with full jitter, never shorter than the provider's Retry-After, and always
+    below the broker's visibility timeout: a countdown past it would be delivered again while it waits."""
     e = get_settings().engine
     delay = min(e.backoff_base_seconds * (2 ** retries), e.backoff_max_seconds)
     delay = delay * (0.5 + random.random() / 2)
-    return max(delay, retry_after or 0.0)
+    return min(max(delay, retry_after or 0.0), countdown_cap())
+
+
+def countdown_cap() -> float:
+    """The longest task countdown: three quarters of the broker's visibility timeout."""
+    return max(get_settings().engine.broker_visibility_seconds * 0.75, 1.0)
 
 
 class Failed(Exception):

@@ -177,3 +177,32 @@ def test_a_lost_connection_is_retried_until_redis_answers(pool_with_instance, re
         applier.stop()
     with session_scope() as session:
         assert session.get(Instance, inst_id).event_seq == 20
+
+
+def test_unblocked_by_a_vanished_stream_the_loop_recreates_it(pool_with_instance, redis_client, settings_fast,
+                                                              monkeypatch):
+    """Redis 7.2+ answers a blocked XREADGROUP whose stream was flushed with `UNBLOCKED the stream key no
+    longer exists`; the applier of issue 12 died of it. Simulated here, whatever this server's version."""
+    import redis as redis_lib
+
+    pool_id, inst_id = pool_with_instance
+    applier = Applier(consumer="a")
+    real = applier.r.xreadgroup
+    raised = []
+
+    def flushed_under_us(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not raised:
+            redis_client.flushdb()
+            raised.append(1)
+            raise redis_lib.ResponseError("UNBLOCKED the stream key no longer exists")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(applier.r, "xreadgroup", flushed_under_us)
+    applier.start()
+    try:
+        wait_for(lambda: raised, what="the simulated flush")
+        send(redis_client, pool_id, inst_id, "provisioning", 10)
+        wait_for(lambda: instance(inst_id).state == "provisioning", what="an event after the flush")
+        assert applier._thread.is_alive()
+    finally:
+        applier.stop()
