@@ -5,7 +5,10 @@
   installed, else an in-process Redis-protocol server (fakeredis) — nothing to install by hand.
 - Migrates, makes sure the `dev` organization and a `local` runner exist, prints a fresh token, then
   runs api, worker, beat, events and flower as children and prints where each listens.
-  Ctrl-C (or SIGTERM) stops every child; if one child dies, the others are stopped too.
+  Ctrl-C (or SIGTERM) stops every child; a child that dies is restarted with backoff (app.supervise).
+- Nothing it starts outlives it, even when it is SIGKILLed: each child (the private redis-server too) gets
+  a parent-death signal and a process group of its own, and what a killed run left (recorded in
+  `<data dir>/dev.pids`, and its `local` instance processes) is stopped when the next run starts.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from app.supervise import AlreadyRunning, PidFile, Supervisor, die_with_parent
 
 
 def _free_port() -> int:
@@ -57,7 +62,7 @@ class EmbeddedRedis:
             self.kind = "redis-server"
             self.proc = subprocess.Popen(
                 [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.data_dir)], stdout=subprocess.DEVNULL, start_new_session=True)
+                 "--dir", str(self.data_dir)], stdout=subprocess.DEVNULL, preexec_fn=die_with_parent())  # noqa: PLW1509
         else:
             from fakeredis import TcpFakeServer
 
@@ -107,11 +112,22 @@ def run_dev(args: Any) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = PidFile(settings.data_dir / "dev.pids")
+    try:
+        reaped = pidfile.reap_leftovers()
+    except AlreadyRunning as exc:
+        print(f"warmpool dev: {exc}", file=sys.stderr)
+        return 1
+    if reaped:
+        print(f"warmpool dev: stopped what an earlier run left running: {', '.join(reaped)}", flush=True)
+    _halt_local_instances()
     env = dict(os.environ)
     redis = None
     if not os.environ.get("WARMPOOL_REDIS_URL"):
         redis = EmbeddedRedis(settings.data_dir, getattr(args, "embedded_redis", "auto"))
         env["WARMPOOL_REDIS_URL"] = redis.start()
+        if redis.proc is not None:
+            pidfile.record("redis-server", redis.proc.pid)
         os.environ["WARMPOOL_REDIS_URL"] = env["WARMPOOL_REDIS_URL"]
         get_settings.cache_clear()
         settings = get_settings()
@@ -133,7 +149,7 @@ def run_dev(args: Any) -> int:
         "events": [exe, "events"],
         "flower": [exe, "flower"],
     }
-    procs: dict[str, subprocess.Popen] = {}
+    supervisor = Supervisor(env, pidfile)
     stopping = threading.Event()
 
     def stop(*_: Any) -> None:
@@ -142,7 +158,8 @@ def run_dev(args: Any) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     for name, argv in children.items():
-        procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+        supervisor.add(name, argv)
+    supervisor.start_all()
 
     base = f"http://{settings.http_host}:{settings.http_port}"
     print(f"""
@@ -158,31 +175,27 @@ warmpool dev is starting (Ctrl-C stops everything)
   # an admin token of organization {args.org!r}: runners, tokens, and all a member may do
   export WARMPOOL_TOKEN={token}
 """, flush=True)
-    code = 0
     try:
         while not stopping.is_set():
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"warmpool dev: {name} exited with {proc.returncode}; stopping the others", file=sys.stderr)
-                    code = proc.returncode or 1
-                    stopping.set()
-                    break
-            stopping.wait(0.5)
+            supervisor.tick()
+            stopping.wait(0.3)
     finally:
         remove_dev_env(settings.data_dir)  # --- dev.env ---
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        supervisor.stop_all()
         if redis:
             redis.stop()
-        from workers.providers.local import LocalProvider
-
-        halted = LocalProvider().halt_all()
+        halted = _halt_local_instances()
+        pidfile.remove()
         print(f"warmpool dev: stopped (and {halted} local instance processes)", flush=True)
-    return code
+    return 0
+
+
+def _halt_local_instances() -> int:
+    """Stop the `local` provider's instance processes (they live in sessions of their own, so no signal
+    of ours reaches them): on exit, and on start for those a killed run left."""
+    from workers.providers.local import LocalProvider
+
+    try:
+        return LocalProvider().halt_all()
+    except OSError:
+        return 0
