@@ -247,7 +247,7 @@ def test_a_waiting_lease_is_woken_by_a_push_when_its_instance_becomes_ready(clie
 
         def call(rid=rid, out=out) -> None:
             try:
-                out["lease"] = client.call("Lease", pb.LeaseRequest(pool="vm-pool", reservation_id=rid), timeout=10).lease
+                out["lease"] = client.call("Lease", pb.LeaseRequest(pool="vm-pool", reservation_id=rid), timeout=30).lease
             except Failure as exc:
                 out["error"] = exc
             out["at"] = time.perf_counter()
@@ -263,12 +263,13 @@ def test_a_waiting_lease_is_woken_by_a_push_when_its_instance_becomes_ready(clie
         [iid] = add_ready(pool)
         with session_scope() as s:
             assert reservations.assign_ready_instance(iid, session=s)
-        t.join(5)
+        t.join(20)
         assert out.get("lease") is not None, out
         assert out["lease"].instance == iid
-        # A healthy waiter sleeps until the 10 s deadline unless pushed: an answer well before it can only
-        # come from the push. How fast the push is, is a benchmark's figure, not a timed test's.
-        assert out["at"] - started < 3.0, f"answered after {(out['at'] - started) * 1000:.0f} ms: no push woke it"
+        # A healthy waiter sleeps until the 30 s deadline unless pushed: an answer in the first half can only
+        # come from the push (the margin absorbs a loaded machine). How fast the push is, is a benchmark's
+        # figure, not a timed test's.
+        assert out["at"] - started < 15.0, f"answered after {(out['at'] - started) * 1000:.0f} ms: no push woke it"
 
 
 def test_a_lease_follows_its_lost_instance(client, org):

@@ -127,19 +127,20 @@ def test_a_waiting_lease_call_is_woken_by_a_push_when_its_instance_becomes_ready
     pool = make_pool(org.org_id)
     for attempt in range(3):
         rid = f"waiter-{attempt}"
-        call = run_lease(service, org.token, pb.LeaseRequest(pool="pool-a", reservation_id=rid), remaining=10.0)
+        call = run_lease(service, org.token, pb.LeaseRequest(pool="pool-a", reservation_id=rid), remaining=30.0)
         wait_for(lambda: reservation(org.org_id, rid) is not None)
         time.sleep(0.05)  # let the call settle into its wait
         assert "at" not in call, call
         started = time.perf_counter()
         iid, lease_id = becomes_ready(pool)
-        call["thread"].join(5)
+        call["thread"].join(20)
         assert "response" in call, call
         assert call["response"].lease.instance == iid and lease_id
-        # A healthy waiter sleeps until the 10 s deadline unless pushed: an answer well before it can only
-        # come from the push. How fast the push is, is a benchmark's figure, not a timed test's.
+        # A healthy waiter sleeps until the 30 s deadline unless pushed: an answer in the first half can only
+        # come from the push (the margin absorbs a loaded machine). How fast the push is, is a benchmark's
+        # figure, not a timed test's.
         latency = call["at"] - started
-        assert latency < 3.0, f"answered after {latency * 1000:.0f} ms: no push woke it"
+        assert latency < 15.0, f"answered after {latency * 1000:.0f} ms: no push woke it"
         assert service.waiter.healthy, "the waiter fell back to polling: the answer proves nothing about the push"
 
 
