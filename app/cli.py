@@ -106,6 +106,14 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_observe(args: argparse.Namespace) -> int:
+    _settings_for_cli()
+    from workers.observer import main as observer_main
+
+    observer_main()
+    return 0
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     from app.flower import run_flower
 
@@ -177,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("events", help="the event applier (Redis Stream -> Postgres)")
     sp.set_defaults(fn=cmd_events)
+
+    sp = sub.add_parser("observe", help="the provider observers (one per runner, sharded between replicas)")
+    sp.set_defaults(fn=cmd_observe)
 
     sp = sub.add_parser("flower", help="Celery's Flower dashboard behind basic auth")
     sp.add_argument("--port", type=int)

@@ -4,7 +4,7 @@
 - Redis: WARMPOOL_REDIS_URL if set, else a private `redis-server` on a free loopback port if one is
   installed, else an in-process Redis-protocol server (fakeredis) — nothing to install by hand.
 - Migrates, makes sure the `dev` organization and a `local` runner exist, prints a fresh token, then
-  runs api, worker, beat, events and flower as children and prints where each listens.
+  runs api, worker, beat, events, observe and flower as children and prints where each listens.
   Ctrl-C (or SIGTERM) stops every child; a child that dies is restarted with backoff (app.supervise).
 - Nothing it starts outlives it, even when it is SIGKILLed: each child (the private redis-server too) gets
   a parent-death signal and a process group of its own, and what a killed run left (recorded in
@@ -147,6 +147,7 @@ def run_dev(args: Any) -> int:
         "worker": [exe, "worker", "--concurrency", "8"],
         "beat": [exe, "beat"],
         "events": [exe, "events"],
+        "observe": [exe, "observe"],
         "flower": [exe, "flower"],
     }
     supervisor = Supervisor(env, pidfile)

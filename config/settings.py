@@ -81,6 +81,17 @@ class QuotaSettings(BaseModel):
                               "other tenants' creations never queue behind hundreds of its provider calls.")
 
 
+class ObserverSettings(BaseModel):
+    """`warmpool observe`: one observer per runner, sharded between replicas by a Redis lease per runner."""
+
+    lease_ms: int = Field(10000, description="Time-to-live of a replica's Redis lease on a runner; another replica "
+                                             "takes the runner over this long after the holder stops renewing.")
+    renew_seconds: float = Field(2.0, description="How often a replica renews its leases and looks for new runners.")
+    poll_seconds: float = Field(5.0, description="Poll interval of providers without a watch when nothing is on its way.")
+    poll_fast_seconds: float = Field(0.5, description="Poll interval while an instance is provisioning, starting or stopping.")
+    local_list_seconds: float = Field(1.0, description="The local provider's periodic re-list (process exits are seen at once).")
+
+
 class FlowerSettings(BaseModel):
     """Celery's Flower dashboard."""
 
@@ -204,6 +215,8 @@ class Settings(BaseSettings):
     pools: PoolDefaults = Field(default_factory=PoolDefaults, description="Defaults of new pools (WARMPOOL_POOLS__*).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Reconciler, applier, sweeps (WARMPOOL_ENGINE__*).")
     flower: FlowerSettings = Field(default_factory=FlowerSettings, description="Flower dashboard (WARMPOOL_FLOWER__*).")
+    observer: ObserverSettings = Field(default_factory=ObserverSettings,
+                                       description="Provider observers, `warmpool observe` (WARMPOOL_OBSERVER__*).")
     input: InputSettings = Field(default_factory=InputSettings, description="Request size and input limits (WARMPOOL_INPUT__*).")
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings,
                                          description="Compute offered to tenants (WARMPOOL_PROVIDERS__*).")

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from app.domain import effects, leases, reservations, transitions
 from app.domain.pools import bump_status, request_reconcile
-from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, reachable
+from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, progresses, reachable
 from app.models import Instance, Pool, utcnow
 from config.settings import get_settings
 
@@ -26,10 +26,13 @@ def observe(
     None for a stale, duplicate or impossible observation (which changes nothing but the sequence)."""
     now = now or utcnow()
     inst = session.get(Instance, instance_id)
-    if inst is None or seq <= inst.event_seq:
+    if inst is None:
         return None
     previous = inst.state
-    values: dict[str, Any] = {"event_seq": seq}
+    stale = seq <= inst.event_seq
+    if stale and not progresses(previous, state):
+        return None  # older than what was applied, and a turn (or nothing): it would undo a newer observation
+    values: dict[str, Any] = {"event_seq": max(seq, inst.event_seq)}
     if ref:
         values["provider_ref"] = ref
     changed = state != previous and reachable(previous, state)

@@ -81,6 +81,39 @@ def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
     return False
 
 
+# The edges that turn an instance around (a stop of a running one, a start of a stopped one): the only
+# moves that can repeat, so the only ones an event's sequence must vouch for.
+_TURNS = frozenset({(S.RUNNING, S.STOPPING), (S.STOPPED, S.STARTING), (S.STARTING, S.STOPPING)})
+
+
+def progresses(current: InstanceState | str, new: InstanceState | str) -> bool:
+    """True when `new` follows `current` within one leg of the lifecycle (provisioning -> running,
+    starting -> running, stopping -> stopped, anything -> failed/deleting/deleted), never turning it
+    around. Such a move is right whatever order its event arrived in, so the applier takes it even from
+    an event older than the last one applied (an observer's "running" published just before the task's
+    own late "provisioning"); a turn (running -> stopping -> stopped) needs a newer event."""
+    current, new = InstanceState(current), InstanceState(new)
+    if current == new:
+        return False
+    seen, frontier = {current}, [current]
+    while frontier:
+        nxt = []
+        for state in frontier:
+            for target in INSTANCE_TRANSITIONS[state]:
+                if (state, target) in _TURNS:
+                    continue
+                if target == new:
+                    return True
+                if target in seen or target in (S.DELETED, S.FAILED):
+                    continue
+                if target == S.DELETING and new != S.DELETED:
+                    continue
+                seen.add(target)
+                nxt.append(target)
+        frontier = nxt
+    return False
+
+
 class PoolPhase(StrEnum):
     """A pool's lifecycle phase; the names follow Gitpod's WarmPoolPhase."""
 

@@ -1,5 +1,6 @@
-"""The engine as a user runs it: a real `warmpool worker` and `warmpool events` process on real Redis
-and Postgres, a pool driven through the domain, the fake cloud shared through Redis."""
+"""The engine as a user runs it: a real `warmpool worker`, `warmpool events` and `warmpool observe` process on
+real Redis and Postgres, a pool driven through the domain, the fake cloud shared through Redis (it boots
+on its own; the observer reports what it does)."""
 from __future__ import annotations
 
 import os
@@ -81,6 +82,7 @@ def engine(db, redis_client, tmp_path, monkeypatch):
     procs = Processes(env, tmp_path)
     procs.start("worker", "worker", "--concurrency", "8", "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h")
     procs.start("events", "events")
+    procs.start("observe", "observe")
     yield procs
     procs.stop_all()
     effects.set_dispatcher(previous)
@@ -168,7 +170,8 @@ def test_failing_provider_degrades_the_pool_which_recovers(engine, redis_client)
     assert p.failure_message == ""
 
 
-def test_worker_killed_mid_provision_leaves_no_orphan(engine, redis_client):
+def test_worker_killed_while_the_cloud_boots_leaves_no_orphan(engine, redis_client):
+    # The create calls returned at once; the fake cloud boots for 1.5 s on its own while the worker dies.
     w, ns = world(boot_ms=1500)
     pool_id = create(w, 2)
 

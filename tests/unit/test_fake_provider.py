@@ -1,6 +1,10 @@
 """The fake cloud on fakeredis: idempotent, tagged, deterministic failures under a seed, shared config."""
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import fakeredis
 import pytest
 
@@ -24,7 +28,8 @@ def test_create_is_idempotent_and_tagged(client):
     a = p.create(spec(), start=True)
     b = p.create(spec(), start=True)
     assert a.ref == b.ref and len(p.list()) == 1
-    assert (a.instance_id, a.pool_id, a.owner, a.state) == ("inst-1", "pool-1", "warmpool", "running")
+    assert (a.instance_id, a.pool_id, a.owner, a.state) == ("inst-1", "pool-1", "warmpool", "provisioning")
+    assert p.get(a.ref).state == "running"  # 0 ms boot: due at once, moved by the next look
     assert p.list(owner_tag="someone-else") == []
 
 
@@ -32,8 +37,8 @@ def test_lifecycle_stop_start_delete(client):
     p = FakeProvider(FAST, client=client)
     ref = p.create(spec(), start=False).ref
     assert p.get(ref).state == "stopped"
-    assert p.start(ref).state == "running"
-    assert p.stop(ref).state == "stopped"
+    assert p.start(ref).state == "starting" and p.get(ref).state == "running"
+    assert p.stop(ref).state == "stopping" and p.get(ref).state == "stopped"
     p.delete(ref)
     p.delete(ref)  # deleting what is gone succeeds
     assert p.get(ref) is None
@@ -63,7 +68,7 @@ def test_live_configuration_reaches_every_adapter_and_can_be_permanent(client):
     with pytest.raises(ProviderPermanent):
         b.create(spec(), start=True)
     FakeCloud(client).reset_config()
-    assert a.create(spec(), start=True).state == "running"
+    assert a.create(spec(), start=True).state == "provisioning"
 
 
 def test_snapshot_and_leak(client):
@@ -72,3 +77,49 @@ def test_snapshot_and_leak(client):
     assert p.snapshot(ref, "x").startswith("fake-snap-")
     leaked = FakeCloud(client).leak("ghost", "pool-1", "warmpool")
     assert {o.ref for o in p.list("warmpool")} == {ref, leaked}
+
+
+def test_calls_return_at_once_and_the_cloud_boots_after_boot_ms(client):
+    p = FakeProvider({**FAST, "boot_ms": 300, "start_ms": 300, "stop_ms": 300}, client=client)
+    began = time.monotonic()
+    obs = p.create(spec(), start=True)
+    assert obs.state == "provisioning" and time.monotonic() - began < 0.2  # no boot inside the call
+    assert p.get(obs.ref).state == "provisioning"
+    due = FakeCloud(client).next_due() / 1000
+    assert due - time.time() > 0.1
+    while time.time() < due + 2 and p.get(obs.ref).state != "running":
+        time.sleep(0.02)
+    running = p.get(obs.ref)
+    assert running.state == "running" and running.address and time.time() >= due and running.boot_ms == 300
+    assert p.start(obs.ref).state == "running"  # starting a running one changes nothing
+    assert p.stop(obs.ref).state == "stopping"
+    assert p.stop(obs.ref).state == "stopping"  # idempotent while on its way
+
+
+def test_a_due_move_is_made_once_whoever_looks(client):
+    p = FakeProvider(FAST, client=client)
+    ref = p.create(spec(), start=True).ref
+    cloud = FakeCloud(client)
+    assert cloud.advance() + cloud.advance() == 1
+    states = [json.loads(f[b"record"])["state"] for _, f in client.xrange(cloud.changes) if f[b"record"]]
+    assert states == ["provisioning", "running"]
+
+
+def test_observe_follows_the_change_feed(client):
+    p = FakeProvider({**FAST, "boot_ms": 100}, client=client)
+    stop = threading.Event()
+    before = p.create(spec("old"), start=True).ref
+    stream = p.observe("warmpool", stop)
+    first = next(stream)
+    assert first.full and {o.ref for o in first.observed} == {before}
+    ref = p.create(spec("new"), start=True).ref
+    seen: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (ref, "running") not in seen:
+        seen += [(o.ref, o.state) for o in next(stream).observed]
+    assert (ref, "provisioning") in seen and (ref, "running") in seen
+    p.delete(ref)
+    while time.monotonic() < deadline and (ref, "deleted") not in seen:
+        seen += [(o.ref, o.state) for o in next(stream).observed]
+    assert (ref, "deleted") in seen
+    stop.set()

@@ -4,10 +4,18 @@ Every method is idempotent (our instance id is the idempotency key) and raises o
 `ProviderTransient` (retry later, maybe after `retry_after` seconds) or `ProviderPermanent` (retrying
 cannot help). Adapters never write to the database: what they observe is returned, and the task that
 called them publishes it as an event.
+
+Which calls are asynchronous: `create`, `start` and `stop` return what the provider *accepted*
+(`provisioning`, `starting`, `stopping`, or the final state when the platform answers at once), not
+what eventually happened. Readiness, crashes, stops behind our back and disappearance are reported by
+`observe`, which the observer process (`warmpool observe`, workers/observer.py) turns into events.
+`delete`, `get`, `list`, `logs`, `snapshot` and `delete_snapshot` are synchronous.
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -59,6 +67,16 @@ class Observed:
     boot_ms: int | None = None
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One batch of what `observe` saw. `full`: a complete listing of the owner's resources, so one the
+    observer knew and that is missing from it is gone; otherwise only the resources named changed (a
+    resource gone is reported with state `deleted`)."""
+
+    observed: list[Observed]
+    full: bool = False
 
 
 class Provider(ABC):
@@ -114,6 +132,27 @@ class Provider(ABC):
     @abstractmethod
     def logs(self, ref: str, lines: int = 100) -> str:
         """The last `lines` lines of the resource's console output."""
+
+    def observe(self, owner: str, stop: threading.Event) -> Iterator[Sighting]:
+        """What happens to the owner's resources, as it happens, until `stop` is set: first a full listing,
+        then changes (a watch stream where the platform has one) or further full listings (a poll). The
+        observer starts it again after an error or when it ends, so a gap is always followed by a full
+        listing. Checks `stop` at least every second or so. This default polls `list(owner)` every
+        `poll_interval` seconds; adapters with a change stream override it."""
+        while not stop.is_set():
+            listing = self.list(owner)
+            yield Sighting(listing, full=True)
+            stop.wait(self.poll_interval(listing))
+
+    def poll_interval(self, listing: list[Observed]) -> float:
+        """Seconds until the next poll of `observe`, given the last listing: the operator's
+        `observer.poll_fast_seconds` while something is on its way (provisioning, starting, stopping),
+        else `observer.poll_seconds`."""
+        from config.settings import get_settings
+
+        o = get_settings().observer
+        busy = any(obs.state in ("requested", "provisioning", "starting", "stopping") for obs in listing)
+        return o.poll_fast_seconds if busy else o.poll_seconds
 
     def snapshot(self, ref: str, name: str) -> str:
         """Make a snapshot (image, template, checkpoint) of a resource and return its id."""

@@ -1,9 +1,17 @@
 """The `fake` provider: a simulated cloud kept in Redis, so the API, workers and tests see one cloud.
 
+It behaves like a cloud: `create` and `start` return at once in `provisioning`/`starting` (`stop` in
+`stopping`), and the cloud itself moves the resource on after the configured latency. The pending
+move is a due time in a sorted set; whoever looks at the cloud next once it is due (the observer's
+watch, `get`, `list`) carries it out, and exactly one of them does (ZREM decides), so from outside the
+resource changed at its due time. Every change is appended to the cloud's change feed (a Redis
+Stream), which `observe` follows: the fake cloud's own watch.
+
 Configurable per runner (runner settings) and live (a Redis hash the tests may change while the
 engine runs, see `FakeCloud.configure`):
   namespace            which simulated cloud (default "default")
-  boot_ms              latency of create (default 200), start_ms (100), stop_ms (50), delete_ms (20)
+  boot_ms              latency of create (default 200), start_ms (100), stop_ms (50), delete_ms (20; also of a
+                       create that leaves the resource stopped, as before)
   fail_<op>            failure rate 0..1 of create/start/stop/delete/snapshot (default 0)
   fail_<op>_permanent  "true": those failures are permanent instead of transient
   seed                 makes failures deterministic: the n-th attempt of an op on a resource fails or
@@ -13,14 +21,17 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis as redis_lib
 
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
+    Sighting,
 )
 from workers.providers.models import FakeSettings, FakeTemplate
 
@@ -35,6 +46,7 @@ class FakeCloud:
         base = f"warmpool:fake:{namespace}"
         self.resources, self.config_key, self.attempts = f"{base}:resources", f"{base}:config", f"{base}:attempts"
         self.snapshots = f"{base}:snapshots"
+        self.due, self.changes = f"{base}:due", f"{base}:changes"
 
     def configure(self, **values: Any) -> None:
         """Change the cloud's behaviour for every process at once (e.g. fail_create=1, boot_ms=500)."""
@@ -48,14 +60,59 @@ class FakeCloud:
         return {k.decode(): v.decode() for k, v in self.r.hgetall(self.config_key).items()}
 
     def put(self, ref: str, record: dict[str, Any]) -> None:
-        self.r.hset(self.resources, ref, json.dumps(record))
+        """Store the record and announce it on the change feed; a pending move (record["next"]) gets its due time."""
+        pipe = self.r.pipeline()
+        pipe.hset(self.resources, ref, json.dumps(record))
+        if record.get("next"):
+            pipe.zadd(self.due, {ref: record["next"]["at"]})
+        else:
+            pipe.zrem(self.due, ref)
+        pipe.xadd(self.changes, {"ref": ref, "record": json.dumps(record)}, maxlen=100_000, approximate=True)
+        pipe.execute()
 
     def load(self, ref: str) -> dict[str, Any] | None:
         raw = self.r.hget(self.resources, ref)
         return json.loads(raw) if raw else None
 
     def drop(self, ref: str) -> None:
-        self.r.hdel(self.resources, ref)
+        pipe = self.r.pipeline()
+        pipe.hdel(self.resources, ref)
+        pipe.zrem(self.due, ref)
+        pipe.xadd(self.changes, {"ref": ref, "record": ""}, maxlen=100_000, approximate=True)
+        pipe.execute()
+
+    def advance(self, now_ms: float | None = None) -> int:
+        """Carry out every pending move that is due (provisioning -> running, …); returns how many this call
+        made. Each is claimed by ZREM, so concurrent callers never make the same move twice."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        moved = 0
+        for raw in self.r.zrangebyscore(self.due, "-inf", now_ms, start=0, num=1000):
+            ref = raw.decode() if isinstance(raw, bytes) else raw
+            if not self.r.zrem(self.due, ref):
+                continue  # another caller made this move
+            record = self.load(ref)
+            if record is None or not record.get("next"):
+                continue
+            nxt = record.pop("next")
+            record["state"] = nxt["state"]
+            record["boot_ms"] = nxt.get("boot_ms", record.get("boot_ms"))
+            if nxt["state"] == "running":
+                record["address"] = record.get("address") or nxt.get("address", "")
+            elif nxt["state"] == "stopped":
+                record["address"] = ""
+            record.setdefault("log", []).append(nxt["state"])
+            self.put(ref, record)
+            moved += 1
+        return moved
+
+    def next_due(self) -> float | None:
+        """Epoch ms of the earliest pending move, or None."""
+        first = self.r.zrange(self.due, 0, 0, withscores=True)
+        return first[0][1] if first else None
+
+    def feed_position(self) -> str:
+        last = self.r.xrevrange(self.changes, count=1)
+        return (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
 
     def all(self) -> dict[str, dict[str, Any]]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.resources).items()}
@@ -120,47 +177,63 @@ class FakeProvider(Provider):
             raise ProviderPermanent(f"fake cloud: no resource {ref}")
         return record
 
-    # ---- the contract --------------------------------------------------------------------
+    # ---- the contract ----------------------------------------------------------------------
+    @staticmethod
+    def _schedule(record: dict[str, Any], state: str, ms: float, **more: Any) -> None:
+        record["next"] = {"state": state, "at": time.time() * 1000 + ms, "boot_ms": int(ms), **more}
+
+    @staticmethod
+    def _latency(op: str, conf: dict[str, Any]) -> float:
+        return max(float(conf.get(f"{op}_ms", 0) or 0), 0.0)
+
     def create(self, spec: InstanceSpec, start: bool) -> Observed:
+        """Returns at once in `provisioning`; the cloud makes it `running` after boot_ms (or `stopped` after
+        delete_ms when not started)."""
         ref = f"fake-{spec.instance_id}"
         existing = self.cloud.load(ref)
         if existing is not None:  # idempotent: our instance id is the key
             return self.start(ref) if start else self._observed(existing)
         conf = self._behaviour()
         self._maybe_fail("create", spec.instance_id, conf)
-        began = time.monotonic()
-        self._pause("boot" if start else "delete", conf)
         record = {
-            "ref": ref, "state": "running" if start else "stopped", "snapshot_id": spec.snapshot_id,
-            "template": spec.template, "address": f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}" if start else "",
-            "boot_ms": int((time.monotonic() - began) * 1000), "log": [f"created from {spec.snapshot_id or 'image'}"],
+            "ref": ref, "state": "provisioning", "snapshot_id": spec.snapshot_id, "template": spec.template,
+            "address": "", "boot_ms": None, "log": [f"created from {spec.snapshot_id or 'image'}"],
             "tags": {OWNER_TAG: spec.owner, INSTANCE_TAG: spec.instance_id, POOL_TAG: spec.pool_id},
         }
+        if start:
+            self._schedule(record, "running", self._latency("boot", conf),
+                           address=f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}")
+        else:
+            self._schedule(record, "stopped", self._latency("delete", conf))
         self.cloud.put(ref, record)
         return self._observed(record)
 
     def start(self, ref: str) -> Observed:
+        """Returns at once in `starting` (a resource running or on its way there is left as it is); `running`
+        after start_ms."""
         record = self._require(ref)
-        if record["state"] != "running":
-            conf = self._behaviour()
-            self._maybe_fail("start", ref, conf)
-            began = time.monotonic()
-            self._pause("start", conf)
-            record.update(state="running", boot_ms=int((time.monotonic() - began) * 1000),
-                          address=record.get("address") or f"10.1.{random.randint(0, 255)}.{random.randint(1, 254)}")
-            record["log"].append("started")
-            self.cloud.put(ref, record)
+        if record["state"] == "running" or (record.get("next") or {}).get("state") == "running":
+            return self._observed(record)
+        conf = self._behaviour()
+        self._maybe_fail("start", ref, conf)
+        record["state"] = "starting"
+        self._schedule(record, "running", self._latency("start", conf),
+                       address=record.get("address") or f"10.1.{random.randint(0, 255)}.{random.randint(1, 254)}")
+        record["log"].append("starting")
+        self.cloud.put(ref, record)
         return self._observed(record)
 
     def stop(self, ref: str) -> Observed:
+        """Returns at once in `stopping`; `stopped` after stop_ms."""
         record = self._require(ref)
-        if record["state"] != "stopped":
-            conf = self._behaviour()
-            self._maybe_fail("stop", ref, conf)
-            self._pause("stop", conf)
-            record.update(state="stopped", address="")
-            record["log"].append("stopped")
-            self.cloud.put(ref, record)
+        if record["state"] == "stopped" or (record.get("next") or {}).get("state") == "stopped":
+            return self._observed(record)
+        conf = self._behaviour()
+        self._maybe_fail("stop", ref, conf)
+        record["state"] = "stopping"
+        self._schedule(record, "stopped", self._latency("stop", conf), boot_ms=record.get("boot_ms"))
+        record["log"].append("stopping")
+        self.cloud.put(ref, record)
         return self._observed(record)
 
     def reset(self, ref: str) -> Observed:
@@ -181,12 +254,40 @@ class FakeProvider(Provider):
         self.cloud.drop(ref)
 
     def get(self, ref: str) -> Observed | None:
+        self.cloud.advance()
         record = self.cloud.load(ref)
         return self._observed(record) if record else None
 
     def list(self, owner_tag: str | None = None) -> list[Observed]:
+        self.cloud.advance()
         out = [self._observed(r) for r in self.cloud.all().values()]
         return [o for o in out if owner_tag is None or o.owner == owner_tag]
+
+    def observe(self, owner: str, stop: threading.Event) -> Iterator[Sighting]:
+        """The cloud's change feed: a full listing, then every change as the cloud makes it (this loop also
+        carries out the moves that fall due while it waits)."""
+        position = self.cloud.feed_position()  # read before listing: nothing between the two is missed
+        yield Sighting(self.list(owner), full=True)
+        while not stop.is_set():
+            self.cloud.advance()
+            due = self.cloud.next_due()
+            wait_ms = 1000 if due is None else min(1000, max(int(due - time.time() * 1000), 1))
+            response = self.cloud.r.xread({self.cloud.changes: position}, count=500, block=wait_ms)
+            changed = []
+            for _stream, entries in response or []:
+                for entry_id, fields in entries:
+                    position = entry_id
+                    raw = fields.get(b"record", fields.get("record"))
+                    ref = fields.get(b"ref", fields.get("ref"))
+                    ref = ref.decode() if isinstance(ref, bytes) else ref
+                    if raw:
+                        obs = self._observed(json.loads(raw))
+                        if obs.owner == owner:
+                            changed.append(obs)
+                    else:  # dropped: its tags are gone with it, the observer knows them
+                        changed.append(Observed(ref=ref, state="deleted"))
+            if changed:
+                yield Sighting(changed)
 
     def logs(self, ref: str, lines: int = 100) -> str:
         return "\n".join(self._require(ref).get("log", [])[-lines:])

@@ -1,0 +1,203 @@
+"""The observer (`warmpool observe`): one watcher per runner turns what its provider reports into instance events.
+
+- `RunnerObserver` follows one runner's `Provider.observe` stream and publishes a state event for every
+  resource of ours whose state (or address) changed since it last looked; a resource missing from a full
+  listing, or reported deleted, is published `deleted` (the pool replaces it, its lease ends). Every
+  (re)start of the stream begins with a full listing whose every resource is published: after an error,
+  a watch gap or a lost Redis, the observer re-lists, and the applier ignores what it already knew.
+- `Observer` shards runners between replicas: a replica observes a runner only while it holds the Redis
+  key `warmpool:observer:runner:<id>` (SET NX PX, renewed every `renew_seconds`). A replica that cannot
+  renew (Redis gone, or the key taken over) stops observing that runner at once; another replica takes
+  it after the key expires. Two replicas briefly observing one runner is harmless: events are idempotent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from sqlmodel import select
+
+from app import events
+from app.db import session_scope
+from app.domain.states import InstanceState as S
+from app.models import Runner
+from config.settings import get_settings
+from workers.loop import LoopService
+from workers.providers.base import Observed, Provider, Sighting
+from workers.providers.registry import provider_for
+
+log = logging.getLogger(__name__)
+LEASE_KEY = "warmpool:observer:runner:{}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    instance_id: str
+    pool_id: str
+    state: str
+    address: str
+
+
+class RunnerObserver(LoopService):
+    """Observes one runner's provider and publishes what changed."""
+
+    def __init__(self, runner_id: str, provider: Provider, owner: str,
+                 publish: Callable[[events.InstanceEvent], Any] = events.publish) -> None:
+        super().__init__(f"observe-{runner_id[:8]}")
+        self.runner_id, self.provider, self.owner, self.publish = runner_id, provider, owner, publish
+        self.known: dict[str, Seen] = {}
+        self.published = 0
+
+    def run_once(self) -> None:
+        self.known = {}  # a new stream starts with a full listing: everything in it is published again
+        for sighting in self.provider.observe(self.owner, self.stopping):
+            self.pump(sighting)
+            if self.stopping.is_set():
+                return
+
+    def pump(self, sighting: Sighting) -> int:
+        """Publish the changes one sighting shows; returns how many events went out."""
+        out = 0
+        listed = set()
+        for obs in sighting.observed:
+            listed.add(obs.ref)
+            out += self._one(obs)
+        if sighting.full:
+            for ref in [r for r in self.known if r not in listed]:
+                out += self._one(Observed(ref=ref, state=str(S.DELETED), message="the provider resource vanished"))
+        self.published += out
+        return out
+
+    def _one(self, obs: Observed) -> int:
+        before = self.known.get(obs.ref)
+        instance_id = obs.instance_id or (before.instance_id if before else None)
+        pool_id = obs.pool_id or (before.pool_id if before else None)
+        if not instance_id or not pool_id or instance_id.startswith("prebuild-"):
+            return 0  # not an instance of ours (orphan collection deals with foreign or leaked resources)
+        if obs.state == S.DELETED:
+            self.known.pop(obs.ref, None)
+            if before is None:
+                return 0
+        else:
+            now = Seen(instance_id, pool_id, obs.state, obs.address)
+            if before == now:
+                return 0
+            self.known[obs.ref] = now
+        message = obs.message or ("the provider resource vanished" if obs.state == S.DELETED and before else "")
+        self.publish(events.InstanceEvent(
+            instance_id=instance_id, pool_id=pool_id, state=obs.state, ref=obs.ref if obs.state != S.DELETED else "",
+            address=obs.address, boot_ms=obs.boot_ms, message=message))
+        return 1
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "runner_id": self.runner_id, "resources": len(self.known),
+                "published": self.published}
+
+
+class Observer(LoopService):
+    """One replica of `warmpool observe`: holds Redis leases on runners and runs a RunnerObserver for each."""
+
+    name = "observer"
+
+    def __init__(self, client: redis_lib.Redis | None = None, replica: str | None = None) -> None:
+        super().__init__()
+        s = get_settings()
+        self.r = client or redis_lib.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_ms, self.interval = s.observer.lease_ms, s.observer.renew_seconds
+        self.watchers: dict[str, RunnerObserver] = {}
+
+    def run_once(self) -> None:
+        try:
+            for runner_id in list(self.watchers):  # renew first: a slow database must not cost us our leases
+                if not self._renew(LEASE_KEY.format(runner_id)):
+                    log.info("observer %s lost runner %s to another replica", self.replica, runner_id)
+                    self._drop(runner_id, release=False)
+            with session_scope() as session:
+                runners = [(r.id, r.provider, dict(r.settings or {})) for r in session.exec(select(Runner)).all()]
+            for runner_id, provider_name, settings in runners:
+                if runner_id not in self.watchers:
+                    self._take(runner_id, provider_name, settings)
+            for runner_id in set(self.watchers) - {r[0] for r in runners}:
+                self._drop(runner_id, release=True)  # the runner was deleted
+        except redis_lib.RedisError:
+            # Without Redis we cannot know we still hold any lease: stop observing everything now.
+            for runner_id in list(self.watchers):
+                self._drop(runner_id, release=False)
+            raise
+
+    def _take(self, runner_id: str, provider_name: str, settings: dict[str, Any]) -> None:
+        key = LEASE_KEY.format(runner_id)
+        if not self.r.set(key, self.replica, nx=True, px=self.lease_ms):
+            return  # another replica observes it
+        try:
+            provider = provider_for(provider_name, settings, key=runner_id)
+        except Exception as exc:  # noqa: BLE001 - an unusable runner must not stop the others
+            log.warning("observer: runner %s cannot be observed: %s", runner_id, exc)
+            self._release(key)
+            return
+        log.info("observer %s now observes runner %s (%s)", self.replica, runner_id, provider_name)
+        self.watchers[runner_id] = RunnerObserver(runner_id, provider, get_settings().owner).start()
+
+    def _renew(self, key: str) -> bool:
+        """PEXPIRE the key only if it is still ours (WATCH/MULTI, so it works on any Redis, fakeredis too)."""
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                holder = pipe.get(key)
+                if (holder.decode() if isinstance(holder, bytes) else holder) != self.replica:
+                    return False
+                pipe.multi()
+                pipe.pexpire(key, self.lease_ms)
+                return bool(pipe.execute()[0])
+            except redis_lib.WatchError:
+                return False
+
+    def _release(self, key: str) -> None:
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                holder = pipe.get(key)
+                if (holder.decode() if isinstance(holder, bytes) else holder) == self.replica:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except redis_lib.WatchError:
+                pass
+
+    def _drop(self, runner_id: str, *, release: bool) -> None:
+        watcher = self.watchers.pop(runner_id, None)
+        if watcher is not None:
+            watcher.stop()
+        if release:
+            try:
+                self._release(LEASE_KEY.format(runner_id))
+            except redis_lib.RedisError:
+                pass  # it expires on its own
+
+    def on_stop(self) -> None:
+        for runner_id in list(self.watchers):
+            self._drop(runner_id, release=True)
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "replica": self.replica,
+                "runners": [w.health() for w in self.watchers.values()]}
+
+
+def main() -> None:
+    observer = Observer()
+
+    def stop(*_: Any) -> None:
+        observer.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("observer %s started", observer.replica)
+    observer.run()
