@@ -3,8 +3,11 @@
 - `RunnerObserver` follows one runner's `Provider.observe` stream and publishes a state event for every
   resource of ours whose state (or address) changed since it last looked; a resource missing from a full
   listing, or reported deleted, is published `deleted` (the pool replaces it, its lease ends). Every
-  (re)start of the stream begins with a full listing whose every resource is published: after an error,
-  a watch gap or a lost Redis, the observer re-lists, and the applier ignores what it already knew.
+  (re)start of the stream (after an error, a watch gap, a lost Redis, or on taking a runner over) first
+  reads what the database believes about the runner's instances, then re-lists: whatever differs is
+  published, and an instance the database holds but the provider no longer lists is published
+  `deleted`. The database is read before the listing, so a resource it names was created before the
+  listing began: missing from it means gone, not "not made yet".
 - `Observer` shards runners between replicas: a replica observes a runner only while it holds the Redis
   key `warmpool:observer:runner:<id>` (SET NX PX, renewed every `renew_seconds`). A replica that cannot
   renew (Redis gone, or the key taken over) stops observing that runner at once; another replica takes
@@ -22,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis as redis_lib
+import sqlalchemy as sa
 from sqlmodel import select
 
 from app import events
 from app.db import session_scope
-from app.domain.states import InstanceState as S
-from app.models import Runner
+from app.domain.states import ALIVE, InstanceState as S
+from app.models import Instance, Pool, Runner
 from config.settings import get_settings
 from workers.loop import LoopService
 from workers.providers.base import Observed, Provider, Sighting
@@ -45,18 +49,31 @@ class Seen:
     address: str
 
 
+def believed(runner_id: str) -> dict[str, Seen]:
+    """What the database holds about the runner's instances that have a provider resource, by ref."""
+    with session_scope() as session:
+        rows = session.execute(
+            sa.select(Instance.provider_ref, Instance.id, Instance.pool_id, Instance.state, Instance.address)
+            .join(Pool, Pool.id == Instance.pool_id)
+            .where(Pool.runner_id == runner_id, Instance.provider_ref.is_not(None),
+                   Instance.state.in_([str(s) for s in ALIVE if s != S.REQUESTED]))
+        ).all()
+    return {ref: Seen(iid, pid, state, address or "") for ref, iid, pid, state, address in rows}
+
+
 class RunnerObserver(LoopService):
     """Observes one runner's provider and publishes what changed."""
 
     def __init__(self, runner_id: str, provider: Provider, owner: str,
-                 publish: Callable[[events.InstanceEvent], Any] = events.publish) -> None:
+                 publish: Callable[[events.InstanceEvent], Any] = events.publish,
+                 seed: Callable[[str], dict[str, Seen]] = believed) -> None:
         super().__init__(f"observe-{runner_id[:8]}")
-        self.runner_id, self.provider, self.owner, self.publish = runner_id, provider, owner, publish
+        self.runner_id, self.provider, self.owner, self.publish, self.seed = runner_id, provider, owner, publish, seed
         self.known: dict[str, Seen] = {}
         self.published = 0
 
     def run_once(self) -> None:
-        self.known = {}  # a new stream starts with a full listing: everything in it is published again
+        self.known = self.seed(self.runner_id)  # read before the stream's first listing (see the module docstring)
         for sighting in self.provider.observe(self.owner, self.stopping):
             self.pump(sighting)
             if self.stopping.is_set():

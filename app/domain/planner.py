@@ -85,6 +85,11 @@ def _stale(i: InstanceView, pool: PoolView, now: datetime) -> bool:
 def _kicks(instances: list[InstanceView], pool: PoolView, now: datetime) -> list[tuple[str, str]]:
     out = []
     for i in instances:
+        if i.desired_state == DesiredState.RUNNING and i.state == S.STOPPED:
+            # Should run but is observed stopped (stopped behind our back, or a start not yet under way):
+            # start it now rather than after stuck_after; a start is idempotent, so a duplicate is harmless.
+            out.append((i.id, "start_instance"))
+            continue
         if i.state_changed_at is None or (now - i.state_changed_at) < timedelta(seconds=pool.stuck_after):
             continue
         if i.desired_state == DesiredState.DELETED and i.state not in (S.DELETED,):

@@ -28,7 +28,13 @@ def call(base: str, token: str, method: str, body: dict) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
+def get(base: str, token: str, path: str) -> dict:
+    req = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {token}"})
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def start_dev(tmp_path: Path) -> tuple[subprocess.Popen, str, str, str, int]:
+    """`warmpool dev` on embedded defaults; returns (process, base URL, token, runner id, flower port) once ready."""
     http, grpc, flower = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
     env.update(WARMPOOL_HTTP_PORT=str(http), WARMPOOL_GRPC_PORT=str(grpc), WARMPOOL_FLOWER__PORT=str(flower),
@@ -57,19 +63,44 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
                     break
             except OSError:
                 time.sleep(0.2)
-        ec = call(base, token, "gitpod.v1.RunnerConfigurationService/CreateEnvironmentClass",
-                  {"runnerId": runner, "displayName": "local"})["id"]
-        project = call(base, token, "gitpod.v1.ProjectService/CreateProject",
-                       {"name": "p", "prebuildConfiguration": {"enabled": True, "environmentClassIds": [ec]}})["project"]["id"]
-        pool = call(base, token, "gitpod.v1.PrebuildService/CreateWarmPool",
-                    {"projectId": project, "environmentClassId": ec, "minSize": 1, "maxSize": 1})["warmPool"]["id"]
-        status = {}
-        while time.monotonic() < deadline + 30:
-            status = call(base, token, "gitpod.v1.PrebuildService/GetWarmPool", {"warmPoolId": pool})["warmPool"]["status"]
-            if status.get("phase") == "WARM_POOL_PHASE_READY" and status.get("runningInstances") == 1:
-                break
-            time.sleep(0.3)
-        assert status.get("phase") == "WARM_POOL_PHASE_READY", (status, (tmp_path / "dev.log").read_text()[-3000:])
+    except BaseException:
+        stop_dev(proc)
+        raise
+    return proc, base, token, runner, flower
+
+
+def stop_dev(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def ready_pool(base: str, token: str, runner: str, size: int, tmp_path: Path) -> str:
+    ec = call(base, token, "gitpod.v1.RunnerConfigurationService/CreateEnvironmentClass",
+              {"runnerId": runner, "displayName": "local"})["id"]
+    project = call(base, token, "gitpod.v1.ProjectService/CreateProject",
+                   {"name": "p", "prebuildConfiguration": {"enabled": True, "environmentClassIds": [ec]}})["project"]["id"]
+    pool = call(base, token, "gitpod.v1.PrebuildService/CreateWarmPool",
+                {"projectId": project, "environmentClassId": ec, "minSize": size, "maxSize": size})["warmPool"]["id"]
+    status: dict = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = call(base, token, "gitpod.v1.PrebuildService/GetWarmPool", {"warmPoolId": pool})["warmPool"]["status"]
+        if status.get("phase") == "WARM_POOL_PHASE_READY" and status.get("runningInstances") == size:
+            break
+        time.sleep(0.3)
+    assert status.get("phase") == "WARM_POOL_PHASE_READY", (status, (tmp_path / "dev.log").read_text()[-3000:])
+    return pool
+
+
+def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
+    proc, base, token, runner, flower = start_dev(tmp_path)
+    deadline = time.monotonic() + 60
+    try:
+        pool = ready_pool(base, token, runner, 1, tmp_path)
         req = urllib.request.Request(f"http://127.0.0.1:{flower}/api/workers")
         try:
             urllib.request.urlopen(req, timeout=5)
@@ -99,11 +130,37 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
                 time.sleep(1)
         assert seen_worker and seen_task, "flower should list the worker and warmpool tasks"
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        stop_dev(proc)
     assert proc.returncode == 0, (tmp_path / "dev.log").read_text()[-2000:]
     assert "warmpool dev: stopped" in (tmp_path / "dev.log").read_text()
+
+
+def test_a_killed_local_instance_is_replaced_within_two_seconds(tmp_path):
+    """Issue 11's acceptance: the observer sees the process exit (not the 60 s orphan sweep), the pool
+    replaces the instance, and the pool is back to full running within 2 s of the SIGKILL."""
+    proc, base, token, runner, _ = start_dev(tmp_path)
+    try:
+        pool = ready_pool(base, token, runner, 2, tmp_path)
+        running = [i for i in get(base, token, f"/v1/pools/{pool}/instances")["instances"] if i["state"] == "running"]
+        assert len(running) == 2
+        victim = running[0]
+        meta = json.loads((tmp_path / "data" / "local" / "instances" / victim["provider_ref"] / "meta.json").read_text())
+        killed = time.monotonic()
+        os.killpg(meta["pid"], signal.SIGKILL)
+        seen: list = []
+        while time.monotonic() - killed < 10:
+            rows = get(base, token, f"/v1/pools/{pool}/instances")["instances"]
+            live = {i["id"] for i in rows if i["state"] == "running"}
+            status = call(base, token, "gitpod.v1.PrebuildService/GetWarmPool", {"warmPoolId": pool})["warmPool"]["status"]
+            seen.append((round(time.monotonic() - killed, 2), sorted(live), status.get("runningInstances")))
+            if victim["id"] not in live and len(live) == 2 and status.get("runningInstances") == 2:
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - killed
+        victim_now = get(base, token, f"/v1/instances/{victim['id']}")
+        assert victim["id"] not in live and len(live) == 2, (seen[-5:], (tmp_path / "dev.log").read_text()[-3000:])
+        assert victim_now["state"] in ("failed", "deleting", "deleted")
+        assert took < 2.0, f"back to 2 running after {took:.2f}s (issue 11: within 2 s); {seen[-3:]}"
+        print(f"killed local instance replaced; pool back to 2 running after {took:.2f}s")
+    finally:
+        stop_dev(proc)

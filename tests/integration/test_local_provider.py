@@ -59,3 +59,28 @@ def test_a_dead_process_is_reported_failed_and_unknown_snapshots_are_permanent(p
     assert provider.get(running.ref).state == "failed"
     with pytest.raises(ProviderPermanent):
         provider.create(InstanceSpec("i4", "p1", "warmpool", snapshot_id="nope"), start=True)
+
+
+def test_observe_reports_a_killed_process_at_once_not_at_the_next_list(provider, monkeypatch):
+    import threading
+
+    from config.settings import get_settings
+
+    monkeypatch.setenv("WARMPOOL_OBSERVER__LOCAL_LIST_SECONDS", "30")  # only the exit itself can wake it in time
+    get_settings.cache_clear()
+    running = provider.create(InstanceSpec("i6", "p1", "warmpool"), start=True)
+    stop = threading.Event()
+    stream = provider.observe("warmpool", stop)
+    first = next(stream)
+    assert first.full and [(o.ref, o.state) for o in first.observed] == [(running.ref, "running")]
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(next(stream)), daemon=True)
+    reader.start()
+    killed = time.monotonic()
+    os.killpg(provider._meta(running.ref)["pid"], signal.SIGKILL)
+    reader.join(5)
+    took = time.monotonic() - killed
+    stop.set()
+    get_settings.cache_clear()
+    assert got and [(o.ref, o.state) for o in got[0].observed] == [(running.ref, "failed")]
+    assert took < 2, f"the exit was seen after {took:.2f}s"

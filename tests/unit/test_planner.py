@@ -186,3 +186,9 @@ def test_properties(world):
     applied += [inst(200 + k, "requested", "stopped", snap=view.snapshot_id) for k in range(p.create_stopped)]
     again = plan(view, applied, NOW)
     assert again.create_running == 0
+
+
+def test_an_instance_that_should_run_but_is_observed_stopped_is_started_at_once():
+    # Stopped behind our back a moment ago: no waiting for stuck_after.
+    p = plan(pool(target=1, stuck_after=30), [inst(1, "stopped", "running", changed=NOW)], NOW)
+    assert p.kick == [("i001", "start_instance")] and p.create_running == 0

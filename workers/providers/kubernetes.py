@@ -41,6 +41,7 @@ from typing import Any
 from app.domain.states import InstanceState as S
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
+    Sighting,
 )
 from workers.providers.models import KubernetesSettings, KubernetesTemplate
 
@@ -50,6 +51,7 @@ MAIN, INIT = "main", "init"
 DEFAULT_PENDING_THRESHOLD = 120
 NEVER_RESOLVES = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"})
 WATCH_CHUNK_S = 300
+OBSERVE_CHUNK_S = 5  # the observer's watches end this often, so a replica that lost its lease stops soon
 _LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 STOP_UNSUPPORTED = ("kubernetes pods cannot be stopped: pools on a kubernetes runner must have stopped_size = 0 "
@@ -326,10 +328,19 @@ class KubernetesProvider(Provider):
 
     def watch(self, owner: str | None = None, *, timeout_seconds: float | None = None,
               stop: threading.Event | None = None) -> Iterator[Observed]:
-        """Every pod (of `owner`) as it is now, then every change as it happens: the engine turns these into
-        events. A deleted pod is yielded with state `deleted`. When the watch expires (HTTP 410) the pods are
-        listed again, so a consumer may see a state twice (appliers ignore repeats). Ends after
-        `timeout_seconds`, when `stop` is set (checked between events), or when the consumer closes it."""
+        """Every pod (of `owner`) as it is now, then every change as it happens, one Observed at a time (the
+        sightings of `observe`, flattened). A deleted pod is yielded with state `deleted`; after a 410 the
+        pods are listed again, so a consumer may see a state twice (appliers ignore repeats)."""
+        for sighting in self._stream(owner, timeout_seconds=timeout_seconds, stop=stop):
+            yield from sighting.observed
+
+    def observe(self, owner: str, stop: threading.Event) -> Iterator[Sighting]:
+        """List our pods (by our labels), then watch from the listing's resourceVersion; a 410 (the version
+        expired) lists again. Watches are cut every few seconds so `stop` is honoured promptly."""
+        return self._stream(owner, timeout_seconds=None, stop=stop, chunk_s=OBSERVE_CHUNK_S)
+
+    def _stream(self, owner: str | None, *, timeout_seconds: float | None, stop: threading.Event | None,
+                chunk_s: int = WATCH_CHUNK_S) -> Iterator[Sighting]:
         from kubernetes import watch as k8s_watch
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -337,15 +348,14 @@ class KubernetesProvider(Provider):
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         version = ""
         while not (stop and stop.is_set()):
-            remaining = WATCH_CHUNK_S if deadline is None else deadline - time.monotonic()
+            remaining = chunk_s if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return
             if not version:
                 items, version = self._list_raw(owner)
-                for pod in items:
-                    yield observe(pod)
+                yield Sighting([observe(pod) for pod in items], full=True)
             w = k8s_watch.Watch()
-            chunk = max(1, min(int(remaining), WATCH_CHUNK_S))
+            chunk = max(1, min(int(remaining), chunk_s))
             kwargs: dict[str, Any] = {"resource_version": version, "timeout_seconds": chunk,
                                       "_request_timeout": (self.timeout, chunk + self.timeout)}
             if owner:
@@ -358,7 +368,7 @@ class KubernetesProvider(Provider):
                     pod = event["raw_object"]
                     version = (pod.get("metadata") or {}).get("resourceVersion") or version
                     obs, events = observe(pod), events + 1
-                    yield replace(obs, state=str(S.DELETED)) if event["type"] == "DELETED" else obs
+                    yield Sighting([replace(obs, state=str(S.DELETED)) if event["type"] == "DELETED" else obs])
                     if stop and stop.is_set():
                         return
             except ApiException as exc:

@@ -13,6 +13,10 @@ WARMPOOL_PROVIDERS__LOCAL__*, merged in by workers.providers.catalog):
             template; default: "<python> -m http.server {port} --bind 127.0.0.1", serving the instance's files)
   pass_env  extra environment variable names instance processes inherit (operator only)
 
+Observed (`observe`): the observer lists the instances every `observer.local_list_seconds` and, in between,
+waits on a pidfd of every running instance process, so an exit (a crash, a SIGKILL) is reported at once
+as `failed`. pidfds need Linux 5.3+; elsewhere the periodic list alone notices it.
+
 Instance processes get a scrubbed environment: a few harmless variables (PATH, HOME, LANG…), the ones the
 operator lists in pass_env, and PORT; never WARMPOOL_* (database URL, keys) or anything else of ours.
 """
@@ -20,19 +24,23 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
+    Sighting,
 )
 from workers.providers.models import LocalSettings, LocalTemplate
 
@@ -69,6 +77,32 @@ def _alive(pid: int | None) -> bool:
             return True
         except OSError:
             return False
+
+
+def _wait_for_exit(pids: list[int], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for any of `pids` to exit, on pidfds (which work for processes that are
+    not our children); False if pidfds are not available here, so the caller waits on its own."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    fds = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                return True  # gone already: list again now
+            except OSError:
+                return False
+        if not fds:
+            return False
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(timeout * 1000)  # readable once the process has exited (a zombie included)
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class LocalProvider(Provider):
@@ -177,7 +211,9 @@ class LocalProvider(Provider):
                 raise ProviderPermanent(f"snapshot {spec.snapshot_id} does not exist on this machine")
             else:
                 (target / "files").mkdir(parents=True)
-            meta = {"ref": ref, "state": "stopped", "template": spec.template, "snapshot_id": spec.snapshot_id,
+            # `provisioning` until its process listens: an observer listing meanwhile sees it on its way.
+            meta = {"ref": ref, "state": "provisioning" if start else "stopped", "template": spec.template,
+                    "snapshot_id": spec.snapshot_id,
                     "tags": {OWNER_TAG: spec.owner, INSTANCE_TAG: spec.instance_id, POOL_TAG: spec.pool_id}}
             self._save(ref, meta)
         return self.start(ref) if start else self._observed(meta)
@@ -188,6 +224,9 @@ class LocalProvider(Provider):
             raise ProviderPermanent(f"no local instance {ref}")
         if meta["state"] == "running" and _alive(meta.get("pid")):
             return self._observed(meta)
+        if meta["state"] != "provisioning":
+            meta.update(state="starting", pid=None)
+            self._save(ref, meta)
         meta = self._spawn(ref, meta)
         self._save(ref, meta)
         return self._observed(meta)
@@ -211,15 +250,25 @@ class LocalProvider(Provider):
         meta = self._meta(ref)
         return self._observed(meta) if meta else None
 
+    def _metas(self) -> list[dict[str, Any]]:
+        metas = (self._meta(d.name) for d in sorted((self.root / "instances").iterdir()))
+        return [m for m in metas if m is not None]
+
     def list(self, owner_tag: str | None = None) -> list[Observed]:
-        out = []
-        for d in sorted((self.root / "instances").iterdir()):
-            meta = self._meta(d.name)
-            if meta is not None:
-                obs = self._observed(meta)
-                if owner_tag is None or obs.owner == owner_tag:
-                    out.append(obs)
-        return out
+        out = [self._observed(meta) for meta in self._metas()]
+        return [obs for obs in out if owner_tag is None or obs.owner == owner_tag]
+
+    def observe(self, owner: str, stop: threading.Event) -> Iterator[Sighting]:
+        """A full listing every `observer.local_list_seconds`, and one at once when a running instance's process exits."""
+        from config.settings import get_settings
+
+        interval = get_settings().observer.local_list_seconds
+        while not stop.is_set():
+            metas = [m for m in self._metas() if (m.get("tags") or {}).get(OWNER_TAG) == owner]
+            yield Sighting([self._observed(m) for m in metas], full=True)
+            pids = [m["pid"] for m in metas if m.get("state") == "running" and m.get("pid") and _alive(m["pid"])]
+            if not _wait_for_exit(pids, interval):
+                stop.wait(interval)
 
     def logs(self, ref: str, lines: int = 100) -> str:
         try:
