@@ -35,12 +35,15 @@ class InstanceEvent:
     kind: str = KIND_STATE
     state: str = ""
     ref: str = ""
-    seq: int = field(default_factory=lambda: time.time_ns() // 1000)
-    """Per-instance order (microseconds at observation): an event applies only if newer than the last applied."""
+    seq: int = 0
+    """Per-instance order, issued by the database (workers.operations.next_seq; app.domain.instances.issue_seq) when the
+    observation is published; the applier compares on it and never on a clock. A state event applies if
+    newer than the last one applied, or if it only moves the instance forward within one leg of its
+    lifecycle. Other kinds ignore it."""
     message: str = ""
     address: str = ""
     boot_ms: int | None = None
-    observed_at: float = field(default_factory=time.time)
+    observed_at: float = field(default_factory=lambda: time.time())  # informational: never used to order
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_fields(self) -> dict[str, str]:

@@ -274,6 +274,10 @@ class Instance(SQLModel, table=True):
     state: str = Field(default="requested", max_length=16)
     desired_state: str = Field(default="running", max_length=16)
     event_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    """The sequence number of the last event applied to the instance (see `op_seq`)."""
+    op_seq: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+    """The last sequence number the database issued to a publisher of this instance's events
+    (app.domain.instances.issue_seq): events are ordered by it, never by a publisher's clock."""
     state_changed_at: datetime = _ts()
     stale: bool = False
     """On a snapshot the pool no longer warms from: set by rotation (pools.set_snapshot) in the same

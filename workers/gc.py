@@ -14,6 +14,7 @@ from app.domain import instances
 from app.domain.states import InstanceState as S
 from app.models import Pool, Runner
 from config.settings import get_settings
+from workers.operations import next_seq
 from workers.providers.base import ProviderPermanent, ProviderTransient
 from workers.providers.registry import provider_for
 
@@ -61,9 +62,10 @@ def collect(client: redis_lib.Redis | None = None) -> dict[str, int]:
                 client.hdel(SEEN_KEY, ref)  # adopted meanwhile: the sighting no longer counts
         for instance_id, pool_id, message in broken:
             events.publish(events.InstanceEvent(instance_id=instance_id, pool_id=pool_id, state=S.FAILED,
-                                                message=message or "the provider reports the instance failed"))
+                                                message=message or "the provider reports the instance failed",
+                                                seq=next_seq(instance_id)))
         for instance_id, pool_id in vanished:
             events.publish(events.InstanceEvent(instance_id=instance_id, pool_id=pool_id, state=S.FAILED,
-                                                message="the provider resource vanished"))
+                                                message="the provider resource vanished", seq=next_seq(instance_id)))
             stats["vanished"] += 1
     return stats

@@ -34,6 +34,7 @@ from app.domain.states import ALIVE, InstanceState as S
 from app.models import Instance, Pool, Runner
 from config.settings import get_settings
 from workers.loop import LoopService
+from workers.operations import next_seq
 from workers.providers.base import Observed, Provider, Sighting
 from workers.providers.registry import provider_for
 
@@ -66,9 +67,11 @@ class RunnerObserver(LoopService):
 
     def __init__(self, runner_id: str, provider: Provider, owner: str,
                  publish: Callable[[events.InstanceEvent], Any] = events.publish,
-                 seed: Callable[[str], dict[str, Seen]] = believed) -> None:
+                 seed: Callable[[str], dict[str, Seen]] = believed, number: Callable[[str], int] = next_seq) -> None:
         super().__init__(f"observe-{runner_id[:8]}")
         self.runner_id, self.provider, self.owner, self.publish, self.seed = runner_id, provider, owner, publish, seed
+        self.number = number
+        """Issues each event's sequence number after the observation (the database's, in production)."""
         self.known: dict[str, Seen] = {}
         self.published = 0
 
@@ -110,7 +113,7 @@ class RunnerObserver(LoopService):
         message = obs.message or ("the provider resource vanished" if obs.state == S.DELETED and before else "")
         self.publish(events.InstanceEvent(
             instance_id=instance_id, pool_id=pool_id, state=obs.state, ref=obs.ref if obs.state != S.DELETED else "",
-            address=obs.address, boot_ms=obs.boot_ms, message=message))
+            address=obs.address, boot_ms=obs.boot_ms, message=message, seq=self.number(instance_id)))
         return 1
 
     def health(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from app import events
 from app.db import session_scope
+from app.domain import instances
 from app.domain.states import DesiredState, InstanceState as S
 from app.models import Instance, Pool, Runner
 from config.settings import get_settings
@@ -46,10 +47,18 @@ def load(instance_id: str) -> Target | None:
         return Target(inst, pool, provider_for(runner.provider, runner.settings, key=runner.id))
 
 
+def next_seq(instance_id: str) -> int:
+    """A sequence number for a state event about to be published, issued by the database in its own short
+    transaction (0 if the instance is gone: the applier ignores the event anyway)."""
+    with session_scope() as session:
+        return instances.issue_seq(instance_id, session=session) or 0
+
+
 def emit(target: Target, state: str, obs: Observed | None = None, message: str = "") -> None:
     events.publish(events.InstanceEvent(
         instance_id=target.instance.id, pool_id=target.pool.id, state=state, ref=obs.ref if obs else "",
         address=obs.address if obs else "", boot_ms=obs.boot_ms if obs else None, message=message,
+        seq=next_seq(target.instance.id),
     ))
 
 

@@ -61,6 +61,18 @@ def observe(
     return inst if changed else None
 
 
+def issue_seq(instance_id: str, *, session: Session) -> int | None:
+    """The instance's next event sequence number, issued by the database (an atomic increment of `op_seq`).
+    A publisher takes one after it observed and before it publishes, so the applier orders observations
+    by when the database numbered them, never by a publisher's clock. None if the instance is gone.
+    One instance per call, and the caller commits at once: the row lock is held for one statement, so it
+    never waits in a cycle with the applier's locks."""
+    return session.execute(
+        sa.update(Instance).where(Instance.id == instance_id).values(op_seq=Instance.op_seq + 1)
+        .returning(Instance.op_seq).execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+
+
 def note_failure(pool: Pool, message: str, *, now: datetime | None = None) -> None:
     """A transient provider failure: count it, back creation off exponentially, DEGRADED after N."""
     e = get_settings().engine

@@ -20,7 +20,7 @@ def obs(ref: str, state: str, address: str = "", inst: str | None = None) -> Obs
 def watcher():
     sent = []
     w = RunnerObserver("runner-1", provider=None, owner="warmpool", publish=sent.append,  # type: ignore[arg-type]
-                       seed=lambda _: {})
+                       seed=lambda _: {}, number=lambda _: 0)
     w.sent = sent
     return w
 
@@ -62,7 +62,7 @@ def test_a_new_stream_starts_from_a_full_listing_again():
             stop.set()
 
     sent = []
-    w = RunnerObserver("r", Flaky(), "warmpool", publish=sent.append, seed=lambda _: {})  # type: ignore[arg-type]
+    w = RunnerObserver("r", Flaky(), "warmpool", publish=sent.append, seed=lambda _: {}, number=lambda _: 0)  # type: ignore[arg-type]
     w.backoff_base = 0.01
     w.run()
     assert Flaky.calls == 2 and [e.state for e in sent] == ["running", "running"] and w.errors == 1
@@ -79,7 +79,7 @@ def test_a_restart_publishes_only_what_differs_from_the_database_and_what_vanish
     db = {"a": Seen("i-a", "p1", "running", "10.0.0.1"), "b": Seen("i-b", "p1", "provisioning", ""),
           "c": Seen("i-c", "p1", "running", "10.0.0.3")}
     sent = []
-    RunnerObserver("r", Once(), "warmpool", publish=sent.append, seed=lambda _: dict(db)).run()  # type: ignore[arg-type]
+    RunnerObserver("r", Once(), "warmpool", publish=sent.append, seed=lambda _: dict(db), number=lambda _: 0).run()  # type: ignore[arg-type]
     assert sorted((e.instance_id, e.state) for e in sent) == [("i-b", "running"), ("i-c", "deleted")]
 
 

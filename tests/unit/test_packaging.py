@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_services_run_existing_cli_commands():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     commands = build_parser()._subparsers._group_actions[0].choices
-    expected = {"postgres", "redis", "migrate", "api", "worker", "beat", "events", "flower"}
+    expected = {"postgres", "redis", "migrate", "api", "worker", "beat", "events", "observe", "flower"}
     assert expected <= set(compose["services"])
     for name, service in compose["services"].items():
         command = service.get("command") or []
