@@ -8,6 +8,10 @@ so an httpx response hook on the client we hand it reads `Retry-After`. The SDK'
 not used: it raises on a `partial_success` envelope and discovers metros through the control plane,
 while this adapter inspects envelopes item by item and talks to exactly one metro.
 
+Observed by polling (`Provider.observe`, the default): `list(owner)` every WARMPOOL_OBSERVER__POLL_FAST_SECONDS
+while an instance is starting or stopping, else every WARMPOOL_OBSERVER__POLL_SECONDS. (The `wait` endpoint
+blocks on one instance and state; a pool's worth of instances is one listing instead.)
+
 Runner settings (`runner.settings`):
   metro              metro code ("fra", "fra0", "dal"…) or a full base URL (default "fra")
   token              the API token. A secret: stored encrypted, never logged, never in a repr or an exception
