@@ -1,5 +1,5 @@
 """Issue 9, fairness: one tenant's mass of pools cannot starve another's backfill, and a big pool's
-delete cannot set off a task storm. Real `warmpool worker` and `warmpool events` processes on
+delete cannot set off a task storm. Real `warmpool worker`, `events` and `observe` processes on
 PostgreSQL and redis-server; the sweep is called as beat would call it; queues are counted in the broker."""
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def engine(broker, tmp_path):
     procs = Processes(env, tmp_path)
     procs.start("worker", "worker", "--concurrency", str(WORKER_THREADS), "--hostname", f"fair-{uuid.uuid4().hex[:6]}@%h")
     procs.start("events", "events")
+    procs.start("observe", "observe")  # the fake cloud boots on its own; the observer reports it
     yield procs
     procs.stop_all()
 
