@@ -9,7 +9,7 @@ Which calls are asynchronous: `create`, `start` and `stop` return what the provi
 (`provisioning`, `starting`, `stopping`, or the final state when the platform answers at once), not
 what eventually happened. Readiness, crashes, stops behind our back and disappearance are reported by
 `observe`, which the observer process (`warmpool observe`, workers/observer.py) turns into events.
-`delete`, `get`, `list`, `logs`, `snapshot` and `delete_snapshot` are synchronous.
+`delete`, `get`, `list`, `logs`, `reset`, `snapshot` and `delete_snapshot` are synchronous.
 """
 from __future__ import annotations
 
