@@ -1,5 +1,5 @@
 """The lease race and the lease load, end to end, on PostgreSQL and on SQLite: a running `warmpool api`
-(gRPC and Connect), a real `warmpool worker` and `warmpool events` on the fake provider, and 64 clients
+(gRPC and Connect), a real `warmpool worker`, `events` and `observe` on the fake provider, and 64 clients
 (half gRPC, half Connect) per round. Checked from the database after every round: no instance with two
 active leases, and no lease that no client received (every lease ended by a client's Return is one a
 client got; every other one was given back as `undelivered`); no reservation left waiting.
@@ -93,7 +93,8 @@ def stack(request, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
                WARMPOOL_DB_POOL_SIZE="16")
     s = Stack(request.param, url, redis, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
     commands = {"api": ["api", "--host", "127.0.0.1", "--port", str(http)],
-                "worker": ["worker", "--concurrency", "8"], "events": ["events"]}
+                "worker": ["worker", "--concurrency", "8"], "events": ["events"],
+                "observe": ["observe"]}  # the fake cloud boots on its own; the observer reports it
     procs = []
     try:
         for name, args in commands.items():
