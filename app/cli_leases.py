@@ -41,7 +41,14 @@ def human_until(when: datetime | None, now: datetime) -> str:
     return f"{stamp} (in {left})"
 
 
+def printable(text: str) -> str:
+    """Tenant-made text (names, labels, failure messages) as a terminal may show it: control characters,
+    escape sequences included, become '?' so nothing a tenant wrote can drive the operator's terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (headers, *rows)]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from app.cli_context import org_name, organization_id
-from app.cli_leases import human_until, table
+from app.cli_leases import human_until, printable, table
 from app.models import utcnow
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen: each --watch frame replaces the last on a terminal
@@ -30,16 +30,16 @@ def _short(text: str | None, width: int) -> str:
 
 def _all_pools(org_id: str, *, session: Any, include_deleted: bool) -> list:
     from app.domain import pools
-    from app.domain.pagination import Page
+    from app.domain.pagination import Page, decode_token
 
     rows: list = []
     page = Page(size=PAGE)
     while True:
-        got, _token = pools.list_pools(org_id, page, session=session, include_deleted=include_deleted)
+        got, token = pools.list_pools(org_id, page, session=session, include_deleted=include_deleted)
         rows += got
-        if len(got) < PAGE:
+        if not token:
             return rows
-        page = Page(size=PAGE, after=(got[-1].created_at, got[-1].id))
+        page = Page(size=PAGE, after=decode_token(token))
 
 
 def read_pools(org: str, *, include_deleted: bool = False) -> list:
@@ -160,7 +160,7 @@ def cmd_pool_show(args: argparse.Namespace) -> int:
     if pool.labels:
         facts.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(pool.labels.items()))))
     width = max(len(k) for k, _ in facts)
-    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in facts))
+    print("\n".join(f"{k.ljust(width)}  {printable(v)}" for k, v in facts))
     print()
     if not insts:
         print("no instances")

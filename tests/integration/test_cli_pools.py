@@ -71,6 +71,13 @@ def test_pools_lists_every_pool_with_its_status(org, filled_pool, capsys):
     assert by_name["builders"].endswith("provider said: quota exceeded")
     assert by_name["empty-one"].split()[:3] == ["empty-one", "named", "pending"]
 
+    with session_scope() as s:  # text a tenant or a provider wrote never drives the operator's terminal
+        s.get(Pool, pool.id).failure_message = "boom\x1b[2J\x1b]0;pwned\x07"
+    code, out, _ = run(capsys, "pools", "--org", "acme")
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "boom?[2J?]0;pwned?" in out
+    code, out, _ = run(capsys, "pool", "show", "builders", "--org", "acme")
+    assert code == 0 and "\x1b" not in out and "failure    boom?[2J" in out
+
     gone = make_pool(org.org_id, "gone")
     with session_scope() as s:  # deleted pools are history: shown only with --all
         pools.delete_pool(org.org_id, gone.id, session=s)
