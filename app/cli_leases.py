@@ -136,8 +136,8 @@ def cmd_lease(args: argparse.Namespace) -> int:
     else:
         print(table(LEASE_HEADERS, _lease_rows([got], utcnow())))
     if not got.address:
-        print(f"instance {got.instance_id} has no address yet (it is booting); "
-              f"`warmpool pool show {got.pool_name}` shows it once it is ready", file=sys.stderr)
+        print(f"instance {got.instance_id} has no address yet (a cold instance still booting, or a provider that "
+              f"has not reported one); `warmpool pool show {got.pool_name}` shows it once observed", file=sys.stderr)
     return 0
 
 
