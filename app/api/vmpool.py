@@ -8,7 +8,9 @@ deadline (capped by `lease_wait_seconds`), then answers UNAVAILABLE and the clie
 the same reservation id. Authentication: `authorization: Bearer <token>` (HTTP header or gRPC
 metadata) of a token whose scope includes `lease` (else PERMISSION_DENIED). Ping is open over gRPC, like a health check; over Connect the shared router
 (app.api.connect_common) authenticates every call before decoding it. Malformed requests are
-INVALID_ARGUMENT; a reservation still waiting at the deadline is UNAVAILABLE.
+INVALID_ARGUMENT; a reservation still waiting at the deadline is UNAVAILABLE. A Lease call that gives
+up (cancelled, out of time) leaves nothing leased to nobody: see LeaseService.lease and the README's
+"When a caller gives up".
 """
 from __future__ import annotations
 
