@@ -21,7 +21,7 @@ def provisioning(pool_id: str) -> int:
 
 
 def test_worker_sigkill_during_provisioning(stack, own_redis):
-    world = make_world(2, boot_ms=1200)
+    world = make_world(2, boot_ms=600)
     assert_converges(stack, own_redis.url, world, 2, time.monotonic(), "the pool to fill first")
     times = []
     for i in range(ITERATIONS):
