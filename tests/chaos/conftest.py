@@ -129,7 +129,7 @@ def own_redis(tmp_path):
 
 @pytest.fixture
 def stack(db, own_redis, tmp_path, monkeypatch):
-    """api, worker, beat and events on the test PostgreSQL and the test's own Redis, with short timers."""
+    """api, worker, beat, events and observe on the test PostgreSQL and the test's own Redis, with short timers."""
     http_port = free_port()
     env = dict(os.environ)
     extra = {
@@ -160,6 +160,7 @@ def stack(db, own_redis, tmp_path, monkeypatch):
     s.start_worker()
     s.start("beat", "beat")
     s.start("events", "events")
+    s.start("observe", "observe")
     wait_for(lambda: _healthy(http_port), 30, "warmpool api to serve\n" + s.log("api"))
     yield s
     s.stop_all()

@@ -23,7 +23,7 @@ def test_flushall_while_pools_fill_and_leases_are_active(stack, own_redis):
         client.flushall()
         ended = time.monotonic()
         times.append(assert_converges(stack, own_redis.url, world, target, ended, f"convergence after FLUSHALL #{i}"))
-        for name in ("events", "worker", "beat", "api"):
+        for name in ("events", "worker", "beat", "api", "observe"):
             assert stack.alive(name), f"{name} died after FLUSHALL #{i}:\n{stack.log(name)}"
     report("FLUSHALL", times)
 
@@ -40,6 +40,6 @@ def test_redis_killed_and_restarted_under_a_busy_worker(stack, own_redis):
         own_redis.start()  # same port, empty: a restart without persistence
         ended = time.monotonic()
         times.append(assert_converges(stack, own_redis.url, world, target, ended, f"convergence after restart #{i}"))
-        for name in ("events", "worker", "beat", "api"):
+        for name in ("events", "worker", "beat", "api", "observe"):
             assert stack.alive(name), f"{name} died after redis restart #{i}:\n{stack.log(name)}"
     report("redis kill -9 + restart", times)
