@@ -15,9 +15,9 @@ dev: install
 test: install clients
 	$(PY) scripts/testenv.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
-## make soak: the lease race and load tests long (20 rounds each, both backends, and under warmpool dev)
+## make soak: the lease race and load tests long (20 rounds each, 0.5 s and 2.5 s deadlines, both backends, and under warmpool dev)
 soak: install clients
-	WARMPOOL_RACE_ROUNDS=20 WARMPOOL_SOAK_ROUNDS=20 WARMPOOL_DEV_RACE_ROUNDS=20 \
+	WARMPOOL_RACE_ROUNDS=20 WARMPOOL_SOAK_ROUNDS=20 WARMPOOL_SOAK_DEADLINES=0.5,2.5 WARMPOOL_DEV_RACE_ROUNDS=20 \
 	  $(PY) scripts/testenv.py -- $(PY) -m pytest -q -s tests/e2e/test_lease_race.py tests/e2e/test_dev_lease_race.py
 
 ## make chaos: each fault of tests/chaos repeated ITERATIONS times (default 10; the normal suite runs 2)
