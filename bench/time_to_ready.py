@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time to READY and backfill time, with the fake provider's latencies as the unit.
 
-Starts throwaway PostgreSQL and Redis, a `warmpool api`, a `warmpool worker` and a `warmpool events`
+Starts throwaway PostgreSQL and Redis, a `warmpool api`, `worker`, `events` and `observe`
 process, then for pools of 1, 10 and 20 instances (boot latency L of the fake cloud):
   - time from CreateWarmPool (Connect JSON over HTTP) to phase READY with every instance running, as a
     multiple of L (target: <= 1.5 x L for 20: the creates run in parallel, events drive progress);
@@ -59,7 +59,7 @@ def main() -> int:
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
     procs = [subprocess.Popen([exe, *cmd], env=env, stdout=open(logdir / f"{cmd[0]}.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
-             for cmd in (["api"], ["worker", "--concurrency", "40"], ["events"])]
+             for cmd in (["api"], ["worker", "--concurrency", "40"], ["events"], ["observe"])]
     try:
         return run(args, port, logdir)
     finally:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ from workers.providers.registry import provider_for
 
 log = logging.getLogger(__name__)
 LEASE_KEY = "warmpool:observer:runner:{}"
+REPLICA_KEY = "warmpool:observer:replica:{}"
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class Observer(LoopService):
                     self._take(runner_id, provider_name, settings)
             for runner_id in set(self.watchers) - {r[0] for r in runners}:
                 self._drop(runner_id, release=True)  # the runner was deleted
+            self.heartbeat()
         except redis_lib.RedisError:
             # Without Redis we cannot know we still hold any lease: stop observing everything now.
             for runner_id in list(self.watchers):
@@ -165,6 +168,11 @@ class Observer(LoopService):
             return
         log.info("observer %s now observes runner %s (%s)", self.replica, runner_id, provider_name)
         self.watchers[runner_id] = RunnerObserver(runner_id, provider, get_settings().owner).start()
+
+    def heartbeat(self) -> None:
+        """Publish this replica's health (`warmpool:observer:replica:<id>`, expiring with the leases), so an
+        operator sees which replica observes which runner and how each watcher fares."""
+        self.r.set(REPLICA_KEY.format(self.replica), json.dumps(self.health(), default=str), px=self.lease_ms)
 
     def _renew(self, key: str) -> bool:
         """PEXPIRE the key only if it is still ours (WATCH/MULTI, so it works on any Redis, fakeredis too)."""

@@ -114,6 +114,21 @@ def test_runner_lease_is_held_by_one_replica_and_lost_when_taken(monkeypatch):
     assert client.get(key) == b"b"  # a never deletes a lease it no longer holds
 
 
+def test_a_replica_reports_its_health_in_redis_while_alive():
+    import json
+
+    from workers import observer as mod
+
+    client = fakeredis.FakeRedis()
+    replica = mod.Observer(client=client, replica="a")
+    replica.watchers["r1"] = RunnerObserver("r1", provider=None, owner="warmpool", publish=list.append,  # type: ignore[arg-type]
+                                            seed=lambda _: {}, number=lambda _: 0)
+    replica.heartbeat()
+    health = json.loads(client.get(mod.REPLICA_KEY.format("a")))
+    assert health["replica"] == "a" and [r["runner_id"] for r in health["runners"]] == ["r1"]
+    assert 0 < client.pttl(mod.REPLICA_KEY.format("a")) <= replica.lease_ms
+
+
 def test_stale_events_may_only_progress_never_turn():
     assert progresses("provisioning", "running") and progresses("starting", "running")
     assert progresses("stopping", "stopped") and progresses("running", "failed") and progresses("running", "deleted")
