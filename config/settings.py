@@ -86,7 +86,8 @@ class ObserverSettings(BaseModel):
 
     lease_ms: int = Field(10000, description="Time-to-live of a replica's Redis lease on a runner; another replica "
                                              "takes the runner over this long after the holder stops renewing.")
-    renew_seconds: float = Field(2.0, description="How often a replica renews its leases and looks for new runners.")
+    renew_seconds: float = Field(2.0, description="How often a replica renews its leases on runners.")
+    discover_seconds: float = Field(0.5, description="How often a replica looks for runners nobody observes.")
     poll_seconds: float = Field(5.0, description="Poll interval of providers without a watch when nothing is on its way.")
     poll_fast_seconds: float = Field(0.5, description="Poll interval while an instance is provisioning, starting or stopping.")
     local_list_seconds: float = Field(1.0, description="The local provider's periodic re-list (process exits are seen at once).")

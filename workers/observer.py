@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,23 +134,35 @@ class Observer(LoopService):
         s = get_settings()
         self.r = client or redis_lib.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.lease_ms, self.interval = s.observer.lease_ms, s.observer.renew_seconds
+        self.lease_ms, self.renew_every = s.observer.lease_ms, s.observer.renew_seconds
+        # Looking for runners nobody observes is cheaper than renewing, and a new runner's first pool
+        # should not wait a whole renewal period for its observer.
+        self.interval = min(s.observer.discover_seconds, self.renew_every)
+        self.renewed = 0.0
         self.watchers: dict[str, RunnerObserver] = {}
 
     def run_once(self) -> None:
         try:
-            for runner_id in list(self.watchers):  # renew first: a slow database must not cost us our leases
-                if not self._renew(LEASE_KEY.format(runner_id)):
-                    log.info("observer %s lost runner %s to another replica", self.replica, runner_id)
-                    self._drop(runner_id, release=False)
+            if time.monotonic() - self.renewed >= self.renew_every:
+                for runner_id in list(self.watchers):  # renew first: a slow database must not cost us our leases
+                    if not self._renew(LEASE_KEY.format(runner_id)):
+                        log.info("observer %s lost runner %s to another replica", self.replica, runner_id)
+                        self._drop(runner_id, release=False)
+                self.renewed = time.monotonic()
+                self.heartbeat()
             with session_scope() as session:
                 runners = [(r.id, r.provider, dict(r.settings or {})) for r in session.exec(select(Runner)).all()]
-            for runner_id, provider_name, settings in runners:
-                if runner_id not in self.watchers:
-                    self._take(runner_id, provider_name, settings)
+            unobserved = [r for r in runners if r[0] not in self.watchers]
+            if unobserved:
+                with self.r.pipeline(transaction=False) as pipe:  # one round trip however many runners there are
+                    for runner_id, _, _ in unobserved:
+                        pipe.set(LEASE_KEY.format(runner_id), self.replica, nx=True, px=self.lease_ms)
+                    won = pipe.execute()
+                for (runner_id, provider_name, settings), ours in zip(unobserved, won):
+                    if ours:
+                        self._take(runner_id, provider_name, settings)
             for runner_id in set(self.watchers) - {r[0] for r in runners}:
                 self._drop(runner_id, release=True)  # the runner was deleted
-            self.heartbeat()
         except redis_lib.RedisError:
             # Without Redis we cannot know we still hold any lease: stop observing everything now.
             for runner_id in list(self.watchers):
@@ -157,9 +170,8 @@ class Observer(LoopService):
             raise
 
     def _take(self, runner_id: str, provider_name: str, settings: dict[str, Any]) -> None:
+        """Start observing a runner whose lease this replica just won."""
         key = LEASE_KEY.format(runner_id)
-        if not self.r.set(key, self.replica, nx=True, px=self.lease_ms):
-            return  # another replica observes it
         try:
             provider = provider_for(provider_name, settings, key=runner_id)
         except Exception as exc:  # noqa: BLE001 - an unusable runner must not stop the others
