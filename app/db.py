@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -103,3 +105,33 @@ def session_scope(
     finally:
         session.close()
     after_commit(effects.take(session))
+
+
+T = TypeVar("T")
+
+# PostgreSQL's "deadlock detected" and "could not serialize access": the database aborted the whole
+# transaction to resolve a conflict with a concurrent one, so running it again from the start is safe.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for a transaction the database aborted to resolve a conflict (deadlock, serialization)."""
+    return isinstance(exc, sa.exc.OperationalError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def run_in_transaction(
+    fn: Callable[[Session], T], *, attempts: int = 3,
+    after_commit: Callable[[list[effects.Effect]], None] = effects.dispatch,
+) -> T:
+    """`fn(session)` in one unit of work, run again from the start (after a short random pause) when the
+    database aborted it to resolve a conflict. Nothing of an aborted attempt survives: its transaction
+    rolled back and session_scope dropped the effects it deferred. The last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            with session_scope(after_commit=after_commit) as session:
+                return fn(session)
+        except sa.exc.OperationalError as exc:
+            if not is_retryable(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, 0.005 * 2 ** attempt))
+    raise AssertionError("unreachable")  # the loop returns or raises

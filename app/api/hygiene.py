@@ -192,6 +192,10 @@ def domain_error_of(exc: BaseException) -> DomainError | None:
     orig = getattr(exc, "orig", None)
     lines = str(orig if orig is not None else exc).splitlines()
     reason = lines[0] if lines else type(exc).__name__
+    if getattr(orig, "sqlstate", None) in ("40P01", "40001"):
+        # The database aborted the transaction to resolve a conflict (deadlock, serialization) and our
+        # retries ran out: a lost race the caller may retry, like any compare-and-set that lost.
+        return Aborted("the request conflicted with a concurrent one; retry the call")
     if isinstance(exc, DataError):
         return InvalidArgument(f"a value in the request cannot be stored: {reason}")
     if isinstance(exc, IntegrityError):

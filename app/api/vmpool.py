@@ -26,7 +26,7 @@ from app import auth
 from app.api.connect_common import remaining_seconds, to_connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
-from app.db import session_scope
+from app.db import run_in_transaction
 from app.domain import leases, reservations
 from app.domain.errors import DomainError, InvalidArgument, Unavailable
 from app.domain.tokens import Scope
@@ -96,8 +96,10 @@ def _unit_of_work(authorization: str | None, fn: Callable[..., T], args: tuple, 
     thread: a Lease answers without waiting for the broker."""
     token = auth.bearer_from_header(authorization)
     org_id = auth.require(token, Scope.LEASE, "the VMPoolLeaseService").organization_id
-    with input_errors(), session_scope(after_commit=AFTER_COMMIT.submit) as session:
-        return fn(org_id, *args, session=session, **kwargs)
+    with input_errors():
+        # A deadlock between racing claims and returns is PostgreSQL choosing a victim: run it again.
+        return run_in_transaction(lambda session: fn(org_id, *args, session=session, **kwargs),
+                                  after_commit=AFTER_COMMIT.submit)
 
 
 def _quietly(authorization: str | None, fn: Callable[..., Any], *args: Any) -> None:
