@@ -61,7 +61,12 @@ def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
     DELETED or FAILED, nor DELETING unless `new` is DELETED. Events from different consumers may
     arrive out of order, so the applier accepts an observation that skips intermediate states
     (requested -> running means provisioning happened) but never one that goes backwards."""
-    current, new = InstanceState(current), InstanceState(new)
+    return _walk(InstanceState(current), InstanceState(new), skip=frozenset())
+
+
+def _walk(current: InstanceState, new: InstanceState, skip: frozenset[tuple[InstanceState, InstanceState]]) -> bool:
+    """Breadth-first along the table from `current` to `new`, never through DELETED or FAILED (nor
+    DELETING unless `new` is DELETED), and never along an edge in `skip`."""
     if current == new:
         return False
     seen, frontier = {current}, [current]
@@ -69,6 +74,8 @@ def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
         nxt = []
         for state in frontier:
             for target in INSTANCE_TRANSITIONS[state]:
+                if (state, target) in skip:
+                    continue
                 if target == new:
                     return True
                 if target in seen or target in (S.DELETED, S.FAILED):
@@ -92,26 +99,7 @@ def progresses(current: InstanceState | str, new: InstanceState | str) -> bool:
     around. Such a move is right whatever order its event arrived in, so the applier takes it even from
     an event older than the last one applied (an observer's "running" published just before the task's
     own late "provisioning"); a turn (running -> stopping -> stopped) needs a newer event."""
-    current, new = InstanceState(current), InstanceState(new)
-    if current == new:
-        return False
-    seen, frontier = {current}, [current]
-    while frontier:
-        nxt = []
-        for state in frontier:
-            for target in INSTANCE_TRANSITIONS[state]:
-                if (state, target) in _TURNS:
-                    continue
-                if target == new:
-                    return True
-                if target in seen or target in (S.DELETED, S.FAILED):
-                    continue
-                if target == S.DELETING and new != S.DELETED:
-                    continue
-                seen.add(target)
-                nxt.append(target)
-        frontier = nxt
-    return False
+    return _walk(InstanceState(current), InstanceState(new), skip=_TURNS)
 
 
 class PoolPhase(StrEnum):
