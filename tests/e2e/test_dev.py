@@ -33,8 +33,9 @@ def get(base: str, token: str, path: str) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def start_dev(tmp_path: Path) -> tuple[subprocess.Popen, str, str, str, int]:
-    """`warmpool dev` on embedded defaults; returns (process, base URL, token, runner id, flower port) once ready."""
+def start_dev(tmp_path: Path, startup_seconds: float = 60) -> tuple[subprocess.Popen, str, str, str, int, int]:
+    """`warmpool dev` on embedded defaults, its database at tmp_path/data/wp.sqlite3 and its log at
+    tmp_path/dev.log; returns (process, base URL, token, runner id, flower port, gRPC port) once ready."""
     http, grpc, flower = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
     env.update(WARMPOOL_HTTP_PORT=str(http), WARMPOOL_GRPC_PORT=str(grpc), WARMPOOL_FLOWER__PORT=str(flower),
@@ -44,7 +45,7 @@ def start_dev(tmp_path: Path) -> tuple[subprocess.Popen, str, str, str, int]:
     proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "dev", "--embedded-redis", "fakeredis"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_seconds
         token = runner = ""
         while time.monotonic() < deadline and not (token and runner):
             text = (tmp_path / "dev.log").read_text()
@@ -66,7 +67,7 @@ def start_dev(tmp_path: Path) -> tuple[subprocess.Popen, str, str, str, int]:
     except BaseException:
         stop_dev(proc)
         raise
-    return proc, base, token, runner, flower
+    return proc, base, token, runner, flower, grpc
 
 
 def stop_dev(proc: subprocess.Popen) -> None:
@@ -97,7 +98,7 @@ def ready_pool(base: str, token: str, runner: str, size: int, tmp_path: Path) ->
 
 
 def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
-    proc, base, token, runner, flower = start_dev(tmp_path)
+    proc, base, token, runner, flower, _ = start_dev(tmp_path)
     deadline = time.monotonic() + 60
     try:
         pool = ready_pool(base, token, runner, 1, tmp_path)
@@ -138,7 +139,7 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
 def test_a_killed_local_instance_is_replaced_within_two_seconds(tmp_path):
     """Issue 11's acceptance: the observer sees the process exit (not the 60 s orphan sweep), the pool
     replaces the instance, and the pool is back to full running within 2 s of the SIGKILL."""
-    proc, base, token, runner, _ = start_dev(tmp_path)
+    proc, base, token, runner, _, _ = start_dev(tmp_path)
     try:
         pool = ready_pool(base, token, runner, 2, tmp_path)
         running = [i for i in get(base, token, f"/v1/pools/{pool}/instances")["instances"] if i["state"] == "running"]

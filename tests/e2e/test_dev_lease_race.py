@@ -5,19 +5,14 @@ lease that no client received."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from app.db import make_engine
 from app.models import Instance, Lease, Reservation
 from tests.e2e.lease_crowd import Crowd
-from tests.e2e.test_dev import call, free_port
+from tests.e2e.test_dev import ready_pool, start_dev, stop_dev
 
 CLIENTS = 64
 ROUNDS = int(os.environ.get("WARMPOOL_DEV_RACE_ROUNDS", "5"))
@@ -25,43 +20,13 @@ SIZE = 3
 
 
 def test_the_lease_race_under_warmpool_dev(tmp_path):
-    http, grpc, flower = free_port(), free_port(), free_port()
     db = tmp_path / "data" / "wp.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
-    env.update(WARMPOOL_HTTP_PORT=str(http), WARMPOOL_GRPC_PORT=str(grpc), WARMPOOL_FLOWER__PORT=str(flower),
-               WARMPOOL_DATA_DIR=str(tmp_path / "data"), WARMPOOL_DATABASE_URL=f"sqlite:///{db}",
-               WARMPOOL_LOG_LEVEL="WARNING")
     log_path = tmp_path / "dev.log"
-    log = open(log_path, "w+")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "dev", "--embedded-redis", "fakeredis"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, base, token, runner, _, grpc = start_dev(tmp_path, startup_seconds=90)
     crowd = None
     engine = None
     try:
-        deadline = time.monotonic() + 90
-        token = runner = ""
-        while time.monotonic() < deadline and not (token and runner):
-            for line in log_path.read_text().splitlines():
-                if "export WARMPOOL_TOKEN=" in line:
-                    token = line.split("=", 1)[1].strip()
-                if line.strip().startswith("runner") and "local" in line:
-                    runner = line.split()[-1]
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.2)
-        assert token and runner, log_path.read_text()
-        base = f"http://127.0.0.1:{http}"
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        ec = call(base, token, "gitpod.v1.RunnerConfigurationService/CreateEnvironmentClass",
-                  {"runnerId": runner, "displayName": "local"})["id"]
-        project = call(base, token, "gitpod.v1.ProjectService/CreateProject",
-                       {"name": "p", "prebuildConfiguration": {"enabled": True, "environmentClassIds": [ec]}})["project"]["id"]
-        pool = call(base, token, "gitpod.v1.PrebuildService/CreateWarmPool",
-                    {"projectId": project, "environmentClassId": ec, "minSize": SIZE, "maxSize": SIZE})["warmPool"]["id"]
+        pool = ready_pool(base, token, runner, SIZE, tmp_path)
         engine = make_engine(f"sqlite:///{db}")
         crowd = Crowd(CLIENTS, f"127.0.0.1:{grpc}", base, token)
 
@@ -104,10 +69,5 @@ def test_the_lease_race_under_warmpool_dev(tmp_path):
             crowd.close()
         if engine is not None:
             engine.dispose()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        stop_dev(proc)
     assert proc.returncode == 0, log_path.read_text()[-2000:]
