@@ -2,6 +2,7 @@
 lifespan of every worker (app.main.WarmpoolASGI)."""
 from __future__ import annotations
 
+import atexit
 import logging
 
 import uvicorn
@@ -13,8 +14,11 @@ log = logging.getLogger(__name__)
 
 def worker_app():  # type: ignore[no-untyped-def]
     """uvicorn factory for `--workers N`: each worker process serves HTTP and gRPC on shared ports."""
+    from app import metrics
     from app.main import create_asgi
 
+    metrics.process_started()  # counted live until it exits (or a scrape finds it dead)
+    atexit.register(metrics.process_stopped)
     return create_asgi(reuse_port=True)
 
 
@@ -24,8 +28,14 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> 
     common = dict(host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
                   timeout_graceful_shutdown=5, lifespan="on")
     if workers > 1:
+        from app.metrics import prepare_multiprocess
+
+        # Every worker writes its metrics there and /metrics sums them: a scrape sees the whole server.
+        prepare_multiprocess(settings.data_dir / "metrics-api")
         uvicorn.run("app.serve:worker_app", factory=True, workers=workers, **common)
         return
+    from app import metrics
     from app.main import create_asgi
 
+    metrics.process_started()
     uvicorn.run(create_asgi(), **common)

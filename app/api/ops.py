@@ -2,26 +2,26 @@
 for a tenant token, complete for a `metrics` token)."""
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from app import auth
+from app import metrics as process_metrics
 from app.db import get_engine
 from app.domain.errors import DomainError, PermissionDenied
 from app.domain.tokens import Scope
+from app.metrics_collector import ApplierLagCollector, Guarded, PoolCollector
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
-
-RPC_ERRORS = Counter("warmpool_rpc_errors_total", "Errors answered to clients", ["facade", "code"])
 
 
 @router.get("/healthz", summary="Liveness: the process serves HTTP")
@@ -37,11 +37,15 @@ def _check_db() -> None:
 def _check_redis() -> None:
     import redis
 
-    redis.Redis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
+    client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
-@router.get("/readyz", summary="Readiness: the database and Redis are reachable")
-async def readyz() -> JSONResponse:
+async def readiness() -> dict[str, str]:
+    """What /readyz and the gRPC health service report: each dependency "ok" or why it is unreachable."""
     checks: dict[str, str] = {}
     for name, fn in (("database", _check_db), ("redis", _check_redis)):
         try:
@@ -49,44 +53,60 @@ async def readyz() -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - a readiness probe reports, never raises
             checks[name] = f"unreachable: {type(exc).__name__}"
+    return checks
+
+
+@router.get("/readyz", summary="Readiness: the database and Redis are reachable")
+async def readyz() -> JSONResponse:
+    checks = await readiness()
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 
-class OrganizationSeries:
-    """A collector of the per-organization gauges, for one organization or (None) all of them; built per
-    request, so two callers with different views never share a gauge."""
+READINESS_INTERVAL = 2.0  # seconds between the gRPC health service's readiness checks
 
-    def __init__(self, org_id: str | None) -> None:
-        self.org_id = org_id
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        only = "" if self.org_id is None else " AND o.id = :org"
-        args = {} if self.org_id is None else {"org": self.org_id}
-        pools = GaugeMetricFamily("warmpool_pools", "Pools by organization and phase", labels=["organization", "phase"])
-        ready = GaugeMetricFamily("warmpool_ready_instances", "Ready (leasable) instances by organization",
-                                  labels=["organization"])
-        with get_engine().connect() as conn:
-            for name, phase, count in conn.execute(sa.text(
-                    "SELECT o.name, p.phase, count(*) FROM pools p JOIN organizations o ON o.id = p.organization_id"
-                    f" WHERE true{only} GROUP BY o.name, p.phase ORDER BY o.name, p.phase"), args):
-                pools.add_metric([name, phase], count)
-            for name, count in conn.execute(sa.text(
-                    "SELECT o.name, count(i.id) FROM organizations o LEFT JOIN instances i"
-                    " ON i.organization_id = o.id AND i.state = 'running' AND i.lease_id IS NULL AND i.draining = false"
-                    f" WHERE true{only} GROUP BY o.name ORDER BY o.name"), args):
-                ready.add_metric([name], count)
-        yield pools
-        yield ready
+async def follow_readiness(set_serving: Callable[[bool], Awaitable[None]], interval: float | None = None) -> None:
+    """Until cancelled: check readiness every `interval` seconds and report each change through
+    `set_serving(ok)`, so the gRPC health service answers NOT_SERVING while /readyz answers 503."""
+    serving: bool | None = None
+    while True:
+        try:
+            ok = all(v == "ok" for v in (await readiness()).values())
+            if ok != serving:
+                await set_serving(ok)
+                if serving is not None:
+                    log.warning("gRPC health: %s", "SERVING again" if ok else "NOT_SERVING (database or Redis unreachable)")
+                serving = ok
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the loop outlives a failed check
+            log.exception("gRPC health: readiness check failed")
+        await asyncio.sleep(READINESS_INTERVAL if interval is None else interval)
+
+
+def process_exposition() -> bytes:
+    """The process-wide series: lease, reservation and provider metrics; summed over every worker process
+    in multiprocess mode (app.metrics), else this process's plus the Python process collectors."""
+    if process_metrics.multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    from prometheus_client import multiprocess
+
+    process_metrics.mark_dead_processes()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
 def exposition(org_id: str | None) -> bytes:
-    """The metrics one caller may see: its organization's series, or (None) every organization's plus
-    the process-wide ones (RPC errors, the Python process)."""
+    """The metrics one caller may see: its organization's pool series, or (None) every organization's plus
+    the process-wide ones and the event applier's lag."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(OrganizationSeries(org_id))  # type: ignore[arg-type] - a duck-typed collector
-    own = generate_latest(registry)
-    return own if org_id is not None else generate_latest(REGISTRY) + own
+    if org_id is not None:
+        registry.register(Guarded(pools=PoolCollector(org_id)))  # type: ignore[arg-type] - a duck-typed collector
+        return generate_latest(registry)
+    registry.register(Guarded(pools=PoolCollector(None), events=ApplierLagCollector()))  # type: ignore[arg-type]
+    return process_exposition() + generate_latest(registry)
 
 
 async def metrics_view(request: Request) -> str | None:

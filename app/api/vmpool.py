@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from app import auth
+from app import auth, metrics
 from app.api.connect_common import remaining_seconds, to_connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
@@ -204,6 +204,7 @@ class LeaseService:
             pb.Pool(name=name, labels=[pb.Label(key=k, value=v) for k, v in labels]) for name, labels in rows
         ])
 
+    @metrics.timed_lease
     async def lease(self, authorization: str | None, req: pb.LeaseRequest, remaining: float | None) -> pb.LeaseResponse:
         """`remaining`: seconds left before the caller's deadline, measured from the request's arrival.
         Every step, the first unit of work included, ends by the answer time (wait_budget); a call that
@@ -224,8 +225,10 @@ class LeaseService:
         result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
                                        service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
                                        wait_until=wait_until)
+        metrics.lease_step(result)
         if isinstance(result, leases.Queued):
             result = await self._wait(authorization, result, answer_by)
+            metrics.lease_step(result)
         return pb.LeaseResponse(lease=lease_message(result))
 
     async def _wait(self, authorization: str | None, queued: leases.Queued, answer_by: float) -> leases.LeaseView:

@@ -15,7 +15,9 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from app import metrics
 from app.api.hygiene import BadInput, check_message
+from app.api.ops import follow_readiness
 from app.api.vmpool import LeaseService, default_service
 from app.domain.errors import DomainError
 from config.settings import get_settings
@@ -63,6 +65,7 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
     needs_token = rpc not in OPEN_METHODS
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metrics.TRANSPORT.set("grpc")  # this RPC's own task: Lease calls are counted under gRPC
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {request.error}")
@@ -85,6 +88,12 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=_parser(request_type), response_serializer=response_type.SerializeToString,
     )
+
+
+async def _set_health(checks: health.aio.HealthServicer, ok: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE):
+        await checks.set(name, status)
 
 
 class GrpcServer:
@@ -150,7 +159,10 @@ class GrpcServer:
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("warmpool api: gRPC on %s:%d (%s, health, reflection)", self.host, self.port, SERVICE)
+        # Health follows /readyz: NOT_SERVING while the database or Redis is unreachable.
+        follower = asyncio.create_task(follow_readiness(lambda ok: _set_health(checks, ok)))
         self._started.set()
         await self._stopping.wait()
+        follower.cancel()
         await checks.enter_graceful_shutdown()
         await server.stop(self.grace)

@@ -50,6 +50,9 @@ class LeaseView:
     address: str = ""
     """Where the instance answers (observed; empty until it is ready)."""
     end_reason: str = ""
+    how: str = "warm"
+    """How this answer got its instance: `warm` (claimed ready), `cold` (created for it), `reserved` (served
+    through a reservation); counted by app.metrics."""
 
 
 @dataclass(frozen=True)

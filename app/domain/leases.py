@@ -38,6 +38,7 @@ The rules every façade gets (the Intrinsic VMPoolLeaseService speaks them; the 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -157,7 +158,7 @@ def lease_cold(
     view = bind(pool, inst.id, inst.zone, service_tag=service_tag, expires_at=grant_expiry(pool, wished_expiry, now),
                 session=session, now=now)
     effects.defer(session, "provision_instance", instance_id=inst.id)
-    return view
+    return replace(view, how="cold")
 
 
 def pool_size(pool: Pool, *, session: Session) -> int:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,7 +60,7 @@ def served_lease(res: Reservation, *, session: Session, now: datetime) -> LeaseV
     row = session.get(Lease, res.lease_id)
     if row is None or row.state != "active" or row.expires_at <= now:
         return None
-    return claims.view(row, session=session)
+    return replace(claims.view(row, session=session), how="reserved")
 
 
 def mark_fulfilled(res: Reservation, granted: LeaseView, *, session: Session, now: datetime,

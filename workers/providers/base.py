@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from app import metrics
+
 OWNER_TAG = "warmpool.owner"
 INSTANCE_TAG = "warmpool.instance"
 POOL_TAG = "warmpool.pool"
@@ -93,6 +95,19 @@ class Provider(ABC):
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})
+
+    TIMED: ClassVar[tuple[str, ...]] = ("create", "start", "stop", "delete", "reset", "get", "list", "logs",
+                                        "snapshot", "delete_snapshot")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every adapter's contract calls are timed and their errors counted (app.metrics), wherever they are
+        called from."""
+        super().__init_subclass__(**kwargs)
+        kinds = {ProviderTransient: "transient", ProviderPermanent: "permanent"}
+        for op in cls.TIMED:
+            fn = getattr(cls, op, None)
+            if fn is not None and not getattr(fn, "__timed_provider_call__", False):
+                setattr(cls, op, metrics.timed_provider_call(op, fn, kinds))
 
     @abstractmethod
     def create(self, spec: InstanceSpec, start: bool) -> Observed:
