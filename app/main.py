@@ -6,7 +6,7 @@ from starlette.routing import Mount
 
 from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
-from app.api import contract, native, native_tokens
+from app.api import contract, native, native_pools, native_tokens
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.api.edge import HygieneInterceptor, InputGuard
 from app.domain import effects
@@ -100,6 +100,7 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     app.include_router(podpools_api.router)
     app.include_router(native.router)
     app.include_router(native_tokens.router)
+    app.include_router(native_pools.router)  # POST/PATCH/DELETE /v1/pools, schedules
     native.install_error_handlers(app)
     app.add_middleware(InputGuard)  # body size limits and input hygiene, in each façade's format
     contract.install(app)  # /openapi.json says every status the server answers; 405 lists every method

@@ -341,3 +341,20 @@ class Reservation(SQLModel, table=True):
     lease_id: str | None = Field(default=None, max_length=36)
     instance_id: str | None = Field(default=None, max_length=36)
     state_changed_at: datetime = _ts()
+
+
+class PoolSchedule(SQLModel, table=True):
+    """A pool's scheduled sizing (app.domain.schedules): cron entries, which one was applied last, and when
+    beat must look again (`next_fire_at`, indexed: the sweep reads only the schedules that are due)."""
+
+    __tablename__ = "pool_schedules"
+    __table_args__ = (sa.Index("ix_pool_schedules_due", "next_fire_at"),)
+    pool_id: str = Field(sa_column_args=[sa.ForeignKey("pools.id", ondelete="CASCADE")], primary_key=True,
+                         max_length=36)
+    organization_id: str = Field(max_length=36)
+    entries: list = _json(list)
+    applied_index: int | None = None
+    applied_fired_at: datetime | None = _ts(nullable=True)
+    next_fire_at: datetime | None = _ts(nullable=True)
+    last_error: str = ""
+    updated_at: datetime = _ts()

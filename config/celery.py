@@ -32,6 +32,7 @@ TASK_ROUTES = {
     "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
     "warmpool.collect_orphans": {"queue": SYSTEM_QUEUE},
     "warmpool.delete_snapshot": {"queue": PROVIDER_QUEUE},
+    "warmpool.apply_schedules": {"queue": SYSTEM_QUEUE},
 }
 
 # Effects deferred by the domain (app.domain.effects) -> the Celery task that carries them out.
@@ -90,6 +91,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "collect-orphans": {
                 "task": "warmpool.collect_orphans", "schedule": e.orphan_interval_seconds,
                 "options": {"expires": e.orphan_interval_seconds},
+            },
+            "apply-schedules": {
+                "task": "warmpool.apply_schedules", "schedule": e.schedule_interval_seconds,
+                "options": {"expires": e.schedule_interval_seconds},
             },
         },
     }

@@ -39,6 +39,9 @@ class EngineSettings(BaseModel):
     rotation_interval_seconds: float = Field(30.0, description="Beat interval of the snapshot rotation sweep.")
     lease_expiry_interval_seconds: float = Field(5.0, description="Beat interval of the lease/reservation expiry sweep.")
     orphan_interval_seconds: float = Field(60.0, description="Beat interval of orphan collection.")
+    schedule_interval_seconds: float = Field(15.0, description="Beat interval of scheduled sizing: a firing (or a "
+                                             "schedule change) takes effect within this long.")
+    schedule_batch: int = Field(500, description="Most due pool schedules one scheduled-sizing pass applies.")
     failure_threshold: int = Field(3, description="Consecutive provider failures before a pool is DEGRADED.")
     backoff_base_seconds: float = Field(2.0, description="First backoff after a failure; doubles each time.")
     backoff_max_seconds: float = Field(120.0, description="Longest backoff between creation attempts.")

@@ -13,7 +13,7 @@ from config.settings import get_settings
 def make_celery() -> Celery:
     app = Celery("warmpool")
     app.conf.update(celery_config(get_settings()))
-    app.conf.imports = ("tasks.reconcile", "tasks.provision", "tasks.snapshots", "tasks.leases", "tasks.gc")
+    app.conf.imports = ("tasks.reconcile", "tasks.provision", "tasks.snapshots", "tasks.leases", "tasks.gc", "tasks.schedules")
     return app
 
 

@@ -84,6 +84,8 @@ ROUTES = [("GET", "/v1/runners"), ("POST", "/v1/runners"), ("GET", "/v1/runners/
           ("GET", "/v1/instances/{id}/logs"), ("GET", "/v1/events"),
           ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{id}")]
 ROUTES += [("GET", "/v1/quota")]  # tests/security/test_quotas.py tests what it answers
+ROUTES += [("POST", "/v1/pools"), ("PATCH", "/v1/pools/{id}"), ("DELETE", "/v1/pools/{id}"),  # test_native_pools.py
+           ("GET", "/v1/pools/{id}/schedule"), ("PUT", "/v1/pools/{id}/schedule")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)

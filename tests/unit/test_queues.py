@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_beat_entry_runs_on_the_system_queue_and_expires_after_its_interval():
     schedule = celery_config(Settings())["beat_schedule"]
     assert {e["task"] for e in schedule.values()} == {
-        "warmpool.reconcile_sweep", "warmpool.rotate_snapshots", "warmpool.expire_leases", "warmpool.collect_orphans"}
+        "warmpool.reconcile_sweep", "warmpool.rotate_snapshots", "warmpool.expire_leases", "warmpool.collect_orphans",
+        "warmpool.apply_schedules"}
     for name, entry in schedule.items():
         assert TASK_ROUTES[entry["task"]]["queue"] == SYSTEM_QUEUE, name
         assert entry["options"]["expires"] == entry["schedule"], name
