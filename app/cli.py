@@ -85,8 +85,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             str(args.concurrency or s.engine.worker_concurrency), "--loglevel", s.log_level]
     if args.hostname:
         argv += ["--hostname", args.hostname]
+    _serve_metrics(args, s)
     celery_app.worker_main(argv)
     return 0
+
+
+def _serve_metrics(args: argparse.Namespace, s) -> None:  # type: ignore[no-untyped-def]
+    """Provider calls run in `worker` and `observe`: their metrics (app.metrics) on a port of their own."""
+    if args.metrics_port:
+        from app.metrics import serve_process_metrics
+
+        serve_process_metrics(args.metrics_port, s.http_host)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -107,7 +116,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    _settings_for_cli()
+    _serve_metrics(args, _settings_for_cli())
     from workers.observer import main as observer_main
 
     observer_main()
@@ -178,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`sweep` the sweep's reconcile passes)")
     sp.add_argument("--concurrency", type=int, help="worker threads (default: WARMPOOL_ENGINE__WORKER_CONCURRENCY)")
     sp.add_argument("--hostname", help="Celery node name")
+    sp.add_argument("--metrics-port", type=int, help="serve this process's Prometheus metrics (provider calls) on "
+                    "http://WARMPOOL_HTTP_HOST:PORT/metrics (default: off)")
     sp.set_defaults(fn=cmd_worker)
 
     sp = sub.add_parser("beat", help="the periodic sweeps (run exactly one)")
@@ -187,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_events)
 
     sp = sub.add_parser("observe", help="the provider observers (one per runner, sharded between replicas)")
+    sp.add_argument("--metrics-port", type=int, help="serve this process's Prometheus metrics (provider calls) on "
+                    "http://WARMPOOL_HTTP_HOST:PORT/metrics (default: off)")
     sp.set_defaults(fn=cmd_observe)
 
     sp = sub.add_parser("flower", help="Celery's Flower dashboard behind basic auth")

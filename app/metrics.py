@@ -156,6 +156,15 @@ def timed_provider_call(operation: str, fn: Callable[..., T], kinds: dict[type, 
     return timed
 
 
+def serve_process_metrics(port: int, host: str) -> None:
+    """This process's metrics over HTTP on a thread of their own (`warmpool worker|observe --metrics-port`):
+    provider call latency and errors are recorded where the calls run. Bind it to a private address: it
+    carries no tenant data, but it has no authentication."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host)
+
+
 # ---- multiprocess mode ----------------------------------------------------------------------------
 
 def multiprocess_dir() -> str | None:
