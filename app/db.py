@@ -1,4 +1,6 @@
-"""The engine and the unit of work: whoever opens a session commits or rolls it back."""
+"""The engine and the unit of work: whoever opens a session commits or rolls it back; and which database
+errors are domain errors (a bad value, a lost race, the database unreachable), told apart here, where the
+driver is known, so no façade needs to import it."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.domain import effects
+from app.domain.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, Unavailable
 from config.settings import get_settings
 
 
@@ -135,3 +138,61 @@ def run_in_transaction(
                 raise
             time.sleep(random.uniform(0, 0.005 * 2 ** attempt))
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# ---- database errors as domain errors ------------------------------------------------------------
+
+# PostgreSQL SQLSTATEs / SQLite message prefixes of integrity errors that only a bad value causes.
+_BAD_VALUE_STATES = {"23502": "a required value is missing", "23514": "a value breaks a rule of its field",
+                     "23503": "a value refers to an object that does not exist"}
+# The unique partial index that allows one active lease per instance (migration 0002_lease_invariant).
+ACTIVE_LEASE_INDEX = "uq_leases_active_instance"
+_SQLITE_BAD_VALUE = {"NOT NULL": "a required value is missing", "CHECK": "a value breaks a rule of its field",
+                     "FOREIGN KEY": "a value refers to an object that does not exist"}
+DATABASE_UNAVAILABLE = "the database is unavailable right now; retry later"
+
+
+def domain_error_of(exc: BaseException) -> DomainError | None:
+    """The domain error a database failure stands for, else None (a bug: the edge answers `internal`).
+    A value the request carried -> InvalidArgument or AlreadyExists; a conflict PostgreSQL resolved by
+    aborting us, still there after the retries -> Aborted; the database unreachable or refusing work
+    (an OperationalError) -> Unavailable, whose message names no host."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    state = getattr(orig, "sqlstate", None) or ""
+    if state in RETRYABLE_SQLSTATES:
+        # The database aborted the transaction to resolve a conflict (deadlock, serialization) and our
+        # retries ran out: a lost race the caller may retry, like any compare-and-set that lost.
+        return Aborted("the request conflicted with a concurrent one; retry the call")
+    if isinstance(exc, sa.exc.DataError) or (isinstance(exc, sa.exc.OperationalError) and state.startswith("54")):
+        # Class 54 (program limit exceeded, e.g. an index row too large) comes from a value, too.
+        return InvalidArgument(f"a value in the request cannot be stored: {reason}")
+    if isinstance(exc, sa.exc.IntegrityError):
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+        if constraint == ACTIVE_LEASE_INDEX or "UNIQUE constraint failed: leases.instance_id" in reason:
+            # The database's backstop against a second active lease: a lost race, not a bad value.
+            return Aborted("the instance was leased concurrently; retry the call")
+        if state == "23505" or "UNIQUE constraint failed" in reason:
+            return AlreadyExists(f"an object with these values already exists ({reason})")
+        what = _BAD_VALUE_STATES.get(state) or next(
+            (v for k, v in _SQLITE_BAD_VALUE.items() if f"{k} constraint failed" in reason), None)
+        return InvalidArgument(f"{what}: {reason}") if what else None
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        return Unavailable(DATABASE_UNAVAILABLE)  # TimeoutError: every pooled connection busy
+    if isinstance(exc, sa.exc.StatementError) and isinstance(orig, (UnicodeError, ValueError)):
+        return InvalidArgument(f"a value in the request cannot be stored: {reason}")
+    return None
+
+
+@contextmanager
+def errors_as_domain() -> Iterator[None]:
+    """Around a unit of work: database errors that stand for a domain error (domain_error_of) are raised as
+    that domain error; any other is raised as it is."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        mapped = domain_error_of(exc)
+        if mapped is None:
+            raise
+        raise mapped from None

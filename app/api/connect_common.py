@@ -1,5 +1,5 @@
-"""What every Connect façade shares: auth from headers, domain errors as Connect errors, a thread hop
-for the blocking domain call, and the Stainless pagination-query merge."""
+"""What every Connect façade shares: the edge core's auth, unit of work and error mapping (app.api.core)
+as Connect calls, the router that authenticates before decoding, and the Stainless pagination-query merge."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,10 @@ from urllib.parse import parse_qs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf.timestamp_pb2 import Timestamp
-from starlette.concurrency import run_in_threadpool
 
 from app import auth
+from app.api import core
 from app.api.edge import CONNECT, TooLarge, answer, read_body
-from app.api.hygiene import input_errors
-from app.db import session_scope
 from app.domain.errors import DomainError, PermissionDenied
 from app.domain.tokens import Scope
 from config.settings import get_settings
@@ -27,34 +25,25 @@ from config.settings import get_settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CODES = {c.value: c for c in Code}
-
-
-def to_connect_error(exc: DomainError) -> ConnectError:
-    return ConnectError(_CODES.get(exc.code, Code.UNKNOWN), exc.message)
+def to_connect_error(exc: BaseException) -> ConnectError:
+    """`exc` as a Connect error, by the edge core's one table (app.api.core.TABLE)."""
+    return core.connect_error(exc)
 
 
 async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Authenticate the caller (a `member` token: the Gitpod services are member work), then run
-    `fn(org_id, *args, session=…, **kwargs)` in one unit of work on a worker thread. Domain errors
-    become Connect errors; anything else is logged and `internal`."""
+    `fn(org_id, *args, session=…, **kwargs)` in one unit of work. Errors are answered by the edge core's
+    table; a final one tells Stainless clients not to retry."""
     try:
-        token = auth.bearer_from_header(ctx.request_headers.get("authorization"))
-        return await run_in_threadpool(_unit_of_work, token, fn, args, kwargs)
-    except DomainError as exc:
-        _no_retry(ctx)
-        raise to_connect_error(exc) from None
+        return await core.run_as(ctx.request_headers.get("authorization"), Scope.MEMBER, "the Gitpod services",
+                                 fn, *args, **kwargs)
     except ConnectError:
         raise
-    except Exception:
-        log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
-        raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
-
-
-def _unit_of_work(token: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    org_id = auth.require(token, Scope.MEMBER, "the Gitpod services").organization_id
-    with input_errors(), session_scope() as session:
-        return fn(org_id, *args, session=session, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every outcome is a Connect answer
+        refusal = core.map_error(exc, core.CONNECT, what=getattr(fn, "__name__", str(fn)))
+        if refusal.final:
+            _no_retry(ctx)
+        raise ConnectError(refusal.code, refusal.message) from None
 
 
 def _no_retry(ctx: Any) -> None:

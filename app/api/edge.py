@@ -20,6 +20,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from app import auth
+from app.api.core import CONNECT, NATIVE, PODPOOL_AUTH, PODPOOL_INVALID_USER_PARAM, PODPOOLS
 from app.api.hygiene import BadInput, check_message, loads
 from app.domain.errors import DomainError
 from config.settings import get_settings
@@ -29,12 +30,12 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
 
-CONNECT, PODPOOLS, NATIVE, OTHER = "connect", "podpools", "native", "other"
+OTHER = "other"
 # Connect methods that need no token (a health check), as in app.api.connect_common.
 OPEN_CONNECT = ("/intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService/Ping",)
 # openYuanrong codes (wire/openyuanrong-podpools.md): body problems are the decoder's 130600,
 # parameter problems 4104, a bad token 121049; upstream answers every one but 4120 with HTTP 500.
-PODPOOL_INVALID_PARAM, PODPOOL_INVALID_USER_PARAM, PODPOOL_AUTH = 130600, 4104, 121049
+PODPOOL_INVALID_PARAM = 130600
 
 
 def wire_of(path: str) -> str:

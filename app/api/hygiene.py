@@ -5,21 +5,20 @@ JSON clients cannot hold them), an integer outside int64 in free-form JSON (none
 read it back), a non-finite number, and JSON nested deeper than `input.max_json_depth`. Each check
 raises BadInput; the caller (app.api.edge, or a façade) answers it in its own wire format. Database
 errors that can only come from a bad value (DataError, a NOT NULL or CHECK violation) become domain
-errors here, so every façade maps them to its invalid-argument code like any other.
+errors in app.db (`input_errors` here is its `errors_as_domain`), so every façade maps them to its
+invalid-argument code like any other.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
-from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from app.domain.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
+from app.db import domain_error_of  # noqa: F401 - re-exported: tests and older callers import it from here
+from app.db import errors_as_domain as input_errors  # noqa: F401 - re-exported
 from config.settings import get_settings
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -174,53 +173,3 @@ def _push(stack: list[tuple[Any, str, int]], fd: Any, value: Any, name: str, dep
         check_text(value, name)
     elif fd.type == FieldDescriptor.TYPE_MESSAGE:
         stack.append((value, name, depth + 1))
-
-
-# ---- database errors that mean "bad input" ------------------------------------------------------
-
-# PostgreSQL SQLSTATEs / SQLite message prefixes of integrity errors that only a bad value causes.
-_BAD_VALUE_STATES = {"23502": "a required value is missing", "23514": "a value breaks a rule of its field",
-                     "23503": "a value refers to an object that does not exist"}
-# The unique partial index that allows one active lease per instance (migration 0002_lease_invariant).
-ACTIVE_LEASE_INDEX = "uq_leases_active_instance"
-_SQLITE_BAD_VALUE = {"NOT NULL": "a required value is missing", "CHECK": "a value breaks a rule of its field",
-                     "FOREIGN KEY": "a value refers to an object that does not exist"}
-
-
-def domain_error_of(exc: BaseException) -> DomainError | None:
-    """The domain error a database failure stands for when the request's values caused it, else None."""
-    orig = getattr(exc, "orig", None)
-    lines = str(orig if orig is not None else exc).splitlines()
-    reason = lines[0] if lines else type(exc).__name__
-    if getattr(orig, "sqlstate", None) in ("40P01", "40001"):
-        # The database aborted the transaction to resolve a conflict (deadlock, serialization) and our
-        # retries ran out: a lost race the caller may retry, like any compare-and-set that lost.
-        return Aborted("the request conflicted with a concurrent one; retry the call")
-    if isinstance(exc, DataError):
-        return InvalidArgument(f"a value in the request cannot be stored: {reason}")
-    if isinstance(exc, IntegrityError):
-        state = getattr(orig, "sqlstate", None)
-        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
-        if constraint == ACTIVE_LEASE_INDEX or "UNIQUE constraint failed: leases.instance_id" in reason:
-            # The database's backstop against a second active lease: a lost race, not a bad value.
-            return Aborted("the instance was leased concurrently; retry the call")
-        if state == "23505" or "UNIQUE constraint failed" in reason:
-            return AlreadyExists(f"an object with these values already exists ({reason})")
-        what = _BAD_VALUE_STATES.get(state or "") or next(
-            (v for k, v in _SQLITE_BAD_VALUE.items() if f"{k} constraint failed" in reason), None)
-        return InvalidArgument(f"{what}: {reason}") if what else None
-    if isinstance(exc, StatementError) and isinstance(orig, (UnicodeError, ValueError)):
-        return InvalidArgument(f"a value in the request cannot be stored: {reason}")
-    return None
-
-
-@contextmanager
-def input_errors() -> Iterator[None]:
-    """Around a unit of work: database errors caused by the request's values become domain errors."""
-    try:
-        yield
-    except (DataError, IntegrityError, StatementError) as exc:
-        mapped = domain_error_of(exc)
-        if mapped is None:
-            raise
-        raise mapped from None

@@ -15,22 +15,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from app import auth
-from app.api.hygiene import INT32, BadInput, input_errors, parse_int
-from app.db import session_scope
+from app.api import core
+from app.api.hygiene import INT32, BadInput, parse_int
 from app.domain import podpools
-from app.domain.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
-from app.domain.tokens import Scope
 from app.domain.podpools import PodPoolInput
-from app.models import Pool
+from app.domain.tokens import Scope
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/serverless/v1/podpools", tags=["openYuanrong pod pools"])
 
-SUCCESS, POOL_NOT_FOUND, INVALID_USER_PARAM = 0, 4120, 4104
-AUTH_CHECK_ERROR, INVALID_JSON_BODY, INVALID_PARAM, INTERNAL = 121049, 121052, 130600, 150500
+SUCCESS, INVALID_USER_PARAM = 0, core.PODPOOL_INVALID_USER_PARAM
+INVALID_JSON_BODY, INVALID_PARAM = 121052, 130600  # the other codes come from app.api.core's table
 DEFAULT_LIMIT = 10
 DEFAULT_TENANT = "0"
 
@@ -154,7 +150,8 @@ def _int_param(request: Request, name: str, default: int) -> int:
 
 # ---- encoding ----------------------------------------------------------------------------------
 
-def pool_info(pool: Pool) -> dict[str, Any]:
+def pool_info(pool: Any) -> dict[str, Any]:
+    """A pool row (as app.domain.podpools returns it) as upstream's PoolInfo."""
     given = (pool.extra or {}).get("podpool", {})
     status, msg = podpools.status_of(pool)
     idle = given.get("idle_recycle_time") or {}
@@ -175,32 +172,16 @@ def pool_info(pool: Pool) -> dict[str, Any]:
 # ---- the unit of work --------------------------------------------------------------------------
 
 async def _call(request: Request, work: Callable[..., Any]) -> JSONResponse:
-    """Authenticate, then run `work(org_id, session)` on a worker thread; every outcome is an envelope."""
+    """Authenticate, then run `work(org_id, session)` in one unit of work; every outcome is an envelope."""
     try:
-        token = auth.bearer_from_header(request.headers.get("authorization"))
-        return await run_in_threadpool(_unit_of_work, token, work)
+        return await core.run_as(request.headers.get("authorization"), Scope.MEMBER, "/serverless/v1/podpools",
+                                 lambda org_id, *, session: work(org_id, session))
     except WireError as exc:
         return envelope(code=exc.code, message=exc.message, http_status=exc.http_status, with_result=False)
-    except Unauthenticated as exc:
-        return envelope(code=AUTH_CHECK_ERROR, message=exc.message, http_status=401, with_result=False)
-    except PermissionDenied as exc:
-        return envelope(code=AUTH_CHECK_ERROR, message=exc.message, http_status=403, with_result=False)
-    except NotFound as exc:
-        return envelope(code=POOL_NOT_FOUND, message=f"{exc.message}. check input parameters", http_status=404,
+    except Exception as exc:  # noqa: BLE001 - every outcome is an envelope (app.api.core's table)
+        refusal = core.map_error(exc, core.PODPOOLS, what=f"{request.method} {request.url.path}")
+        return envelope(code=refusal.code, message=refusal.message, http_status=refusal.http_status or 500,
                         with_result=False)
-    except DomainError as exc:
-        return envelope(code=INVALID_USER_PARAM, message=f"{exc.message}. check input parameters", http_status=500,
-                        with_result=False)
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return envelope(code=INTERNAL, message="internal system error; the server log has the details",
-                        http_status=500, with_result=False)
-
-
-def _unit_of_work(token: str, work: Callable[..., Any]) -> JSONResponse:
-    org_id = auth.require(token, Scope.MEMBER, "/serverless/v1/podpools").organization_id
-    with input_errors(), session_scope() as session:
-        return work(org_id, session)
 
 
 def _tenant(request: Request) -> str:

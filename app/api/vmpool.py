@@ -23,17 +23,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from app import auth, metrics
-from app.api.connect_common import remaining_seconds, to_connect_error
+from app.api.connect_common import remaining_seconds
+from app.api.core import connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import run_in_transaction
 from app.domain import leases, reservations
-from app.domain.errors import DomainError, InvalidArgument, Unavailable
+from app.domain.errors import InvalidArgument, Unavailable
 from app.domain.tokens import Scope
 from app.events import reservation_channel
 from config.settings import get_settings
-from connectrpc.code import Code
-from connectrpc.errors import ConnectError
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -308,13 +307,8 @@ class VMPoolLeaseConnect:
         remaining = remaining_seconds(ctx)
         try:
             return await method(ctx.request_headers.get("authorization"), req, remaining)
-        except DomainError as exc:
-            raise to_connect_error(exc) from None
-        except ConnectError:
-            raise
-        except Exception:
-            log.exception("unexpected error in VMPoolLeaseService/%s", ctx.method.name)
-            raise ConnectError(Code.INTERNAL, "internal error; the server log has the details") from None
+        except Exception as exc:  # noqa: BLE001 - every outcome is a Connect answer (app.api.core's table)
+            raise connect_error(exc, what=f"VMPoolLeaseService/{ctx.method.name}") from None
 
     async def ping(self, req: Any, ctx: Any) -> pb.PingResponse:
         return await self._call(ctx, self.service.ping, req)

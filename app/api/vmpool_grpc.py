@@ -16,10 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import metrics
+from app.api.core import GRPC, map_error
 from app.api.hygiene import BadInput, check_message
 from app.api.ops import follow_readiness
 from app.api.vmpool import LeaseService, default_service
-from app.domain.errors import DomainError
 from config.settings import get_settings
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
@@ -37,9 +37,6 @@ METHODS: dict[str, tuple[str, Any, Any]] = {
     "Pools": ("pools", pb.PoolsRequest, pb.PoolsResponse),
     "GetLease": ("get_lease", pb.GetLeaseRequest, pb.GetLeaseResponse),
 }
-
-STATUS = {code.name.lower(): code for code in grpc.StatusCode}
-
 
 class _Malformed:
     """Stands in for a request whose bytes did not parse, so the handler can answer INVALID_ARGUMENT
@@ -78,12 +75,9 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
             authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
         try:
             return await method(authorization, request, context.time_remaining())
-        except DomainError as exc:
-            status = STATUS.get(exc.code, grpc.StatusCode.UNKNOWN)
-            await context.abort(status, exc.message)
-        except Exception:
-            log.exception("unexpected error in %s/%s", SERVICE, rpc)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        except Exception as exc:  # noqa: BLE001 - every outcome is a gRPC status (app.api.core's table)
+            refusal = map_error(exc, GRPC, what=f"{SERVICE}/{rpc}")
+            await context.abort(refusal.code, refusal.message)
 
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=_parser(request_type), response_serializer=response_type.SerializeToString,

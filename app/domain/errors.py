@@ -48,3 +48,9 @@ class Aborted(DomainError):
     """A compare-and-set lost a race; the caller may retry."""
 
     code = "aborted"
+
+
+class ProviderFailed(DomainError):
+    """A provider call the request needed (e.g. reading an instance's console output) failed."""
+
+    code = "provider_error"

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from app.api import vmpool, vmpool_background, vmpool_grpc
 from app.api.connect_common import to_connect_error
+from app.api.core import GRPC, map_error
 from app.cli_leases import human_until, parse_duration, table
 from app.domain import errors
 from app.domain.leases import LeaseView, grant_expiry
@@ -91,7 +92,7 @@ DOMAIN_ERRORS = [c for c in vars(errors).values()
 
 @pytest.mark.parametrize("error", DOMAIN_ERRORS, ids=lambda c: c.__name__)
 def test_every_domain_error_has_a_real_status_on_both_transports(error):
-    assert vmpool_grpc.STATUS[error.code] not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+    assert map_error(error("x"), GRPC).code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
     assert to_connect_error(error("x")).code not in (Code.UNKNOWN, Code.INTERNAL)
 
 
