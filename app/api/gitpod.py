@@ -5,7 +5,7 @@ bounds (0..20) and the UUID checks are Gitpod's buf.validate rules, so they live
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -15,9 +15,11 @@ from app.api.connect_common import call, optional_uuids, require_uuid, timestamp
 from app.domain import catalog, pagination, pools, prebuilds
 from app.domain.errors import InvalidArgument, NotFound
 from app.domain.states import PoolKind, PoolPhase, PrebuildPhase
-from app.models import EnvironmentClass, Pool, Prebuild, Project
 from config.settings import get_settings
 from proto.gitpod.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:  # rows as the domain returns them
+    from app.models import EnvironmentClass, Pool, Prebuild, Project
 
 WARM_POOL_PHASE = {
     PoolPhase.PENDING: pb.WARM_POOL_PHASE_PENDING,

@@ -4,16 +4,19 @@ by the others within the auth cache's lifetime)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import auth
-from app.api.native import ERRORS, PREFIX, AdminOrg, ErrorBody, require_id, run
+from app.api.native_common import ERRORS, PREFIX, AdminOrg, require_id, run
+from app.api.native_models import ErrorBody
 from app.domain import tokens
 from app.domain.tokens import Scope
-from app.models import ApiToken
+
+if TYPE_CHECKING:  # rows as the domain returns them
+    from app.models import ApiToken
 
 router = APIRouter(prefix=PREFIX, tags=["native admin"], responses=ERRORS)
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from app import events as ev
+from app.domain import events as ev
 from app.domain import effects
 from app.domain.errors import Aborted
 from app.domain.states import InstanceState as S, LeaseState

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.domain import effects, leases, reservations, transitions
+from app.domain.events import pool_channel
 from app.domain.pools import bump_status, request_reconcile
 from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, progresses, reachable
 from app.models import Instance, Pool, utcnow
@@ -162,7 +163,7 @@ def apply_events(batch: list[Any], *, session: Session, now: datetime | None = N
             changed_pools.add(pool.id)
     for pool_id, pool in locked.items():
         if recount(pool, session=session) or pool_id in changed_pools:
-            effects.defer(session, "notify", channel=f"warmpool:pool:{pool.id}", message=pool.phase)
+            effects.defer(session, "notify", channel=pool_channel(pool.organization_id, pool.id), message=pool.phase)
     return applied
 
 
@@ -171,7 +172,7 @@ _REPLAN = frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.DELETED})
 
 
 def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bool:
-    from app import events as ev
+    from app.domain import events as ev
 
     if event.kind == ev.KIND_STATE:
         inst = observe(event.instance_id, event.state, seq=event.seq, session=session, now=now, ref=event.ref,

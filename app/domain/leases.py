@@ -45,7 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app import events as ev
+from app.domain import events as ev
 from app.domain import effects, quotas, reservations, transitions
 from app.domain.claims import (  # noqa: F401 - the lease API the façades use: leases.LeaseView, leases.Queued
     ACTIVE, READY, LeaseView, Queued, announce, bind, claim, grant_expiry, view,

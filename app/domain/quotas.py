@@ -120,6 +120,11 @@ def usage(org_id: str, *, session: Session) -> dict[str, int]:
 
 # ---- admission ---------------------------------------------------------------------------------
 
+def report(org_id: str, *, session: Session) -> tuple[Quota, dict[str, int]]:
+    """An organization's quota and its usage, read in one transaction."""
+    return quota_of(org_id, session=session), usage(org_id, session=session)
+
+
 def _lock_organization(org_id: str, *, session: Session) -> None:
     """Serialize quota checks of one organization until commit. A no-op UPDATE: a row lock on
     PostgreSQL (it does not block inserts that only reference the row), and on SQLite it opens the

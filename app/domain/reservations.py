@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from app import events as ev
+from app.domain import events as ev
 from app.domain import claims, effects, transitions
 from app.domain.claims import LeaseView, Queued
 from app.domain.errors import FailedPrecondition, NotFound, Unavailable

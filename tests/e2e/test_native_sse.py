@@ -143,3 +143,37 @@ def test_pool_id_narrows_the_stream_and_must_be_the_callers(api, redis_client, n
             becomes_ready(applier, redis_client, second, second_instance)
             kind, data = stream.next_event()
     assert (kind, data["pool_id"], data["ready"]) == ("pool", second, 1)
+
+
+def add_instance(world: World, pool_id: str) -> str:
+    with session_scope() as s:
+        inst = Instance(pool_id=pool_id, organization_id=world.org_id, provider="fake")
+        s.add(inst)
+    return inst.id
+
+
+def test_two_organizations_streams_each_see_their_own_pools_only(api, redis_client, notifications):
+    """Each stream subscribes to its own organization's channels: Redis delivers a pool's notification to
+    that organization's stream alone, and the real applier's changes arrive where they belong."""
+    acme, globex = make_catalog(make_org("acme")), make_catalog(make_org("globex"))
+    mine, my_instance = pool_with_instance(acme, "acme-pool")
+    theirs, their_instance = pool_with_instance(globex, "globex-pool")
+    their_second = add_instance(globex, theirs)
+    applier = Applier(client=redis_client, consumer="e2e")
+    with (httpx.Client(**HTTP) as http, open_stream(http, api.url, acme.token) as a,
+          open_stream(http, api.url, globex.token) as g):
+        assert a.status_code == g.status_code == 200
+        acme_stream, globex_stream = Stream(a), Stream(g)
+        assert acme_stream.next_frame() == globex_stream.next_frame() == (":", "connected")
+        # One receiver per organization's channel: were a pattern to match another organization's
+        # channels, Redis would count two. (No such pool ids exist, so no frame is sent for these.)
+        assert redis_client.publish(events.pool_channel(acme.org_id, "probe"), "x") == 1
+        assert redis_client.publish(events.pool_channel(globex.org_id, "probe"), "x") == 1
+
+        becomes_ready(applier, redis_client, theirs, their_instance)  # first: were it forwarded to acme, it would lead
+        becomes_ready(applier, redis_client, mine, my_instance)
+        becomes_ready(applier, redis_client, theirs, their_second)  # after mine: globex's next event must be this
+        acme_kind, acme_event = acme_stream.next_event()
+        globex_events = [globex_stream.next_event(), globex_stream.next_event()]
+    assert (acme_kind, acme_event["pool_id"], acme_event["ready"]) == ("pool", mine, 1)
+    assert [(kind, e["pool_id"], e["ready"]) for kind, e in globex_events] == [("pool", theirs, 1), ("pool", theirs, 2)]

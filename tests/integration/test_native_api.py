@@ -337,19 +337,22 @@ def test_every_route_is_documented_with_a_summary_and_a_typed_answer(client):
 # ---- the pool event stream (generator on real Redis; the HTTP stream is tested end to end) --------
 
 def test_the_stream_sends_the_callers_pool_changes_once_and_keeps_alive(acme, other, redis_client, redis_url):
-    from app.api.native import POOL_CHANNEL, pool_events
+    from app.api.native_sse import pool_events, subscribe
+    from app.domain.events import pool_channel
 
     second = named_pool(acme, "second")
 
     async def scenario() -> list[str]:
         r = aioredis.Redis.from_url(redis_url)
         pubsub = r.pubsub()
-        await pubsub.psubscribe(POOL_CHANNEL + "*")
-        await pubsub.get_message(timeout=2)
+        await subscribe(pubsub, acme.org_id)
         frames = pool_events(pubsub, acme.org_id, keepalive=0.3)
         out = [(await anext(frames)).decode()]
+        # Another organization's pool never reaches this subscription; named under acme's channels (a forged
+        # or stale notification) it is read back under acme's organization and dropped.
+        assert await r.publish(pool_channel(other.org_id, other.pool_id), "ready") == 0
         for pool_id in (other.pool_id, acme.pool_id, acme.pool_id, second):  # the second acme one: same version
-            await r.publish(POOL_CHANNEL + pool_id, "ready")
+            assert await r.publish(pool_channel(acme.org_id, pool_id), "ready") == 1
         out.append((await asyncio.wait_for(anext(frames), 2)).decode())
         out.append((await asyncio.wait_for(anext(frames), 2)).decode())
         out.append((await asyncio.wait_for(anext(frames), 2)).decode())

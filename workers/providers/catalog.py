@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from app.domain import compute
-from app.domain.errors import InvalidArgument
-from workers.providers.base import ProviderPermanent
-from workers.providers.registry import known_providers, provider_class
+from app.domain.errors import InvalidArgument, ProviderFailed
+from workers.providers.base import ProviderError, ProviderPermanent
+from workers.providers.registry import known_providers, provider_class, provider_for
 
 
 def _offered() -> list[str]:
@@ -78,6 +78,12 @@ class ProviderCatalog:
     def check_template(self, provider: str, template: Any) -> None:
         model = _adapter(provider).template_model
         _parse(model, template, f"template for provider {provider!r}")
+
+    def read_logs(self, provider: str, settings: dict[str, Any], runner_id: str, ref: str, lines: int) -> str:
+        try:
+            return provider_for(provider, settings, key=runner_id).logs(ref, lines)
+        except (ProviderError, LookupError) as exc:
+            raise ProviderFailed(f"provider {provider!r} could not read the logs of {ref}: {exc}") from None
 
 
 def operator_settings(provider: str) -> dict[str, Any]:
