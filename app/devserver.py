@@ -64,8 +64,9 @@ class EmbeddedRedis:
                 [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--dir", str(self.data_dir)], stdout=subprocess.DEVNULL, preexec_fn=die_with_parent())  # noqa: PLW1509
         else:
-            from fakeredis import TcpFakeServer
+            from app.extras import require
 
+            TcpFakeServer = require("fakeredis", "dev", "warmpool dev without a redis-server").TcpFakeServer
             self.kind = "in-process fakeredis"
             self.server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
             threading.Thread(target=self.server.serve_forever, daemon=True, name="embedded-redis").start()
@@ -148,8 +149,15 @@ def run_dev(args: Any) -> int:
         "beat": [exe, "beat"],
         "events": [exe, "events"],
         "observe": [exe, "observe"],
-        "flower": [exe, "flower"],
     }
+    import importlib.util
+
+    flower_line = "not installed: pip install 'warmpool[flower]'"
+    if importlib.util.find_spec("flower") is not None:  # an extra (warmpool[dev] brings it)
+        children["flower"] = [exe, "flower"]
+        # To the operator's terminal once (never a log line): the password is a secret outside dev.
+        flower_line = (f"http://{settings.flower.address}:{settings.flower.port}  "
+                       f"(user {settings.flower.user}, password {settings.flower.password.get_secret_value()})")
     supervisor = Supervisor(env, pidfile)
     stopping = threading.Event()
 
@@ -169,7 +177,7 @@ warmpool dev is starting (Ctrl-C stops everything)
   redis      {env['WARMPOOL_REDIS_URL']}{f' ({redis.kind})' if redis else ''}
   api        {base}  (Connect under {base}/api, OpenAPI at {base}/docs, health {base}/healthz)
   grpc       {settings.http_host}:{settings.grpc_port}
-  flower     http://{settings.flower.address}:{settings.flower.port}  (user {settings.flower.user})
+  flower     {flower_line}
   runner     local  {runner_id}
   cli        another shell here: `. .venv/bin/activate` and `warmpool pools` (settings from {dev_env})
 

@@ -34,7 +34,10 @@ def protect_open_handlers() -> None:
 
 
 def run_flower(settings: Any, port: int | None = None) -> None:
+    from app.extras import require
     from workers.celery_app import celery_app
+
+    require("flower", "flower", "warmpool flower")
 
     protect_open_handlers()
     celery_app.start(flower_argv(settings, port))

@@ -10,6 +10,19 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_FLOWER_PASSWORD = "warmpool-dev"
+# Database passwords refused under WARMPOOL_ENV=prod: docker-compose.yml's fallback and the usual guesses.
+DEFAULT_DATABASE_PASSWORDS = frozenset({"change-me", "changeme", "postgres", "password"})
+
+
+def database_password(url: str) -> str | None:
+    """The password in a database URL (None if it has none or does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None
 
 
 class GitpodSettings(BaseModel):
@@ -187,7 +200,8 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="WARMPOOL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+        env_prefix="WARMPOOL_", env_nested_delimiter="__", env_file=".env", extra="ignore",
+        hide_input_in_errors=True,  # a refusal must not echo the values it saw: URLs and keys hold secrets
     )
 
     env: str = Field("dev", description="dev | test | prod. Outside dev, default secrets are refused.")
@@ -233,6 +247,10 @@ class Settings(BaseSettings):
     def _refuse_default_secrets(self) -> "Settings":
         if self.env == "prod" and self.flower.password.get_secret_value() == DEV_FLOWER_PASSWORD:
             raise ValueError("WARMPOOL_FLOWER__PASSWORD must be set to a non-default value when WARMPOOL_ENV=prod")
+        if self.env == "prod" and database_password(self.database_url) in DEFAULT_DATABASE_PASSWORDS:
+            # Never echo the URL: it holds the password.
+            raise ValueError("WARMPOOL_DATABASE_URL has a default password, refused when WARMPOOL_ENV=prod "
+                             "(with docker-compose.yml: set POSTGRES_PASSWORD)")
         if self.env != "dev" and not self.secret_keys.get_secret_value().strip():
             raise ValueError("WARMPOOL_SECRET_KEYS must be set when WARMPOOL_ENV is not dev: make one with "
                              "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`")

@@ -74,3 +74,65 @@ def test_env_example_lists_every_setting():
     listed = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
               if line and not line.startswith("#")}
     assert names == listed, f"missing: {names - listed}, stale: {listed - names}"
+
+
+def compose_environment(values: dict[str, str]) -> dict[str, str]:
+    """The warmpool services' environment as docker compose makes it from `values` (its .env / shell)."""
+    import re
+
+    def substitute(text: str) -> str:
+        def one(m: re.Match) -> str:
+            name, op, arg = m.group(1), m.group(2), m.group(3)
+            if values.get(name):
+                return values[name]
+            if op == ":?":
+                raise LookupError(f"compose refuses: {arg}")
+            return arg or ""
+        return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, text)
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return {k: substitute(str(v)) for k, v in compose["x-warmpool"]["environment"].items()}
+
+
+def test_compose_refuses_its_default_postgres_password(monkeypatch):
+    import pydantic
+    import pytest
+
+    required = {"FLOWER_PASSWORD": "f-s3cret", "WARMPOOL_SECRET_KEYS": "k" * 43 + "="}
+    for name, value in compose_environment(required).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(pydantic.ValidationError, match="POSTGRES_PASSWORD") as refused:
+        Settings(_env_file=None)  # compose's fallback password: refused, without echoing it or any other secret
+    assert "change-me" not in str(refused.value) and "kkkk" not in str(refused.value)
+
+    for name, value in compose_environment(dict(required, POSTGRES_PASSWORD="pg-s3cret")).items():
+        monkeypatch.setenv(name, value)
+    assert "pg-s3cret@postgres" in Settings().database_url
+    monkeypatch.setenv("WARMPOOL_ENV", "dev")  # dev keeps its defaults
+    monkeypatch.setenv("WARMPOOL_DATABASE_URL", "postgresql+psycopg://warmpool:change-me@localhost/warmpool")
+    assert Settings().env == "dev"
+
+
+def test_the_image_has_what_compose_runs_and_a_data_dir_its_user_owns():
+    import re
+    import tomllib
+
+    docker = (ROOT / "Dockerfile").read_text()
+    user = re.findall(r"^USER (\S+)", docker, re.M)[-1]
+    data_dir = re.search(r"WARMPOOL_DATA_DIR=(\S+)", docker).group(1)
+    # beat writes its schedule under the data dir: the image makes it, owned by the user the processes run as.
+    assert re.search(rf"install -d -o {user} -g {user} (-m \d+ )?{re.escape(data_dir)}\b", docker), docker
+    assert not re.search(r"WORKDIR\s+" + re.escape(data_dir), docker)  # not the root-owned code directory
+    # pinned by the lock, with the extras of every process and provider the compose file runs
+    install = re.search(r"pip install [^\n]*-c requirements\.lock '\.\[([\w,]+)\]'", docker)
+    assert install and "COPY pyproject.toml requirements.lock" in docker, docker
+    extras = set(install.group(1).split(","))
+    assert extras <= set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "flower" in compose["services"] and "flower" in extras
+    enabled = compose_environment({"FLOWER_PASSWORD": "x", "WARMPOOL_SECRET_KEYS": "x"})["WARMPOOL_PROVIDERS__ENABLED"]
+    assert set(enabled.split(",")) - {"fake", "local"} <= extras, (enabled, extras)
+    # provider credentials named by token_env reach every warmpool process, from a file kept out of git
+    files = [e["path"] for e in compose["x-warmpool"]["env_file"]]
+    assert files == ["./provider-secrets.env"] and "provider-secrets.env" in (ROOT / ".gitignore").read_text()
+    assert "provider-secrets.env" in (ROOT / ".dockerignore").read_text()

@@ -44,6 +44,16 @@ class ProviderPermanent(ProviderError):
     """A failure retrying cannot fix (invalid image, quota, not found on start)."""
 
 
+def require_sdk(module: str, extra: str, provider: str) -> None:
+    """Refuse to build an adapter whose client library (a pyproject extra) is not installed, naming the extra:
+    the pool's failure message then says what to install. Only looks the package up; imports stay lazy."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ProviderPermanent(f"the {provider} provider needs the optional package {module!r}, which is not "
+                                f"installed on this worker: pip install 'warmpool[{extra}]'")
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """What to create: our ids (for tags and idempotency) and the pool's template."""

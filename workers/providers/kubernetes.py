@@ -41,7 +41,7 @@ from typing import Any
 from app.domain.states import InstanceState as S
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
-    Sighting,
+    Sighting, require_sdk,
 )
 from workers.providers.models import KubernetesSettings, KubernetesTemplate
 
@@ -212,6 +212,7 @@ class KubernetesProvider(Provider):
     template_model = KubernetesTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        require_sdk("kubernetes", "kubernetes", self.name)
         super().__init__(settings)
         self.namespace = str(self.settings.get("namespace") or "default")
         self.timeout = float(self.settings.get("request_timeout_s", 30))

@@ -59,7 +59,7 @@ import httpx
 from app.domain.states import InstanceState as S
 from workers.providers.base import (
     INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderError, ProviderPermanent,
-    ProviderTransient,
+    ProviderTransient, require_sdk,
 )
 from workers.providers.models import UnikraftSettings, UnikraftTemplate
 from workers.providers.unikraft_template import (
@@ -140,6 +140,7 @@ class UnikraftProvider(Provider):
     template_model = UnikraftTemplate
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        require_sdk("unikraft_cloud", "unikraft", self.name)
         super().__init__(settings)
         from unikraft_cloud.core.metro import metro_base_url  # the SDK is imported lazily
 
