@@ -6,7 +6,7 @@ from starlette.routing import Mount
 
 from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
-from app.api import contract, native, native_pools, native_tokens
+from app.api import contract, docs, native, native_pools, native_tokens, unknown_routes
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.api.edge import HygieneInterceptor, InputGuard
 from app.domain import effects
@@ -47,7 +47,7 @@ class WarmpoolASGI:
 
     def __init__(self, fastapi_app: FastAPI, grpc_server: object | None = None) -> None:
         self.fastapi = fastapi_app
-        self.connect = InputGuard(PaginationQueryMerge(ConnectRouter(connect_apps())))
+        self.connect = unknown_routes.ConnectErrorBodies(InputGuard(PaginationQueryMerge(ConnectRouter(connect_apps()))))
         self.grpc_server = grpc_server
 
     async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -95,16 +95,20 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
         version="0.1.0",
         description="Warm pools of compute instances. Connect services live under /api, "
         "openYuanrong pod pools under /serverless/v1, the native admin API under /v1.",
+        docs_url=None, redoc_url=None,  # app.api.docs serves both with local assets
     )
+    docs.install(app)
     app.include_router(ops.router)
     app.include_router(podpools_api.router)
     app.include_router(native.router)
     app.include_router(native_tokens.router)
     app.include_router(native_pools.router)  # POST/PATCH/DELETE /v1/pools, schedules
+    unknown_routes.install(app)  # first: the façades' handlers pass paths that are not theirs on to it
     native.install_error_handlers(app)
     app.add_middleware(InputGuard)  # body size limits and input hygiene, in each façade's format
     contract.install(app)  # /openapi.json says every status the server answers; 405 lists every method
-    app.router.routes.append(Mount("/api", app=PaginationQueryMerge(ConnectRouter(connect_apps()))))
+    app.router.routes.append(Mount("/api", app=unknown_routes.ConnectErrorBodies(
+        PaginationQueryMerge(ConnectRouter(connect_apps())))))
     if dispatcher:
         install_dispatcher()
     from workers.providers.catalog import install as install_catalog
