@@ -28,17 +28,20 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
 
 
+def human_duration(span: timedelta) -> str:
+    """A positive span as '24h00m', '29m05s' or '42s'."""
+    h, rest = divmod(max(int(span.total_seconds()), 0), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
 def human_until(when: datetime | None, now: datetime) -> str:
     if when is None:
         return "-"
-    secs = int((when - now).total_seconds())
     stamp = when.strftime("%Y-%m-%d %H:%M:%SZ")
-    if secs <= 0:
+    if when <= now:
         return f"{stamp} (past)"
-    h, rest = divmod(secs, 3600)
-    m, s = divmod(rest, 60)
-    left = f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-    return f"{stamp} (in {left})"
+    return f"{stamp} (in {human_duration(when - now)})"
 
 
 def printable(text: str) -> str:
@@ -131,6 +134,10 @@ def cmd_lease(args: argparse.Namespace) -> int:
             print(f"pool {got.pool_name!r} has no ready instance: reservation {got.client_id!r} is queued until "
                   f"{got.expires_at:%H:%M:%SZ}; run the same command again to pick up its instance", file=sys.stderr)
         return 3
+    granted = got.expires_at - now if got.expires_at else duration
+    if granted < duration - timedelta(seconds=1):  # the pool's maximum lease clamped it: say so, once
+        print(f"warning: --for {args.duration} is longer than pool {got.pool_name!r} grants; the lease is for "
+              f"{human_duration(granted)} (until {got.expires_at:%Y-%m-%d %H:%M:%SZ})", file=sys.stderr)
     if args.quiet:  # for scripts: `read ID ADDRESS < <(warmpool lease -q)`
         print(got.instance_id, got.address or "-")
     else:
@@ -189,7 +196,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("lease", help="lease a ready instance from a pool and print it")
     sp.add_argument("--pool", default="", help="pool name (default: the pool with the most ready instances)")
     sp.add_argument("--for", dest="duration", default="30m", help="lease duration, e.g. 30m, 2h, 90s (default 30m; "
-                    "clamped to the pool's maximum)")
+                    "clamped to the pool's maximum, with a warning)")
     sp.add_argument("--tag", default="", help="service tag; returning or extending needs the same one")
     sp.add_argument("--reservation", help="reservation id: queue FIFO when the pool is empty; run again to pick it up")
     sp.add_argument("--quiet", "-q", action="store_true", help="print only the instance id and its address")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,7 +110,10 @@ def test_dev_runs_everything_and_a_local_pool_gets_ready(tmp_path):
         except urllib.error.HTTPError as exc:
             assert exc.code == 401
         # With the credentials, Flower shows the worker and the tasks it ran (it switches task events on).
-        auth = "Basic " + base64.b64encode(b"admin:warmpool-dev").decode()
+        # ...the ones `make dev` printed (the password is a secret: on the terminal once, in no log line)
+        printed = re.search(r"flower +http://\S+ +\(user (\S+), password (\S+)\)", (tmp_path / "dev.log").read_text())
+        assert printed, (tmp_path / "dev.log").read_text()[:3000]
+        auth = "Basic " + base64.b64encode(f"{printed[1]}:{printed[2]}".encode()).decode()
         seen_worker = seen_task = False
         bump = 0
         while time.monotonic() < deadline + 60 and not (seen_worker and seen_task):

@@ -70,3 +70,14 @@ def test_lease_on_an_empty_pool_and_bad_durations(org, dispatched, capsys):
     assert code == 2 and "not a duration" in err
     code, _, err = run(capsys, "lease", "--pool", "missing", "--org", "acme")
     assert code == 1 and "not found" in err
+
+
+def test_a_longer_lease_than_the_pool_grants_is_clamped_with_a_warning(org, dispatched, capsys):
+    pool = make_pool(org.org_id, "short", lease_max_seconds=7200)
+    add_ready(pool, zone="eu-1")
+    add_ready(pool, zone="eu-1")
+    code, out, err = run(capsys, "lease", "--pool", "short", "--for", "48h", "--org", "acme")
+    assert code == 0 and "(in 1h59m" in out
+    assert "warning: --for 48h is longer than pool 'short' grants; the lease is for 2h00m" in err, err
+    code, out, err = run(capsys, "lease", "--pool", "short", "--for", "2h", "-q", "--org", "acme")
+    assert code == 0 and "warning" not in err  # what the pool grants in full: no warning
