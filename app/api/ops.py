@@ -1,5 +1,6 @@
-"""Operations endpoints: liveness, readiness (database and Redis reachable), Prometheus metrics (per organization
-for a tenant token, complete for a `metrics` token)."""
+"""Operations endpoints: liveness, readiness (database and Redis reachable; the gRPC health service follows it
+through follow_readiness), Prometheus metrics (a tenant token its organization's pool series, a `metrics`
+token everything: app/metrics.py, app/metrics_collector.py)."""
 from __future__ import annotations
 
 import asyncio

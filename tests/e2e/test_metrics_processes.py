@@ -1,16 +1,19 @@
 """Metrics and health of real `warmpool api` processes: with `--workers 2` one scrape sums both workers'
 lease counts (and a killed worker's counts stay while it no longer counts as live), and the gRPC health
-service follows /readyz when Redis goes away and comes back."""
+service follows /readyz when Redis or the database goes away and comes back."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -159,14 +162,71 @@ def test_grpc_health_follows_readiness_when_redis_goes_and_comes_back(database_u
         redis.stop()
 
 
-def test_grpc_health_is_not_serving_while_the_database_is_unreachable(redis_url, tmp_path):
-    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/warmpool"  # nothing listens there
-    proc, base, grpc_port = start_api(tmp_path, {"WARMPOOL_DATABASE_URL": nowhere, "WARMPOOL_REDIS_URL": redis_url})
+class Proxy:
+    """A TCP proxy to the test database that can be cut (listener and every connection closed) and restored
+    on the same port: the database "goes away" for the api process without stopping the shared server."""
+
+    def __init__(self, target: int) -> None:
+        self.port, self.target = free_port(), target
+        self.stopping = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.thread: threading.Thread | None = None
+
+    def up(self) -> None:
+        self.stopping.clear()
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.1)
+        self.sockets = [listener]
+        self.thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self.thread.start()
+
+    def down(self) -> None:
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(5)
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+
+def test_grpc_health_follows_readiness_when_the_database_goes_and_comes_back(database_url, redis_url, tmp_path):
+    pg = urlsplit(database_url)
+    proxy = Proxy(pg.port)
+    proxy.up()
+    via_proxy = database_url.replace(f":{pg.port}/", f":{proxy.port}/")
+    proc, base, grpc_port = start_api(tmp_path, {"WARMPOOL_DATABASE_URL": via_proxy, "WARMPOOL_REDIS_URL": redis_url})
     try:
+        wait_health(grpc_port, health_pb2.HealthCheckResponse.SERVING)
+        proxy.down()
         wait_health(grpc_port, health_pb2.HealthCheckResponse.NOT_SERVING)
         assert httpx.get(base + "/readyz", timeout=10).json()["checks"]["database"].startswith("unreachable")
+        proxy.up()
+        wait_health(grpc_port, health_pb2.HealthCheckResponse.SERVING)
     finally:
         stop(proc)
+        proxy.down()
 
 
 def test_an_observer_serves_its_provider_call_metrics_on_its_own_port(db, tmp_path):

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from app import events
 from app.api.vmpool import LeaseService, ReservationWaiter
@@ -20,7 +20,7 @@ from app.api.vmpool_grpc import GrpcServer
 from app.db import session_scope
 from app.domain import effects, leases, reservations
 from app.domain.errors import DomainError
-from app.metrics_collector import applier_lag
+from app.metrics_collector import PoolCollector, applier_lag
 from app.models import Pool, utcnow
 from config.settings import get_settings
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
@@ -87,6 +87,20 @@ def test_pool_gauges_come_from_the_database_at_scrape_time(client):
     mine = scrape(client, acme.token)
     assert mine["warmpool_pool_ready_instances" + web] == 1
     assert not [k for k in mine if "globex" in k or k.startswith("warmpool_events_") or "_bucket" in k]
+
+
+def test_pool_gauges_on_both_backends(any_org):
+    pool = make_pool(any_org.org_id, "web")
+    with session_scope() as s:
+        leases.lease(any_org.org_id, "web", reservation_id="r-old", session=s, now=utcnow() - timedelta(seconds=40))
+    add_ready(pool, 2)
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(any_org.org_id))
+    got = series(generate_latest(registry).decode())
+    web = '{organization="acme",pool="web"}'
+    assert (got["warmpool_pool_ready_instances" + web], got["warmpool_pool_waiting_reservations" + web]) == (2, 1)
+    assert 40 <= got["warmpool_pool_oldest_reservation_age_seconds" + web] < 600
+    assert got['warmpool_pools{organization="acme",phase="pending"}'] == 1
 
 
 def test_a_collector_that_fails_costs_its_own_series_only(client, monkeypatch):
