@@ -17,8 +17,8 @@ from app.api.native_common import (  # noqa: F401 - re-exported for the other /v
     ERRORS, PREFIX, AdminOrg, ApiError, Org, install_error_handlers, page_of, refused, require_id, run,
 )
 from app.api.native_models import (  # noqa: F401 - re-exported for the other /v1 modules
-    ErrorBody, InstanceList, InstanceLogs, InstanceOut, PoolList, PoolOut, QuotaOut, RunnerIn, RunnerList, RunnerOut,
-    instance_out, pool_out, quota_out, runner_out,
+    ErrorBody, InstanceList, InstanceLogs, InstanceOut, PoolList, PoolOut, QuotaOut, RunnerDeleted, RunnerIn, RunnerList,
+    RunnerOut, instance_out, pool_out, quota_out, runner_out,
 )
 from app.domain import compute, instances, pools, quotas, tenancy
 from app.domain.states import InstanceState, PoolKind, PoolPhase
@@ -46,6 +46,14 @@ async def create_runner(body: RunnerIn, org_id: AdminOrg) -> RunnerOut:
 @router.get("/runners/{runner_id}", summary="One runner")
 async def get_runner(runner_id: IdPath, org_id: AdminOrg) -> RunnerOut:
     return runner_out(await run(tenancy.get_runner, org_id, require_id(runner_id, "runner id")))
+
+
+@router.delete("/runners/{runner_id}", summary="Delete a runner no live pool uses, with its environment classes",
+               responses={409: {"model": ErrorBody, "description": "live pools still use the runner (the message "
+                                "names them): delete those first; a deleting pool needs it until drained"}})
+async def delete_runner(runner_id: IdPath, org_id: AdminOrg) -> RunnerDeleted:
+    runner, classes = await run(tenancy.delete_runner, org_id, require_id(runner_id, "runner id"))
+    return RunnerDeleted(**runner_out(runner).model_dump(), environment_classes_deleted=classes)
 
 
 @router.get("/pools", summary="List pools of every kind (Gitpod, named, pod pools), a page at a time")

@@ -42,6 +42,11 @@ class RunnerOut(BaseModel):
     created_at: datetime
 
 
+class RunnerDeleted(RunnerOut):
+    environment_classes_deleted: int = Field(description="environment classes deleted with the runner (they "
+                                                         "name it; no live pool used them)")
+
+
 class RunnerList(BaseModel):
     runners: list[RunnerOut]
 

@@ -83,6 +83,7 @@ ROUTES = [("GET", "/v1/runners"), ("POST", "/v1/runners"), ("GET", "/v1/runners/
           ("GET", "/v1/pools/{id}"), ("GET", "/v1/pools/{id}/instances"), ("GET", "/v1/instances/{id}"),
           ("GET", "/v1/instances/{id}/logs"), ("GET", "/v1/events"),
           ("GET", "/v1/tokens"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{id}")]
+ROUTES += [("DELETE", "/v1/runners/{id}")]
 ROUTES += [("GET", "/v1/quota")]  # tests/security/test_quotas.py tests what it answers
 ROUTES += [("POST", "/v1/pools"), ("PATCH", "/v1/pools/{id}"), ("DELETE", "/v1/pools/{id}"),  # test_native_pools.py
            ("GET", "/v1/pools/{id}/schedule"), ("PUT", "/v1/pools/{id}/schedule")]
@@ -146,6 +147,28 @@ def test_an_unknown_provider_is_400_naming_the_offered_ones(client, acme):
     message = expect_error(r, 400, "invalid_argument")
     assert "'azure'" in message and "fake" in message and "kubernetes" in message
     assert "local" not in message.split("offered are")[1]  # WARMPOOL_ENV=test: local exists only under dev
+
+
+def test_a_runner_is_deleted_only_once_no_live_pool_uses_it(client, acme, other):
+    path = f"/v1/runners/{acme.runner_id}"
+    member = {"Authorization": f"Bearer {token_for(acme, 'member')}"}
+    expect_error(client.delete(path, headers=member), 403, "permission_denied")
+    expect_error(client.delete(f"/v1/runners/{other.runner_id}", headers=bearer(acme)), 404, "not_found")
+    expect_error(client.delete("/v1/runners/not-a-uuid", headers=bearer(acme)), 400, "invalid_argument")
+    pool_name = client.get(f"/v1/pools/{acme.pool_id}", headers=bearer(acme)).json()["name"]
+    refused = expect_error(client.delete(path, headers=bearer(acme)), 409, "failed_precondition")
+    assert pool_name in refused and "delete them first" in refused
+    assert client.get(path, headers=bearer(acme)).status_code == 200  # still there
+
+    with session_scope() as s:  # the pool is gone (drained and deleted)
+        s.get(Pool, acme.pool_id).phase = "deleted"
+    gone = client.delete(path, headers=bearer(acme))
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["id"] == acme.runner_id and gone.json()["environment_classes_deleted"] == 1
+    expect_error(client.get(path, headers=bearer(acme)), 404, "not_found")
+    expect_error(client.delete(path, headers=bearer(acme)), 404, "not_found")
+    with session_scope() as s:
+        assert s.get(Runner, other.runner_id) is not None  # another organization's runner untouched
 
 
 def test_a_runner_name_is_taken_once(client, acme):
