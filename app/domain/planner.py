@@ -9,7 +9,9 @@ Rules (DESIGN.md flows 2, 7, 8):
   `surge` while stale instances are being replaced.
 - Stale instances (old snapshot, or a base instance idle past `idle_recycle_reserved`) are replaced:
   new ones are made first, and a ready stale instance is removed only while ready capacity stays at or
-  above the target.
+  above the target less `max_unavailable`. Rollout control (app.domain.rollout) may cap the fresh
+  instances on the running side (`fresh_cap`: a canary, or a paused rotation); ready stale instances
+  beyond the cap are held: they count as capacity and are not replaced.
 - Soft excess above the target is removed once idle past `idle_recycle_scaled` (-1: never); anything
   above `max_size` is removed at once. Leased instances are never touched.
 - With `reuse` (pod-pool semantics) a leased instance still counts toward the pool; without it, a
@@ -34,6 +36,8 @@ class PoolView:
     stopped_size: int = 0
     snapshot_id: str | None = None
     surge: int = 2
+    max_unavailable: int = 0
+    fresh_cap: int | None = None
     reuse: bool = False
     deleting: bool = False
     creation_allowed: bool = True
@@ -105,6 +109,15 @@ def _kicks(instances: list[InstanceView], pool: PoolView, now: datetime) -> list
     return out
 
 
+def _held(stale_ready: list[InstanceView], fresh: list[InstanceView], want: int, cap: int | None) -> list[InstanceView]:
+    """The ready stale instances a capped rotation keeps serving: as many as the target needs beyond
+    the fresh instances the cap allows, the most recently ready first."""
+    if cap is None or not stale_ready:
+        return []
+    keep = want - max(len(fresh), min(cap, want))
+    return sorted(stale_ready, key=lambda i: (i.ready_at is None, -(i.ready_at.timestamp() if i.ready_at else 0), i.id))[:max(keep, 0)]
+
+
 def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
     p = Plan()
     p.kick = _kicks(instances, pool, now)
@@ -136,8 +149,11 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
     p.delete.extend(i.id for i in stale_stopped)
     p.delete.extend(i.id for i in stale_running if i.state != S.RUNNING)
     stale_running = [i for i in stale_running if i.state == S.RUNNING]
+    held = _held(stale_running, fresh_running, want_running, pool.fresh_cap)
+    held_ids = {i.id for i in held}
+    stale_running = [i for i in stale_running if i.id not in held_ids]
 
-    deficit = want_running - len(fresh_running)
+    deficit = want_running - len(fresh_running) - len(held)
     if deficit > 0:
         # Backfill from the stopped tier first: a start takes seconds, a create minutes.
         startable = sorted(fresh_stopped, key=lambda i: (i.state != S.STOPPED, i.id))
@@ -146,12 +162,12 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
         fresh_stopped = [i for i in fresh_stopped if i.id not in p.start]
         deficit -= len(p.start)
         cap = pool.max_size + (pool.surge if stale_running else 0)
-        occupied = len(fresh_running) + len(p.start) + len(stale_running) + counted_leased
+        occupied = len(fresh_running) + len(p.start) + len(stale_running) + len(held) + counted_leased
         room = cap - occupied
         if pool.creation_allowed and deficit > 0 and room > 0:
             p.create_running = min(deficit, room, MAX_CREATES_PER_PASS)
     elif deficit < 0:
-        hard_over = len(fresh_running) + len(stale_running) + counted_leased - pool.max_size
+        hard_over = len(fresh_running) + len(stale_running) + len(held) + counted_leased - pool.max_size
         # Not-yet-ready ones go first (no ready capacity lost), then the longest idle.
         order = sorted(fresh_running, key=lambda i: (i.state == S.RUNNING, -_idle_for(i, now), i.id))
         removable = []
@@ -171,12 +187,14 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
             else:
                 p.delete.append(i.id)
 
-    # Rotation: remove stale running instances while ready capacity stays at the target.
+    # Rotation: remove stale running instances while ready capacity stays at the target (less what
+    # max_unavailable allows); held ones stay.
     fresh_ready = sum(1 for i in fresh_running if i.state == S.RUNNING and i.id not in p.delete and i.id not in p.stop)
     stale_ready = stale_running
-    ready_total = fresh_ready + len(stale_ready)
+    ready_total = fresh_ready + len(stale_ready) + len(held)
+    floor = want_running - pool.max_unavailable
     for i in sorted(stale_ready, key=lambda i: (i.ready_at or now, i.id)):
-        if ready_total - 1 >= want_running:
+        if ready_total - 1 >= floor:
             p.delete.append(i.id)
             ready_total -= 1
 
@@ -184,7 +202,7 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
     stopped_deficit = pool.stopped_size - len(fresh_stopped)
     if stopped_deficit > 0 and pool.creation_allowed:
         total_alive = len([i for i in free if i.id not in set(p.delete)]) + counted_leased + p.create_running
-        room = pool.max_size + pool.stopped_size + (pool.surge if stale_running else 0) - total_alive
+        room = pool.max_size + pool.stopped_size + (pool.surge if stale_running or held else 0) - total_alive
         p.create_stopped = max(0, min(stopped_deficit, room, MAX_CREATES_PER_PASS - p.create_running))
     elif stopped_deficit < 0:
         extra = sorted((i for i in fresh_stopped if i.id not in p.stop), key=lambda i: i.id)[: -stopped_deficit]
