@@ -220,6 +220,8 @@ class Pool(SQLModel, table=True):
     lease_max_seconds: int = 86400
     reservation_ttl_seconds: int = 300
     rotation_max_surge: int = 2
+    rollout_policy: dict = _json()  # app.domain.rollout.Policy, less max_surge (the column above)
+    rollout_state: dict = _json()  # written by the reconciler (stage, progress) and the operator (paused)
     empty_policy: str = Field(default="reserve", max_length=16)
     autoscale: dict = _json()
     extra: dict = _json()

@@ -135,6 +135,8 @@ def _phase(pool: Pool, *, ready: int, alive: int) -> PoolPhase:
         return PoolPhase.DELETED if alive == 0 else PoolPhase.DELETING
     if pool.consecutive_failures >= get_settings().engine.failure_threshold:
         return PoolPhase.DEGRADED
+    if (pool.rollout_state or {}).get("stalled"):
+        return PoolPhase.DEGRADED  # a rotation past its progress deadline (app.domain.rollout)
     if ready >= pool.desired_size:
         return PoolPhase.READY
     # Once READY, a pool stays READY while it backfills claimed instances: the phase is not a counter.
@@ -185,7 +187,11 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
             _learn_refill(pool, inst, now)
             if inst.lease_id is None and not inst.draining and inst.desired_state == DesiredState.RUNNING:
                 _serve_reservations(inst.id, session=session)
-        if inst.state == S.FAILED:
+        if inst.state == S.FAILED and inst.ready_at is None:
+            # It never came up (an image that does not boot): a failed creation, backed off like a failed
+            # call, or the planner would replace it at once, forever.
+            note_failure(pool, event.message or "instance failed before it was ready", now=now)
+        elif inst.state == S.FAILED:
             pool.failure_message = (event.message or "instance failed")[:2000]
             bump_status(pool)
         if inst.state in LOST and inst.lease_id is not None:

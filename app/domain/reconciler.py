@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import autoscale, effects, instances as inst_domain, planner, quotas
+from app.domain import autoscale, effects, instances as inst_domain, planner, quotas, rollout, rollouts
 from app.domain.pools import bump_status
 from app.domain.states import DesiredState, InstanceState as S, PoolPhase
 from app.models import Instance, Lease, Pool, Runner, utcnow
@@ -30,9 +30,12 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
 
     if pool.deleted_at is None:
         _autoscale(pool, now, session=session)
+    limit = rollouts.reconcile_pass(pool, rows, now) if pool.deleted_at is None else None
     view = planner.PoolView(
         target=pool.desired_size, max_size=pool.max_size, stopped_size=pool.stopped_size, snapshot_id=pool.snapshot_id,
         surge=pool.rotation_max_surge, reuse=pool.reuse, deleting=pool.deleted_at is not None,
+        max_unavailable=rollouts.policy_of(pool).max_unavailable if limit else 0,
+        fresh_cap=limit.fresh_cap if limit else None,
         creation_allowed=pool.next_attempt_at is None or pool.next_attempt_at <= now,
         idle_recycle_reserved=pool.idle_recycle_reserved, idle_recycle_scaled=pool.idle_recycle_scaled,
         stuck_after=get_settings().engine.stuck_after_seconds,
@@ -48,7 +51,9 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
     plan = planner.plan(view, views, now)
     _within_quota(pool, plan, session=session)
     _apply(pool, plan, session=session)
-    pool.needs_reconcile = False
+    # A rotation under way is time-driven too (bake time, progress deadline): it stays flagged, so every
+    # sweep gives it a pass even when no instance moves.
+    pool.needs_reconcile = bool(limit and limit.state.get("stage") not in (None, rollout.COMPLETE))
     pool.reconciled_at = now
     inst_domain.recount(pool, session=session)
     session.add(pool)

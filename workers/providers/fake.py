@@ -14,6 +14,8 @@ engine runs, see `FakeCloud.configure`):
                        create that leaves the resource stopped, as before)
   fail_<op>            failure rate 0..1 of create/start/stop/delete/snapshot (default 0)
   fail_<op>_permanent  "true": those failures are permanent instead of transient
+  snapshots_broken     "true": snapshots taken from now on are bad (instances made from them go `failed`
+                       at boot; FakeCloud.break_snapshot marks one directly)
   seed                 makes failures deterministic: the n-th attempt of an op on a resource fails or
                        not by a hash of (seed, op, resource, n), whatever process runs it
 """
@@ -46,12 +48,17 @@ class FakeCloud:
         base = f"warmpool:fake:{namespace}"
         self.resources, self.config_key, self.attempts = f"{base}:resources", f"{base}:config", f"{base}:attempts"
         self.snapshots = f"{base}:snapshots"
+        self.broken = f"{base}:broken"  # snapshots whose instances fail to boot (a bad prebuild)
         self.due, self.changes = f"{base}:due", f"{base}:changes"
 
     def configure(self, **values: Any) -> None:
         """Change the cloud's behaviour for every process at once (e.g. fail_create=1, boot_ms=500)."""
         if values:
             self.r.hset(self.config_key, mapping={k: str(v) for k, v in values.items()})
+
+    def break_snapshot(self, snapshot_id: str) -> None:
+        """Instances created from this snapshot from now on go `failed` where they would be `running`."""
+        self.r.sadd(self.broken, snapshot_id)
 
     def reset_config(self) -> None:
         self.r.delete(self.config_key)
@@ -200,7 +207,9 @@ class FakeProvider(Provider):
             "address": "", "boot_ms": None, "log": [f"created from {spec.snapshot_id or 'image'}"],
             "tags": {OWNER_TAG: spec.owner, INSTANCE_TAG: spec.instance_id, POOL_TAG: spec.pool_id},
         }
-        if start:
+        if start and spec.snapshot_id and self.cloud.r.sismember(self.cloud.broken, spec.snapshot_id):
+            self._schedule(record, "failed", self._latency("boot", conf))
+        elif start:
             self._schedule(record, "running", self._latency("boot", conf),
                            address=f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}")
         else:
@@ -299,6 +308,8 @@ class FakeProvider(Provider):
         self._pause("snapshot", conf)
         snapshot_id = f"fake-snap-{uuid.uuid4()}"
         self.cloud.r.sadd(self.cloud.snapshots, snapshot_id)
+        if str(conf.get("snapshots_broken", "false")).lower() == "true":
+            self.cloud.break_snapshot(snapshot_id)
         return snapshot_id
 
     def delete_snapshot(self, snapshot_id: str) -> None:

@@ -149,6 +149,7 @@ class FakeSettings(RunnerSettingsModel):
     fail_delete_permanent: bool | None = None
     fail_snapshot_permanent: bool | None = None
     fail_reset_permanent: bool | None = None
+    snapshots_broken: bool | None = None
     seed: int | None = None
 
 
