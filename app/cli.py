@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_quota import add_commands as add_quota_commands
 
     add_quota_commands(sub)  # quota set|show
+
+    from app.cli_rollout import add_commands as add_rollout_commands
+
+    add_rollout_commands(sub)  # rollout status|policy|pause|resume|rollback
     return p
 
 

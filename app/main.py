@@ -6,7 +6,7 @@ from starlette.routing import Mount
 
 from app.api import gitpod, ops, vmpool
 from app.api import podpools as podpools_api
-from app.api import contract, docs, native, native_pools, native_tokens, unknown_routes
+from app.api import contract, docs, native, native_pools, native_rollout, native_tokens, unknown_routes
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.api.edge import HygieneInterceptor, InputGuard
 from app.domain import effects
@@ -103,6 +103,7 @@ def create_app(*, dispatcher: bool = True) -> FastAPI:
     app.include_router(native.router)
     app.include_router(native_tokens.router)
     app.include_router(native_pools.router)  # POST/PATCH/DELETE /v1/pools, schedules
+    app.include_router(native_rollout.router)
     unknown_routes.install(app)  # first: the façades' handlers pass paths that are not theirs on to it
     native.install_error_handlers(app)
     app.add_middleware(InputGuard)  # body size limits and input hygiene, in each façade's format

@@ -34,14 +34,16 @@ def get(base: str, token: str, path: str) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def start_dev(tmp_path: Path, startup_seconds: float = 60) -> tuple[subprocess.Popen, str, str, str, int, int]:
-    """`warmpool dev` on embedded defaults, its database at tmp_path/data/wp.sqlite3 and its log at
-    tmp_path/dev.log; returns (process, base URL, token, runner id, flower port, gRPC port) once ready."""
+def start_dev(tmp_path: Path, startup_seconds: float = 60,
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str, str, int, int]:
+    """`warmpool dev` on embedded defaults (plus `env`), its database at tmp_path/data/wp.sqlite3 and its
+    log at tmp_path/dev.log; returns (process, base URL, token, runner id, flower port, gRPC port) once ready."""
+    extra = env or {}
     http, grpc, flower = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARMPOOL_")}
     env.update(WARMPOOL_HTTP_PORT=str(http), WARMPOOL_GRPC_PORT=str(grpc), WARMPOOL_FLOWER__PORT=str(flower),
                WARMPOOL_DATA_DIR=str(tmp_path / "data"), WARMPOOL_DATABASE_URL=f"sqlite:///{tmp_path}/data/wp.sqlite3",
-               WARMPOOL_LOG_LEVEL="WARNING")
+               WARMPOOL_LOG_LEVEL="WARNING", **extra)
     log = open(tmp_path / "dev.log", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "dev", "--embedded-redis", "fakeredis"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
