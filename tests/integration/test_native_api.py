@@ -87,6 +87,9 @@ ROUTES += [("DELETE", "/v1/runners/{id}")]
 ROUTES += [("GET", "/v1/quota")]  # tests/security/test_quotas.py tests what it answers
 ROUTES += [("POST", "/v1/pools"), ("PATCH", "/v1/pools/{id}"), ("DELETE", "/v1/pools/{id}"),  # test_native_pools.py
            ("GET", "/v1/pools/{id}/schedule"), ("PUT", "/v1/pools/{id}/schedule")]
+ROUTES += [("GET", "/v1/pools/{id}/rollout"), ("PUT", "/v1/pools/{id}/rollout"),  # test_native_rollout.py
+           ("POST", "/v1/pools/{id}/rollout:pause"), ("POST", "/v1/pools/{id}/rollout:resume"),
+           ("POST", "/v1/pools/{id}/rollout:rollback")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
