@@ -20,29 +20,30 @@ from config.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-PER_POOL = ["organization", "pool"]
-LIVE_PHASES = [p for p in PoolPhase if p != PoolPhase.DELETED]
 
 
 def pool_rows(org_id: str | None) -> list[sa.Row]:
     """Every pool not yet deleted (of one organization, or all) with its phase, the applier's counters, its
     ready instances counted now (the partial index ix_instances_ready) and its waiting reservations."""
-    ready = (sa.select(Instance.pool_id, sa.func.count().label("n")).where(READY)
-             .group_by(Instance.pool_id).subquery())
+    ready = sa.select(Instance.pool_id, sa.func.count().label("n")).where(READY)
     waiting = (sa.select(Reservation.pool_id, sa.func.count().label("n"),
                          sa.func.min(Reservation.created_at).label("oldest"))
-               .where(Reservation.state == str(ReservationState.WAITING))
-               .group_by(Reservation.pool_id).subquery())
-    stmt = (sa.select(Organization.name.label("org"), Pool.name, Pool.phase, Pool.deleted_at, Pool.desired_size,
-                      Pool.leased_instances, Pool.stopped_instances, sa.func.coalesce(ready.c.n, 0).label("ready"),
-                      sa.func.coalesce(waiting.c.n, 0).label("waiting"), waiting.c.oldest)
+               .where(Reservation.state == str(ReservationState.WAITING)))
+    pools = sa.select(Organization.name.label("org"), Pool.name, Pool.phase, Pool.deleted_at, Pool.desired_size,
+                      Pool.leased_instances, Pool.stopped_instances)
+    if org_id is not None:  # in the subqueries too, so a tenant's scrape reads its own rows only
+        ready = ready.where(Instance.organization_id == org_id)
+        waiting = waiting.where(Reservation.organization_id == org_id)
+        pools = pools.where(Pool.organization_id == org_id)
+    ready_n = ready.group_by(Instance.pool_id).subquery()
+    waiting_n = waiting.group_by(Reservation.pool_id).subquery()
+    stmt = (pools.add_columns(sa.func.coalesce(ready_n.c.n, 0).label("ready"),
+                              sa.func.coalesce(waiting_n.c.n, 0).label("waiting"), waiting_n.c.oldest)
             .join(Organization, Organization.id == Pool.organization_id)
-            .outerjoin(ready, ready.c.pool_id == Pool.id)
-            .outerjoin(waiting, waiting.c.pool_id == Pool.id)
+            .outerjoin(ready_n, ready_n.c.pool_id == Pool.id)
+            .outerjoin(waiting_n, waiting_n.c.pool_id == Pool.id)
             .where(Pool.phase != str(PoolPhase.DELETED))
             .order_by(Organization.name, Pool.name))
-    if org_id is not None:
-        stmt = stmt.where(Pool.organization_id == org_id)
     with get_engine().connect() as conn:
         return list(conn.execute(stmt))
 
@@ -55,31 +56,41 @@ def _age(oldest: datetime | None, now: datetime) -> float:
     return max(0.0, (now - oldest).total_seconds())
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _family(name: str, doc: str, samples: list[str]) -> str:
+    return f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(samples)
+
+
+POOL_GAUGES = (
+    ("ready_instances", "Instances of the pool ready to lease (running, free, not draining), counted at scrape time"),
+    ("leased_instances", "Instances of the pool held by a lease (the event applier's count)"),
+    ("stopped_instances", "Stopped instances kept behind the running ones (the event applier's count)"),
+    ("desired_instances", "Running target chosen by the autoscaler (status.desired_size)"),
+    ("waiting_reservations", "Reservations queued on the pool"),
+    ("oldest_reservation_age_seconds", "Age of the pool's oldest queued reservation (0: none waiting)"),
+)
+
+
 class PoolCollector:
-    """Per pool: ready, leased, stopped and desired instances, the phase (one series per phase, 1 for the
-    current one), waiting reservations and the age of the oldest; per organization: pools by phase and
-    ready instances. Leased and stopped are the event applier's counters (as of its last recount); ready
-    is counted at scrape time, so an exhausted pool shows at once."""
+    """Per pool: ready, leased, stopped and desired instances, its phase (`warmpool_pool_phase{phase}` 1, the
+    current phase only), waiting reservations and the age of the oldest; per organization: pools by phase
+    and ready instances. Leased and stopped are the event applier's counters (as of its last recount);
+    ready is counted at scrape time, so an exhausted pool shows at once.
+
+    Rendered straight to the text format: with 10,000 pools that is 70,000 lines, which prometheus_client's
+    generic writer takes seconds to format and this takes a fraction of one."""
 
     def __init__(self, org_id: str | None) -> None:
         self.org_id = org_id
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def render(self) -> str:
         rows = pool_rows(self.org_id)
         now = datetime.now(UTC)
-        g = {name: GaugeMetricFamily(f"warmpool_pool_{name}", doc, labels=PER_POOL) for name, doc in (
-            ("ready_instances", "Instances of the pool ready to lease (running, free, not draining)"),
-            ("leased_instances", "Instances of the pool held by a lease (the applier's count)"),
-            ("stopped_instances", "Stopped instances kept behind the running ones (the applier's count)"),
-            ("desired_instances", "Running target chosen by the autoscaler (status.desired_size)"),
-            ("waiting_reservations", "Reservations queued on the pool"),
-            ("oldest_reservation_age_seconds", "Age of the pool's oldest queued reservation (0: none waiting)"),
-        )}
-        phase = GaugeMetricFamily("warmpool_pool_phase", "The pool's phase: 1 for the current one, 0 for the others",
-                                  labels=[*PER_POOL, "phase"])
-        pools = GaugeMetricFamily("warmpool_pools", "Pools by organization and phase", labels=["organization", "phase"])
-        ready_org = GaugeMetricFamily("warmpool_ready_instances", "Ready (leasable) instances by organization",
-                                      labels=["organization"])
+        per_pool: dict[str, list[str]] = {name: [] for name, _ in POOL_GAUGES}
+        phases: list[str] = []
         by_phase: Tally[tuple[str, str]] = Tally()
         ready_by_org: Tally[str] = Tally()
         for r in rows:
@@ -87,22 +98,24 @@ class PoolCollector:
             ready_by_org[r.org] += r.ready
             if r.deleted_at is not None:  # being deleted: its name may already belong to a new pool
                 continue
-            labels = [r.org, r.name]
+            labels = f'{{organization="{_escape(r.org)}",pool="{_escape(r.name)}"}}'
             for name, value in (("ready_instances", r.ready), ("leased_instances", r.leased_instances),
                                 ("stopped_instances", r.stopped_instances), ("desired_instances", r.desired_size),
                                 ("waiting_reservations", r.waiting),
                                 ("oldest_reservation_age_seconds", _age(r.oldest, now))):
-                g[name].add_metric(labels, value)
-            for p in LIVE_PHASES:
-                phase.add_metric([*labels, p.value], 1.0 if r.phase == p else 0.0)
-        for (org, ph), n in sorted(by_phase.items()):
-            pools.add_metric([org, ph], n)
-        for org, n in sorted(ready_by_org.items()):
-            ready_org.add_metric([org], n)
-        yield from g.values()
-        yield phase
-        yield pools
-        yield ready_org
+                per_pool[name].append(f"warmpool_pool_{name}{labels} {float(value)!r}\n")
+            phases.append(f'warmpool_pool_phase{{organization="{_escape(r.org)}",phase="{_escape(r.phase)}",'
+                          f'pool="{_escape(r.name)}"}} 1.0\n')
+        out = [_family(f"warmpool_pool_{name}", doc, per_pool[name]) for name, doc in POOL_GAUGES]
+        out.append(_family("warmpool_pool_phase", "The pool's current phase (1; no series for the other phases)",
+                           phases))
+        out.append(_family("warmpool_pools", "Pools by organization and phase", [
+            f'warmpool_pools{{organization="{_escape(org)}",phase="{_escape(ph)}"}} {float(n)!r}\n'
+            for (org, ph), n in sorted(by_phase.items())]))
+        out.append(_family("warmpool_ready_instances", "Ready (leasable) instances by organization", [
+            f'warmpool_ready_instances{{organization="{_escape(org)}"}} {float(n)!r}\n'
+            for org, n in sorted(ready_by_org.items())]))
+        return "".join(out)
 
 
 def _entry_ms(entry_id: bytes | str | None) -> int | None:
@@ -180,22 +193,29 @@ class ApplierLagCollector:
             yield GaugeMetricFamily(f"warmpool_events_{name}", doc, value=lag[name])
 
 
-class Guarded:
-    """Collectors whose failure (the database or Redis unreachable) costs their own series, not the whole
-    scrape; `warmpool_collector_up{collector}` says which answered."""
+def render_view(org_id: str | None) -> str:
+    """The scrape-time gauges one view may see: an organization's pools, or (None) every pool's plus the
+    applier's lag. A source that fails (the database or Redis unreachable) costs its own series only;
+    `warmpool_collector_up{collector}` says which answered."""
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    def __init__(self, **collectors: object) -> None:
-        self.collectors = collectors
+    parts, up = [], []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("warmpool_collector_up", "1 if the collector's source answered this scrape",
-                               labels=["collector"])
-        for name, inner in self.collectors.items():
-            try:
-                families, ok = list(inner.collect()), True  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001 - a scrape reports what it can
-                log.warning("metrics: the %s collector failed: %s: %s", name, type(exc).__name__, exc)
-                families, ok = [], False
-            up.add_metric([name], 1 if ok else 0)
-            yield from families
-        yield up
+    def events() -> str:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ApplierLagCollector())  # type: ignore[arg-type] - a duck-typed collector
+        return generate_latest(registry).decode()
+
+    sources = {"pools": PoolCollector(org_id).render}
+    if org_id is None:
+        sources["events"] = events
+    for name, render in sources.items():
+        try:
+            parts.append(render())
+            ok = 1.0
+        except Exception as exc:  # noqa: BLE001 - a scrape reports what it can
+            log.warning("metrics: the %s source failed: %s: %s", name, type(exc).__name__, exc)
+            ok = 0.0
+        up.append(f'warmpool_collector_up{{collector="{name}"}} {ok!r}\n')
+    parts.append(_family("warmpool_collector_up", "1 if the collector's source answered this scrape", up))
+    return "".join(parts)

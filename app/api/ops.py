@@ -18,7 +18,7 @@ from app import metrics as process_metrics
 from app.db import get_engine
 from app.domain.errors import DomainError, PermissionDenied
 from app.domain.tokens import Scope
-from app.metrics_collector import ApplierLagCollector, Guarded, PoolCollector
+from app.metrics_collector import render_view
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,8 @@ def process_exposition() -> bytes:
 def exposition(org_id: str | None) -> bytes:
     """The metrics one caller may see: its organization's pool series, or (None) every organization's plus
     the process-wide ones and the event applier's lag."""
-    registry = CollectorRegistry(auto_describe=False)
-    if org_id is not None:
-        registry.register(Guarded(pools=PoolCollector(org_id)))  # type: ignore[arg-type] - a duck-typed collector
-        return generate_latest(registry)
-    registry.register(Guarded(pools=PoolCollector(None), events=ApplierLagCollector()))  # type: ignore[arg-type]
-    return process_exposition() + generate_latest(registry)
+    own = render_view(org_id).encode()
+    return own if org_id is not None else process_exposition() + own
 
 
 async def metrics_view(request: Request) -> str | None:
