@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from app import auth
 from app.api import core
 from app.api.edge import CONNECT, TooLarge, answer, read_body
-from app.domain.errors import DomainError, PermissionDenied
+from app.domain.errors import DomainError
 from app.domain.tokens import Scope
 from config.settings import get_settings
 
@@ -204,11 +204,9 @@ async def _authorized(scope: dict, send: Callable, service: str) -> bool:
     try:
         token = auth.bearer_from_header(value.decode("latin-1") if value is not None else None)
         await auth.require_async(token, *needed_scope(service))  # the database only on a cache miss
-    except PermissionDenied as exc:
-        await _connect_error(send, 403, exc.code, exc.message)
-        return False
-    except DomainError as exc:
-        await _connect_error(send, 401, exc.code, exc.message)
+    except DomainError as exc:  # unauthenticated, or permission_denied for too small a scope
+        refused = core.map_error(exc, CONNECT)
+        await _connect_error(send, refused.http_status or 401, refused.body()["code"], refused.message)
         return False
     except Exception:
         log.exception("could not verify an API token")

@@ -81,11 +81,20 @@ TABLE: dict[str, Row] = {
 }
 
 
+# The Connect protocol's HTTP status of each code (connectrpc's runtime applies the same when a handler
+# raises); for the answers the edge writes itself, before a handler runs.
+CONNECT_HTTP: dict[Code, int] = {
+    Code.CANCELED: 499, Code.UNKNOWN: 500, Code.INVALID_ARGUMENT: 400, Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404, Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403, Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400, Code.ABORTED: 409, Code.OUT_OF_RANGE: 400, Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500, Code.UNAVAILABLE: 503, Code.DATA_LOSS: 500, Code.UNAUTHENTICATED: 401,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """An error as one wire answers it. `code` is the wire's own: a connectrpc Code, a grpc.StatusCode,
-    a snake_case string (/v1) or an openYuanrong integer. `http_status` is None on gRPC and Connect (the
-    Connect runtime derives it from the code)."""
+    a snake_case string (/v1) or an openYuanrong integer. `http_status` is None on gRPC."""
 
     wire: str
     code: Any
@@ -125,7 +134,7 @@ def map_error(exc: BaseException, wire: str, *, what: str = "") -> Refusal:
         log.error("domain error with no wire mapping (code %r) in %s: %s", getattr(exc, "code", None),
                   what or "a call", message)
     if wire == CONNECT:
-        return Refusal(wire, row.connect, message, None, row.final)
+        return Refusal(wire, row.connect, message, CONNECT_HTTP[row.connect], row.final)
     if wire == GRPC:
         return Refusal(wire, row.grpc, message, None, row.final)
     if wire == NATIVE:

@@ -20,9 +20,9 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from app import auth
-from app.api.core import CONNECT, NATIVE, PODPOOL_AUTH, PODPOOL_INVALID_USER_PARAM, PODPOOLS
+from app.api.core import CONNECT, NATIVE, PODPOOL_HINT, PODPOOL_INVALID_USER_PARAM, PODPOOLS, map_error
 from app.api.hygiene import BadInput, check_message, loads
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, InvalidArgument, Unauthenticated
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,20 @@ def wire_of(path: str) -> str:
 
 def refusal(wire: str, kind: str, message: str) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
     """(HTTP status, JSON body, extra headers) for `kind` in {unauthenticated, invalid_body,
-    invalid_param, too_large} on `wire`."""
-    if wire == CONNECT:
-        status, code = {"unauthenticated": (401, "unauthenticated"), "too_large": (429, "resource_exhausted")}.get(
-            kind, (400, "invalid_argument"))
-        return status, {"code": code, "message": message}, []
-    if wire == PODPOOLS:
-        if kind == "unauthenticated":
-            return 401, {"code": PODPOOL_AUTH, "message": message}, []
-        if kind == "too_large":
-            return 413, {"code": PODPOOL_INVALID_USER_PARAM, "message": f"{message}. check input parameters"}, []
-        if kind == "invalid_body":
-            return 500, {"code": PODPOOL_INVALID_PARAM, "message": f"invalid JSON body: {message}"}, []
-        return 500, {"code": PODPOOL_INVALID_USER_PARAM, "message": f"{message}. check input parameters"}, []
-    status, code = {"unauthenticated": (401, "unauthenticated"), "too_large": (413, "too_large")}.get(
-        kind, (400, "invalid_argument"))
-    headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-    return status, {"code": code, "message": message}, headers
+    invalid_param, too_large} on `wire`: by the edge core's table, but for a body too large (each wire
+    has its own word for it) and a pod-pool body that does not decode (the Go decoder's 130600)."""
+    if kind == "too_large":
+        if wire == CONNECT:
+            return 429, {"code": "resource_exhausted", "message": message}, []
+        if wire == PODPOOLS:
+            return 413, {"code": PODPOOL_INVALID_USER_PARAM, "message": message + PODPOOL_HINT}, []
+        return 413, {"code": "too_large", "message": message}, []
+    if wire == PODPOOLS and kind == "invalid_body":
+        return 500, {"code": PODPOOL_INVALID_PARAM, "message": f"invalid JSON body: {message}"}, []
+    exc = Unauthenticated(message) if kind == "unauthenticated" else InvalidArgument(message)
+    refused = map_error(exc, wire if wire != OTHER else NATIVE)  # other paths answer like /v1
+    headers = [(name.lower().encode(), value.encode()) for name, value in refused.headers().items()]
+    return refused.http_status or 400, refused.body(), headers
 
 
 async def answer(send: Send, wire: str, kind: str, message: str) -> None:

@@ -1,10 +1,11 @@
 """The openYuanrong pod pool façade: REST on /serverless/v1/podpools, snake_case JSON, {code,message,result}.
 
 Thin: type-check the JSON the way the meta service's Go decoder does (wrong types are code 130600, an
-empty body 121052), call one function of app.domain.podpools in one unit of work, map its errors:
-an unknown pool is 4120 with HTTP 404, any other rule violation 4104 with HTTP 500 (upstream's status),
-a missing or bad bearer token 121049 with HTTP 401, an unexpected failure 150500. Error bodies are
-{"code","message"}, as upstream's `handlePoolErrResp` writes them; never a traceback.
+empty body 121052), call one function of app.domain.podpools in one unit of work, and answer its errors
+by the edge core's table (app.api.core): an unknown pool is 4120 with HTTP 404, any other rule violation
+4104 with HTTP 500 (upstream's status), a missing or bad bearer token 121049 with HTTP 401, the database
+unreachable or an unexpected failure 150500. Error bodies are {"code","message"}, as upstream's
+`handlePoolErrResp` writes them; never a traceback.
 """
 from __future__ import annotations
 

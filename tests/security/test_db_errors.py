@@ -38,3 +38,32 @@ def test_other_database_errors_are_left_alone(db):
     with pytest.raises(sa.exc.ProgrammingError):
         with input_errors(), session_scope() as s:
             s.execute(sa.text("SELECT * FROM no_such_table"))
+
+
+def test_the_edge_core_answers_a_real_data_error_as_invalid_argument_on_every_wire(db):
+    from app.api import core
+
+    def overflow(*, session):
+        session.execute(sa.text("SELECT CAST(:v AS integer)"), {"v": "99999999999999999999"})
+
+    with pytest.raises(InvalidArgument) as raised:
+        core.transaction(overflow)
+    codes = {wire: core.map_error(raised.value, wire).body()["code"] for wire in core.WIRES if wire != core.GRPC}
+    assert codes == {core.CONNECT: "invalid_argument", core.NATIVE: "invalid_argument", core.PODPOOLS: 4104}
+    assert core.map_error(raised.value, core.GRPC).code.name == "INVALID_ARGUMENT"
+
+
+def test_an_unreachable_database_is_unavailable_and_its_address_is_not_told(db, monkeypatch):
+    from app import db as database
+    from app.api import core
+    from app.domain.errors import Unavailable
+    from scripts.testenv import free_port
+
+    dead = database.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres")
+    with monkeypatch.context() as patched, pytest.raises(Unavailable) as raised:
+        patched.setattr(database, "get_engine", lambda: dead)
+        core.transaction(lambda *, session: session.execute(sa.text("SELECT 1")))
+    refusal = core.map_error(raised.value, core.NATIVE)
+    assert (refusal.http_status, refusal.code) == (503, "unavailable")
+    assert "127.0.0.1" not in refusal.message
+    dead.dispose()

@@ -149,3 +149,33 @@ def test_a_connect_error_passes_through_and_an_unknown_wire_is_refused():
     assert core.connect_error(original) is original
     with pytest.raises(ValueError, match="unknown wire"):
         core.map_error(errors.NotFound("x"), "smoke-signals")
+
+
+def test_connect_http_statuses_are_the_runtimes():
+    """The edge writes some Connect answers itself (before a handler runs): with the status connectrpc
+    gives the same code when a handler raises it."""
+    from connectrpc._protocol import ConnectWireError
+
+    for code, status in core.CONNECT_HTTP.items():
+        assert ConnectWireError(code, "", ()).to_http_status().code == status, code
+    assert set(core.CONNECT_HTTP) == set(Code)
+
+
+@pytest.mark.parametrize(("wire", "kind", "status", "body"), [
+    ("connect", "unauthenticated", 401, {"code": "unauthenticated", "message": "m"}),
+    ("connect", "invalid_param", 400, {"code": "invalid_argument", "message": "m"}),
+    ("connect", "too_large", 429, {"code": "resource_exhausted", "message": "m"}),
+    ("podpools", "unauthenticated", 401, {"code": 121049, "message": "m"}),
+    ("podpools", "invalid_param", 500, {"code": 4104, "message": "m. check input parameters"}),
+    ("podpools", "invalid_body", 500, {"code": 130600, "message": "invalid JSON body: m"}),
+    ("podpools", "too_large", 413, {"code": 4104, "message": "m. check input parameters"}),
+    ("native", "unauthenticated", 401, {"code": "unauthenticated", "message": "m"}),
+    ("native", "invalid_body", 400, {"code": "invalid_argument", "message": "m"}),
+    ("native", "too_large", 413, {"code": "too_large", "message": "m"}),
+])
+def test_the_input_guards_refusals_follow_the_table(wire, kind, status, body):
+    from app.api.edge import refusal
+
+    got_status, got_body, headers = refusal(wire, kind, "m")
+    assert (got_status, got_body) == (status, body)
+    assert headers == ([(b"www-authenticate", b"Bearer")] if (wire, status) == ("native", 401) else [])
