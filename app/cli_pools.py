@@ -130,6 +130,19 @@ def _seconds(n: int) -> str:
     return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
+def _schedule_fact(pool_id: str, *, session: Any) -> str:
+    from app.domain import schedules
+    from app.models import PoolSchedule
+
+    row = session.get(PoolSchedule, pool_id)
+    if row is None:
+        return ""
+    view = schedules.schedule_view(row)
+    holding = f", entry {view['holding']['index']} holds" if view["holding"] else ""
+    upcoming = f", next firing {view['next_fire_at']:%Y-%m-%d %H:%M}Z" if view["next_fire_at"] else ""
+    return f"{len(view['entries'])} entries{holding}{upcoming} (warmpool pool schedule)"
+
+
 def cmd_pool_show(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.domain import leases, tenancy
@@ -142,6 +155,7 @@ def cmd_pool_show(args: argparse.Namespace) -> int:
         active = {v.instance_id: v for v in leases.list_leases(org_id, session=session, pool_name=pool.name,
                                                                limit=len(insts) + 100) if v.pool_id == pool.id}
         runner = tenancy.get_runner(org_id, pool.runner_id, session=session) if pool.runner_id else None
+        schedule = _schedule_fact(pool.id, session=session)
     now = utcnow()
     facts = [
         ("pool", f"{pool.name} (id {pool.id})" if pool.name != pool.id else pool.id),
@@ -157,6 +171,8 @@ def cmd_pool_show(args: argparse.Namespace) -> int:
         ("leases", f"default {_seconds(pool.lease_default_seconds)}, max {_seconds(pool.lease_max_seconds)}, "
                    f"empty pool: {pool.empty_policy}" + (", reuse" if pool.reuse else "")),
     ]
+    if schedule:
+        facts.append(("schedule", schedule))
     if pool.labels:
         facts.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(pool.labels.items()))))
     width = max(len(k) for k, _ in facts)
@@ -231,6 +247,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("pool", metavar="ID", help="pool id or name (as `warmpool pools` shows it)")
     sp.add_argument("--org", help=ORG_HELP)
     sp.set_defaults(fn=cmd_pool_show)
+    from app.cli_pool_edit import add_commands as add_edit_commands
+
+    add_edit_commands(pool, ORG_HELP)  # pool create|update|delete|schedule
 
 
 def add_runner_commands(run: argparse._SubParsersAction) -> None:

@@ -153,7 +153,11 @@ def update_pool(org_id: str, pool_id: str, changes: dict[str, Any], *, session: 
         if runner is None:
             raise FailedPrecondition(f"pool {pool.name!r} has no runner any more, so its template cannot be checked")
         fields["template"] = _checked_template(runner.provider, fields["template"])
-    pool = set_sizes(pool, changes.get("min_size"), changes.get("max_size"), session=session)
-    if fields:
-        pool = pools.resize_pool(org_id, pool.id, session=session, **fields)
+    min_size, max_size = changes.get("min_size"), changes.get("max_size")
+    if pool.kind == PoolKind.PODPOOL:  # its sizes through openYuanrong's update, the rest below
+        pool = set_sizes(pool, min_size, max_size, session=session)
+        min_size = max_size = None
+    check_kind_sizes(pool, min_size, max_size)
+    if fields or min_size is not None or max_size is not None:  # one change, one spec version
+        pool = pools.resize_pool(org_id, pool.id, min_size=min_size, max_size=max_size, session=session, **fields)
     return pool
