@@ -8,7 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.native import ERRORS, ErrorBody, IdPath, Org, PoolOut, pool_out, require_id, run
+from app.api.native import IdPath
+from app.api.native_common import ERRORS, Org, require_id, run
+from app.api.native_models import ErrorBody, PoolOut, pool_out
 from app.domain import cron, pool_admin, pools, schedules
 from app.domain.states import EmptyPoolPolicy
 from fastapi import APIRouter
