@@ -161,3 +161,34 @@ def test_a_pool_across_both_berlin_dst_transitions(world):
         (utc(2026, 10, 25, 0, 45), (3, 6)),  # 02:45 CEST; the second 02:30 and 02:45 (CET) change nothing
         (utc(2026, 10, 25, 11, 0), (1, 3)),  # noon CET
     ]
+
+
+def test_racing_beat_passes_apply_a_firing_once(world):
+    """Two beat passes (a duplicate delivery, or two beats during a failover) racing on one due firing: the
+    pool's row lock (BEGIN IMMEDIATE on SQLite) serializes them, and the second sees it already applied.
+    Checked in the database: one spec version more, not two."""
+    import threading
+
+    put(world, WORKDAY, utc(2026, 3, 2, 6, 0))
+    now = utc(2026, 3, 2, 7, 0, 1)
+    version = pool(world).spec_version
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def one_pass() -> None:
+        try:
+            barrier.wait(5)
+            with session_scope() as s:
+                results.append(schedules.apply_due(world.pool_id, session=s, now=now))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_pass) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sorted(results) == [False, False, False, True]
+    assert sizes(world) == (4, 8) and pool(world).spec_version == version + 1
