@@ -116,6 +116,9 @@ class Runner(SQLModel, table=True):
     provider: str = Field(max_length=64)
     settings: dict = _json()
     created_at: datetime = _ts()
+    epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Bumped when what the engine saw of this runner may be incomplete (Redis lost events, the observer
+    re-listed): only instances seen running at the current epoch are handed out (app.domain.epochs)."""
 
 
 class EnvironmentClass(SQLModel, table=True):
@@ -295,6 +298,9 @@ class Instance(SQLModel, table=True):
     ready_at: datetime | None = _ts(nullable=True)
     idle_since: datetime | None = _ts(nullable=True)
     missing_seen: int = 0
+    seen_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """The runner epoch at which the instance was last seen running (app.domain.epochs): claimable only
+    while it equals the runner's current epoch."""
 
 
 class Lease(SQLModel, table=True):

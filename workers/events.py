@@ -30,7 +30,7 @@ from sqlalchemy import exc as sa_exc
 
 from app import events
 from app.db import session_scope
-from app.domain import effects, instances
+from app.domain import effects, epochs, instances
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Applier:
         self.failures: dict[str, int] = {}  # entry id -> failed applies here, while it stays pending
         self.ticks = 0
         self.recheck_own = False  # an outage interrupted a pass: entries may sit in our pending list
+        self.lost_events = False  # the stream was lost: runners need a new epoch (see new_epochs)
         self.delay = 0.0
         self.last_ok = time.monotonic()
         self.last_error = ""
@@ -102,6 +103,15 @@ class Applier:
                 removed += 1
                 log.info("removed dead consumer %s from group %s", name, self.group)
         return removed
+
+    def new_epochs(self) -> None:
+        """Events were lost with the stream: begin a new epoch of every runner, so nothing is handed out
+        until the observer's re-list has seen it running again (app.domain.epochs). Retried each pass
+        until the database takes it."""
+        with session_scope() as session:
+            epochs.bump_all(session=session)
+        self.lost_events = False
+        log.warning("event stream lost: began a new epoch of every runner (instances wait for a re-list)")
 
     # --- applying --------------------------------------------------------------------------------
 
@@ -213,6 +223,8 @@ class Applier:
     def run_once(self, block_ms: int = 1000) -> int:
         """One pass: retry our failures, read new entries, and now and then reclaim and prune."""
         done = 0
+        if self.lost_events:
+            self.new_epochs()
         if self.failures or self.recheck_own:
             done += self.retry_own()
             self.recheck_own = False
@@ -245,6 +257,7 @@ class Applier:
                     continue
                 log.warning("the event stream or its group is gone (%s): re-creating it", exc)
                 self.failures.clear()  # those entry ids died with the stream
+                self.lost_events = True
                 try:
                     self.ensure_group()
                 except Exception as again:  # noqa: BLE001 - retried on the next pass

@@ -8,6 +8,11 @@
   published, and an instance the database holds but the provider no longer lists is published
   `deleted`. The database is read before the listing, so a resource it names was created before the
   listing began: missing from it means gone, not "not made yet".
+- Every (re)start of a stream begins a new epoch of the runner before listing (app.domain.epochs): nothing
+  of that runner is handed out until its first full listing has confirmed it running (a `seen` event per
+  instance the listing shows running and the database already holds running; the others get state
+  events, which carry the epoch too). When the runner's epoch moves on without us (the applier found the
+  event stream lost), the replica restarts that runner's stream, so the re-list follows every loss.
 - `Observer` shards runners between replicas: a replica observes a runner only while it holds the Redis
   key `warmpool:observer:runner:<id>` (SET NX PX, renewed every `renew_seconds`). A replica that cannot
   renew (Redis gone, or the key taken over) stops observing that runner at once; another replica takes
@@ -32,6 +37,7 @@ from sqlmodel import select
 
 from app import events
 from app.db import session_scope
+from app.domain import epochs
 from app.domain.states import ALIVE, InstanceState as S
 from app.models import Instance, Pool, Runner
 from config.settings import get_settings
@@ -65,33 +71,50 @@ def believed(runner_id: str) -> dict[str, Seen]:
     return {ref: Seen(iid, pid, state, address or "") for ref, iid, pid, state, address in rows}
 
 
+def new_epoch(runner_id: str) -> int:
+    """Begin a new epoch of the runner (before a re-list); returns it."""
+    with session_scope() as session:
+        return epochs.bump(runner_id, session=session)
+
+
 class RunnerObserver(LoopService):
     """Observes one runner's provider and publishes what changed."""
 
     def __init__(self, runner_id: str, provider: Provider, owner: str,
                  publish: Callable[[events.InstanceEvent], Any] = events.publish,
-                 seed: Callable[[str], dict[str, Seen]] = believed, number: Callable[[str], int] = next_seq) -> None:
+                 seed: Callable[[str], dict[str, Seen]] = believed, number: Callable[[str], int] = next_seq,
+                 relist: Callable[[str], int] = new_epoch) -> None:
         super().__init__(f"observe-{runner_id[:8]}")
         self.runner_id, self.provider, self.owner, self.publish, self.seed = runner_id, provider, owner, publish, seed
         self.number = number
         """Issues each event's sequence number after the observation (the database's, in production)."""
+        self.relist = relist
+        self.epoch: int | None = None
+        """The runner epoch this stream's observations belong to (None before its first start)."""
         self.known: dict[str, Seen] = {}
         self.published = 0
 
     def run_once(self) -> None:
         self.known = self.seed(self.runner_id)  # read before the stream's first listing (see the module docstring)
+        self.epoch = self.relist(self.runner_id)  # before the listing: what it shows is seen inside the new epoch
+        confirmed = False
         for sighting in self.provider.observe(self.owner, self.stopping):
-            self.pump(sighting)
+            self.pump(sighting, confirm=sighting.full and not confirmed)
+            confirmed = confirmed or sighting.full
             if self.stopping.is_set():
                 return
 
-    def pump(self, sighting: Sighting) -> int:
-        """Publish the changes one sighting shows; returns how many events went out."""
+    def pump(self, sighting: Sighting, confirm: bool = False) -> int:
+        """Publish the changes one sighting shows; returns how many events went out. With `confirm` (the
+        first full listing of an epoch), an instance listed running and unchanged gets a `seen` event."""
         out = 0
         listed = set()
         for obs in sighting.observed:
             listed.add(obs.ref)
-            out += self._one(obs)
+            sent = self._one(obs)
+            out += sent
+            if confirm and not sent and obs.state == S.RUNNING and self.epoch is not None:
+                out += self._confirm(obs)
         if sighting.full:
             for ref in [r for r in self.known if r not in listed]:
                 out += self._one(Observed(ref=ref, state=str(S.DELETED), message="the provider resource vanished"))
@@ -116,7 +139,15 @@ class RunnerObserver(LoopService):
         message = obs.message or ("the provider resource vanished" if obs.state == S.DELETED and before else "")
         self.publish(events.InstanceEvent(
             instance_id=instance_id, pool_id=pool_id, state=obs.state, ref=obs.ref if obs.state != S.DELETED else "",
-            address=obs.address, boot_ms=obs.boot_ms, message=message, seq=self.number(instance_id)))
+            address=obs.address, boot_ms=obs.boot_ms, message=message, seq=self.number(instance_id), epoch=self.epoch))
+        return 1
+
+    def _confirm(self, obs: Observed) -> int:
+        seen = self.known.get(obs.ref)
+        if seen is None or seen.state != S.RUNNING:
+            return 0
+        self.publish(events.InstanceEvent(instance_id=seen.instance_id, pool_id=seen.pool_id, kind=events.KIND_SEEN,
+                                          ref=obs.ref, epoch=self.epoch))
         return 1
 
     def health(self) -> dict[str, Any]:
@@ -151,7 +182,18 @@ class Observer(LoopService):
                 self.renewed = time.monotonic()
                 self.heartbeat()
             with session_scope() as session:
-                runners = [(r.id, r.provider, dict(r.settings or {})) for r in session.exec(select(Runner)).all()]
+                rows = session.exec(select(Runner)).all()
+                runners = [(r.id, r.provider, dict(r.settings or {})) for r in rows]
+                moved_on = {r.id: r.epoch for r in rows}
+            for runner_id, *rest in runners:
+                watcher = self.watchers.get(runner_id)
+                if watcher is not None and watcher.epoch is not None and moved_on[runner_id] > watcher.epoch:
+                    # Another process began a new epoch (the applier lost the event stream): re-list now.
+                    log.info("observer %s re-lists runner %s (epoch %d > %d)", self.replica, runner_id,
+                             moved_on[runner_id], watcher.epoch)
+                    self._drop(runner_id, release=False)
+                    if self._renew(LEASE_KEY.format(runner_id)):  # still ours: a replica that lost it must not
+                        self._take(runner_id, *rest)               # bump the epoch under the new holder's feet
             unobserved = [r for r in runners if r[0] not in self.watchers]
             if unobserved:
                 with self.r.pipeline(transaction=False) as pipe:  # one round trip however many runners there are

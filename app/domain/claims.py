@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from app.domain import events as ev
 from app.domain import effects
+from app.domain.epochs import CURRENT
 from app.domain.errors import Aborted
 from app.domain.states import InstanceState as S, LeaseState
 from app.models import Instance, Lease, Pool, new_id
@@ -27,8 +28,11 @@ def inline(value: str) -> sa.ColumnElement:
     return sa.literal_column("'" + value.replace("'", "''") + "'")
 
 
-READY = sa.and_(Instance.state == inline(S.RUNNING), Instance.lease_id.is_(None), Instance.draining == sa.false())
-"""The predicate of the partial index ix_instances_ready, written so the planner can match it."""
+READY = sa.and_(Instance.state == inline(S.RUNNING), Instance.lease_id.is_(None), Instance.draining == sa.false(),
+                CURRENT)
+"""Ready to hand out: the predicate of the partial index ix_instances_ready (written so the planner can match
+it), and seen running at its runner's current epoch (app.domain.epochs: not since a Redis loss or re-list,
+never handed out)."""
 ACTIVE = Lease.state == inline(LeaseState.ACTIVE)
 """The predicate of the partial index ix_leases_active_expiry."""
 
@@ -118,6 +122,8 @@ _CLAIM = sa.text("""
 WITH pick AS (
     SELECT id FROM instances
     WHERE pool_id = :pool_id AND state = 'running' AND lease_id IS NULL AND draining = false
+      AND seen_epoch >= (SELECT coalesce(max(r.epoch), 0) FROM pools p JOIN runners r ON r.id = p.runner_id
+                         WHERE p.id = :pool_id)
     ORDER BY stale, ready_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), taken AS (
     UPDATE instances SET lease_id = :lease_id, idle_since = NULL FROM pick

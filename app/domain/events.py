@@ -25,6 +25,7 @@ KIND_RECYCLED = "recycled"  # a returned instance of a `reuse` pool was reset by
 KIND_POOL = "pool"  # something about the pool changed; recount its status
 KIND_FAILURE = "failure"  # a provider call failed transiently (message says why); counts toward DEGRADED
 KIND_SUCCESS = "success"  # a provider call succeeded without a state change worth an event; clears failures
+KIND_SEEN = "seen"  # a re-list saw the instance running at `epoch` (app.domain.epochs): it may be handed out again
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class InstanceEvent:
     message: str = ""
     address: str = ""
     boot_ms: int | None = None
+    epoch: int | None = None
+    """The runner epoch the observation was made in (app.domain.epochs); None: the current one."""
     observed_at: float = field(default_factory=lambda: time.time())  # informational: never used to order
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -83,6 +86,7 @@ class _WireEvent(BaseModel):
     message: str = Field("", max_length=10_000)
     address: str = Field("", max_length=512)
     boot_ms: int | None = Field(None, ge=0, le=2**31 - 1)
+    epoch: int | None = Field(None, ge=0, le=2**31 - 1)
     observed_at: float = Field(default_factory=time.time, allow_inf_nan=False)
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=_ID)
 

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import effects, leases, reservations, transitions
+from app.domain import effects, epochs, leases, reservations, transitions
 from app.domain.events import pool_channel
 from app.domain.pools import bump_status, request_reconcile
 from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, progresses, reachable
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def observe(
     instance_id: str, state: str, *, seq: int, session: Session, now: datetime | None = None,
-    ref: str = "", address: str = "", boot_ms: int | None = None, message: str = "",
+    ref: str = "", address: str = "", boot_ms: int | None = None, message: str = "", epoch: int | None = None,
 ) -> Instance | None:
     """Apply one provider observation with a compare-and-set. Returns the instance if its state changed,
     None for a stale, duplicate or impossible observation (which changes nothing but the sequence)."""
@@ -39,7 +39,8 @@ def observe(
     changed = state != previous and reachable(previous, state)
     if changed:
         if state == S.RUNNING:
-            values.update(ready_at=now, idle_since=now, address=address or inst.address)
+            values.update(ready_at=now, idle_since=now, address=address or inst.address,
+                          seen_epoch=epochs.stamp_value(inst.pool_id, epoch))
             if boot_ms is not None:
                 values["boot_ms"] = boot_ms
         elif state == S.STOPPED:
@@ -178,7 +179,7 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
 
     if event.kind == ev.KIND_STATE:
         inst = observe(event.instance_id, event.state, seq=event.seq, session=session, now=now, ref=event.ref,
-                       address=event.address, boot_ms=event.boot_ms, message=event.message)
+                       address=event.address, boot_ms=event.boot_ms, message=event.message, epoch=event.epoch)
         if inst is None:
             return False
         if inst.state in (S.RUNNING, S.STOPPED):
@@ -198,6 +199,11 @@ def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bo
             leases.end_for_lost_instance(inst.id, session=session, now=now)
         if inst.state in _REPLAN:
             request_reconcile(pool, session=session)
+        return True
+    if event.kind == ev.KIND_SEEN:
+        if event.epoch is None or not epochs.confirm(event.instance_id, event.epoch, session=session):
+            return False
+        _serve_reservations(event.instance_id, session=session)  # claimable again: a waiter may take it
         return True
     if event.kind == ev.KIND_FAILURE:
         note_failure(pool, event.message or "provider call failed", now=now)

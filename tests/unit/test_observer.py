@@ -62,7 +62,8 @@ def test_a_new_stream_starts_from_a_full_listing_again():
             stop.set()
 
     sent = []
-    w = RunnerObserver("r", Flaky(), "warmpool", publish=sent.append, seed=lambda _: {}, number=lambda _: 0)  # type: ignore[arg-type]
+    w = RunnerObserver("r", Flaky(), "warmpool", publish=sent.append, seed=lambda _: {}, number=lambda _: 0,  # type: ignore[arg-type]
+                       relist=lambda _: 1)
     w.backoff_base = 0.01
     w.run()
     assert Flaky.calls == 2 and [e.state for e in sent] == ["running", "running"] and w.errors == 1
@@ -79,8 +80,14 @@ def test_a_restart_publishes_only_what_differs_from_the_database_and_what_vanish
     db = {"a": Seen("i-a", "p1", "running", "10.0.0.1"), "b": Seen("i-b", "p1", "provisioning", ""),
           "c": Seen("i-c", "p1", "running", "10.0.0.3")}
     sent = []
-    RunnerObserver("r", Once(), "warmpool", publish=sent.append, seed=lambda _: dict(db), number=lambda _: 0).run()  # type: ignore[arg-type]
-    assert sorted((e.instance_id, e.state) for e in sent) == [("i-b", "running"), ("i-c", "deleted")]
+    epochs = iter([7])
+    RunnerObserver("r", Once(), "warmpool", publish=sent.append, seed=lambda _: dict(db), number=lambda _: 0,  # type: ignore[arg-type]
+                   relist=lambda _: next(epochs)).run()
+    assert sorted((e.instance_id, e.state) for e in sent if e.kind == "state") == [("i-b", "running"), ("i-c", "deleted")]
+    # The re-list began epoch 7: what it shows running and unchanged is confirmed in it (i-a), and the
+    # state events carry it too, so each of them may be handed out again.
+    assert [(e.instance_id, e.epoch) for e in sent if e.kind == "seen"] == [("i-a", 7)]
+    assert {e.epoch for e in sent} == {7}
 
 
 def test_loop_service_survives_errors_backs_off_and_reports_health():

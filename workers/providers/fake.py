@@ -50,6 +50,7 @@ class FakeCloud:
         self.snapshots = f"{base}:snapshots"
         self.broken = f"{base}:broken"  # snapshots whose instances fail to boot (a bad prebuild)
         self.due, self.changes = f"{base}:due", f"{base}:changes"
+        self.calls_key = f"{base}:calls"
 
     def configure(self, **values: Any) -> None:
         """Change the cloud's behaviour for every process at once (e.g. fail_create=1, boot_ms=500)."""
@@ -123,6 +124,18 @@ class FakeCloud:
 
     def all(self) -> dict[str, dict[str, Any]]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.resources).items()}
+
+    # ---- work done, counted by the cloud itself (tests/chaos asserts no resource is made twice) ----
+    def count(self, op: str, key: str) -> None:
+        """One unit of work the cloud did (`create` made a resource, `delete` removed one), per resource key.
+        Kept in the cloud's own Redis, so it dies with the cloud (a flush is a new cloud)."""
+        self.r.hincrby(self.calls_key, f"{op}:{key}", 1)
+
+    def calls(self, op: str) -> dict[str, int]:
+        """How many times the cloud did `op`, by key (instance id for create, ref for delete)."""
+        prefix = f"{op}:"
+        return {k.decode()[len(prefix):]: int(v) for k, v in self.r.hgetall(self.calls_key).items()
+                if k.decode().startswith(prefix)}
 
     def leak(self, instance_id: str, pool_id: str, owner: str, state: str = "running") -> str:
         """Create a resource tagged as ours behind the engine's back (for orphan-collection tests)."""
@@ -215,6 +228,7 @@ class FakeProvider(Provider):
         else:
             self._schedule(record, "stopped", self._latency("delete", conf))
         self.cloud.put(ref, record)
+        self.cloud.count("create", spec.instance_id)
         return self._observed(record)
 
     def start(self, ref: str) -> Observed:
@@ -261,6 +275,7 @@ class FakeProvider(Provider):
         self._maybe_fail("delete", ref, conf)
         self._pause("delete", conf)
         self.cloud.drop(ref)
+        self.cloud.count("delete", ref)
 
     def get(self, ref: str) -> Observed | None:
         self.cloud.advance()
