@@ -75,6 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # task is idempotent (a slow one delivered twice is harmless). Long waits live in Postgres.
         "broker_transport_options": {"visibility_timeout": e.broker_visibility_seconds},
         "timezone": "UTC",
+        # Only the beat holding a Redis lock sends (workers/beat.py): a second beat stands by.
+        "beat_scheduler": "workers.beat:LockedScheduler",
         "beat_schedule": {
             "reconcile-sweep": {
                 "task": "warmpool.reconcile_sweep", "schedule": e.reconcile_interval_seconds,

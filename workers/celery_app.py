@@ -1,10 +1,12 @@
 """The Celery application of warmpool, and the dispatcher that turns committed domain effects into tasks."""
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from config.celery import EFFECT_TASKS, celery_config
 from config.settings import get_settings
@@ -18,6 +20,7 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+log = logging.getLogger(__name__)
 
 
 def reconfigure() -> None:
@@ -86,3 +89,35 @@ def _install_dispatcher(**_: Any) -> None:
     from app.domain import effects
 
     effects.set_dispatcher(dispatch_effect)
+
+
+# kombu's Redis transport gives a dead worker's unacknowledged tasks back only when some worker restores
+# them: at its start (only tasks already older than the visibility timeout then), and afterwards on every
+# tenth check of a 10 s timer, about every 100 s. So a task a SIGKILLed worker held came back after one to
+# two minutes, not after the visibility timeout. Each worker restores them itself, often (kombu's mutex
+# makes one worker at a time do it), so they come back within a second or so of the visibility timeout.
+
+
+def restore_every() -> float:
+    return max(min(get_settings().engine.broker_visibility_seconds / 4, 5.0), 0.5)
+
+
+def restore_unacked(limit: int = 500) -> None:
+    """Put back on their queues the unacknowledged tasks older than the visibility timeout (a dead worker's)."""
+    with celery_app.connection_for_write() as conn:
+        qos = getattr(conn.default_channel, "qos", None)
+        if qos is not None and hasattr(qos, "restore_visible"):  # the Redis transport (memory has none)
+            qos.restore_visible(num=limit, interval=1)
+
+
+def _restore_loop(stop: threading.Event) -> None:
+    while not stop.wait(restore_every()):
+        try:
+            restore_unacked()
+        except Exception as exc:  # noqa: BLE001 - Redis may be down: the next round tries again
+            log.warning("could not restore unacknowledged tasks: %s", exc)
+
+
+@worker_ready.connect
+def _start_restoring(**_: Any) -> None:
+    threading.Thread(target=_restore_loop, args=(threading.Event(),), name="restore-unacked", daemon=True).start()

@@ -10,8 +10,7 @@
   listing began: missing from it means gone, not "not made yet".
 - Every (re)start of a stream begins a new epoch of the runner before listing (app.domain.epochs): nothing
   of that runner is handed out until its first full listing has confirmed it running (a `seen` event per
-  instance the listing shows running and the database already holds running; the others get state
-  events, which carry the epoch too). When the runner's epoch moves on without us (the applier found the
+  instance the listing shows running; state events carry the epoch too). When the runner's epoch moves on without us (the applier found the
   event stream lost), the replica restarts that runner's stream, so the re-list follows every loss.
 - `Observer` shards runners between replicas: a replica observes a runner only while it holds the Redis
   key `warmpool:observer:runner:<id>` (SET NX PX, renewed every `renew_seconds`). A replica that cannot
@@ -106,14 +105,14 @@ class RunnerObserver(LoopService):
 
     def pump(self, sighting: Sighting, confirm: bool = False) -> int:
         """Publish the changes one sighting shows; returns how many events went out. With `confirm` (the
-        first full listing of an epoch), an instance listed running and unchanged gets a `seen` event."""
+        first full listing of an epoch), every instance listed running gets a `seen` event too (a state event
+        alone may be applied as "no change" and, with several appliers, in any order)."""
         out = 0
         listed = set()
         for obs in sighting.observed:
             listed.add(obs.ref)
-            sent = self._one(obs)
-            out += sent
-            if confirm and not sent and obs.state == S.RUNNING and self.epoch is not None:
+            out += self._one(obs)
+            if confirm and obs.state == S.RUNNING and self.epoch is not None:
                 out += self._confirm(obs)
         if sighting.full:
             for ref in [r for r in self.known if r not in listed]:

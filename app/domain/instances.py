@@ -49,6 +49,8 @@ def observe(
             values.update(last_error=message[:2000], failure_count=inst.failure_count + 1)
     elif state == previous and address:
         values["address"] = address
+    if not changed and state == previous == S.RUNNING and epoch is not None and epoch > inst.seen_epoch:
+        values["seen_epoch"] = epoch  # seen running again, in a newer epoch (app.domain.epochs)
     unchanged_since_read = Instance.event_seq == inst.event_seq
     if changed:
         moved = transitions.INSTANCE.move(session, inst, state, where=[unchanged_since_read], now=now, **values)

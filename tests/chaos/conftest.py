@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class Stack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     turn: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    hostnames: dict[str, str] = field(default_factory=dict)
     """The settings the stack runs with (the test process takes them too)."""
 
     @property
@@ -107,7 +109,8 @@ class Stack:
         return proc
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
-        return self.start(name, "worker", "--concurrency", "8", "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h")
+        self.hostnames[name] = f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        return self.start(name, "worker", "--concurrency", "8", "--hostname", self.hostnames[name])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
@@ -380,17 +383,19 @@ def converged(redis_url: str, world: World, target: int) -> Figures | None:
     return f if ok else None
 
 
-def assert_converges(stack: Stack, redis_url: str, world: World, target: int, since: float, what: str) -> float:
-    """Poll until converged; returns the seconds it took from `since` (the end of the fault)."""
+def assert_converges(stack: Stack, redis_url: str, world: World, target: int, since: float, what: str,
+                     ends: Callable[[], float] | None = None) -> float:
+    """Poll until converged; returns the seconds it took from `since` (the end of the fault), or from what
+    `ends()` says once converged when the fault's end is only known later (a replacement process up)."""
     try:
-        wait_for(lambda: converged(redis_url, world, target), CONVERGE_SECONDS + 5, what)
+        wait_for(lambda: converged(redis_url, world, target), CONVERGE_SECONDS + (30 if ends else 5), what)
     except AssertionError as exc:
         try:
             now = figures(redis_url, world)
         except Exception as e:  # noqa: BLE001
             now = e
         raise AssertionError(f"{exc}\nfigures: {now}{stack.logs('worker', 'events')}") from None
-    took = time.monotonic() - since
+    took = time.monotonic() - (ends() if ends else since)
     assert took <= CONVERGE_SECONDS, f"{what}: converged only after {took:.1f}s"
     return took
 

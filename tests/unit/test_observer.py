@@ -66,7 +66,8 @@ def test_a_new_stream_starts_from_a_full_listing_again():
                        relist=lambda _: 1)
     w.backoff_base = 0.01
     w.run()
-    assert Flaky.calls == 2 and [e.state for e in sent] == ["running", "running"] and w.errors == 1
+    assert Flaky.calls == 2 and [e.state for e in sent if e.kind == "state"] == ["running", "running"] and w.errors == 1
+    assert [e.kind for e in sent].count("seen") == 2  # each new stream's first listing confirms what runs
 
 
 def test_a_restart_publishes_only_what_differs_from_the_database_and_what_vanished():
@@ -84,9 +85,9 @@ def test_a_restart_publishes_only_what_differs_from_the_database_and_what_vanish
     RunnerObserver("r", Once(), "warmpool", publish=sent.append, seed=lambda _: dict(db), number=lambda _: 0,  # type: ignore[arg-type]
                    relist=lambda _: next(epochs)).run()
     assert sorted((e.instance_id, e.state) for e in sent if e.kind == "state") == [("i-b", "running"), ("i-c", "deleted")]
-    # The re-list began epoch 7: what it shows running and unchanged is confirmed in it (i-a), and the
-    # state events carry it too, so each of them may be handed out again.
-    assert [(e.instance_id, e.epoch) for e in sent if e.kind == "seen"] == [("i-a", 7)]
+    # The re-list began epoch 7: what it shows running is confirmed in it (i-a unchanged, i-b besides its
+    # state event), and the state events carry it too, so each of them may be handed out again.
+    assert [(e.instance_id, e.epoch) for e in sent if e.kind == "seen"] == [("i-a", 7), ("i-b", 7)]
     assert {e.epoch for e in sent} == {7}
 
 
