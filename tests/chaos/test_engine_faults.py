@@ -13,7 +13,7 @@ import redis
 import sqlalchemy as sa
 
 from tests.chaos.conftest import (
-    ITERATIONS, Work, assert_converges, lease, make_world, report, resize, wait_for,
+    ITERATIONS, LEASE_ERRORS, Work, assert_converges, lease, make_world, report, resize, wait_for,
 )
 from tests.chaos.test_worker_faults import provisioning
 
@@ -54,7 +54,7 @@ def test_scale_up_and_down_while_booting_applier_killed_and_cloud_lost(stack, ow
         assert len(rows) - before == sum(1 for g in granted if g), "a lease granted without its row, or the reverse"
 
         # 3. the cloud loses every instance (its keys flushed, the engine's Redis intact) under active leases.
-        assert lease(stack, world, timeout_ms=3000), "no lease before the cloud loss"
+        assert lease(stack, world, timeout_ms=3000), f"no lease before the cloud loss: {LEASE_ERRORS[-3:]}"
         work.take(own_redis.url, world)
         for key in client.scan_iter(f"warmpool:fake:{world.namespace}:*"):
             client.delete(key)
@@ -64,6 +64,6 @@ def test_scale_up_and_down_while_booting_applier_killed_and_cloud_lost(stack, ow
         resize(world, 2)
         assert_converges(stack, own_redis.url, world, 2, time.monotonic(), f"back to 2 #{i}")
     work.take(own_redis.url, world)
-    report("scale 2->8->0 while booting", stack, scaled, Work())
-    report("applier SIGKILL under leases", stack, applier, Work())
-    report("cloud loses its instances under leases", stack, lost, work)
+    report("scale 2->8->0 while booting", stack, scaled, None)
+    report("applier SIGKILL under leases", stack, applier, None)
+    report("cloud loses its instances under leases (creates: the whole test)", stack, lost, work)
