@@ -4,16 +4,16 @@ Redis loss or re-list (issue 12)
 Existing rows start at epoch 0 on both sides, so what is running now stays claimable until the first
 loss or re-list bumps its runner's epoch.
 
-Revision ID: 0007_epochs
-Revises: 0006_schedules
+Revision ID: 0008_epochs
+Revises: 0007_rollout
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_epochs'
-down_revision = '0006_schedules'
+revision = '0008_epochs'
+down_revision = '0007_rollout'
 branch_labels = None
 depends_on = None
 
