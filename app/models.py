@@ -84,6 +84,8 @@ class OrganizationQuota(SQLModel, table=True):
     max_instances: int | None = None
     max_pools_per_request: int | None = None
     max_creating: int | None = None
+    lease_rate: int | None = None
+    lease_burst: int | None = None
     updated_at: datetime = _ts()
 
 

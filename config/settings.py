@@ -95,6 +95,11 @@ class QuotaSettings(BaseModel):
     max_creating: int = Field(10, description="Instances of the organization being created at once (requested or "
                               "provisioning); each landing lets the next start, so a big pool fills in waves and "
                               "other tenants' creations never queue behind hundreds of its provider calls.")
+    lease_rate: int = Field(0, description="Lease calls per second the organization may make (a token bucket in "
+                            "Redis, shared by every API process); 0: no limit. A refused call is answered like an "
+                            "exhausted pool: 429 with Retry-After, or RESOURCE_EXHAUSTED with the hint.")
+    lease_burst: int = Field(0, description="Lease calls the organization may make at once above its rate (the "
+                             "bucket's size); 0: one second's worth of the rate.")
 
 
 class ObserverSettings(BaseModel):

@@ -159,6 +159,8 @@ class QuotaLimits(BaseModel):
     max_instances: int = Field(description="instances the organization may hold")
     max_pools_per_request: int = Field(description="pod pools one openYuanrong create request may carry")
     max_creating: int = Field(description="instances being created at once")
+    lease_rate: int = Field(description="Lease calls per second (0: no limit)")
+    lease_burst: int = Field(description="Lease calls at once above the rate (0: one second's worth)")
 
 
 class QuotaUsage(BaseModel):

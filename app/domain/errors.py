@@ -37,7 +37,15 @@ class Unauthenticated(DomainError):
 
 
 class ResourceExhausted(DomainError):
+    """Out of something that comes back (ready instances, a rate, a quota). `retry_after`, when known,
+    is the seconds after which a retry may succeed; the wires send it as a hint (Retry-After, gRPC
+    trailing metadata)."""
+
     code = "resource_exhausted"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(DomainError):

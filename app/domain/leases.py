@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.domain import events as ev
-from app.domain import effects, quotas, reservations, transitions
+from app.domain import backpressure, effects, quotas, reservations, transitions
 from app.domain.claims import (  # noqa: F401 - the lease API the façades use: leases.LeaseView, leases.Queued
     ACTIVE, READY, LeaseView, Queued, announce, bind, claim, grant_expiry, view,
 )
@@ -125,8 +125,9 @@ def lease(
                                     session=session, now=now)
     policy = pool.empty_policy
     if policy == EmptyPoolPolicy.REJECT:
+        wait = backpressure.of_pool(pool, now)
         raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and its empty-pool policy is 'reject'; "
-                                "retry later, or send a reservation_id to queue")
+                                f"retry in {wait} s, or send a reservation_id to queue", retry_after=wait)
     if policy == EmptyPoolPolicy.COLD:
         return lease_cold(pool, service_tag=service_tag, wished_expiry=wished_expiry, session=session, now=now)
     res, _ = reservations.take(org_id, None, pool, service_tag=service_tag, wished_expiry=wished_expiry,
@@ -145,8 +146,9 @@ def lease_cold(
         raise FailedPrecondition(f"pool {pool.name!r} has no runner to create a cold instance on")
     size = pool_size(pool, session=session)
     if size >= max(pool.max_size, 1):
+        wait = backpressure.of_pool(pool, now)
         raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and already has {size} instances "
-                                f"(max_size={pool.max_size}); retry later")
+                                f"(max_size={pool.max_size}); retry in {wait} s", retry_after=wait)
     if quotas.instance_room(pool.organization_id, session=session) <= 0:
         raise quotas.QuotaExceeded("max_instances", f"pool {pool.name!r} is empty and the organization holds as many "
                                    "instances as its quota allows (max_instances); retry later")

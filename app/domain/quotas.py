@@ -34,6 +34,8 @@ class Quota:
     max_instances: int
     max_pools_per_request: int
     max_creating: int
+    lease_rate: int = 0  # Lease calls per second; 0: unlimited (app.ratelimit)
+    lease_burst: int = 0
 
 
 LIMITS = tuple(f.name for f in fields(Quota))

@@ -158,7 +158,8 @@ def test_operator_override_raises_a_limit_and_the_tenant_reads_it(client, tenant
     mine = client.get("/v1/quota", headers=auth(tenant))
     assert mine.status_code == 200, mine.text
     assert mine.json() == {"limits": {"max_pool_size": 200, "max_pools": 200, "max_instances": 5000,
-                                      "max_pools_per_request": 100, "max_creating": 10},
+                                      "max_pools_per_request": 100, "max_creating": 10,
+                                      "lease_rate": 0, "lease_burst": 0},
                            "usage": {"pools": 1, "admitted_instances": 150, "instances": 0}}
     # Another organization keeps the defaults; the override is the operator's, per organization.
     other = make_org("other")
