@@ -8,6 +8,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -110,20 +111,35 @@ def cmd_lease(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.domain import leases, reservations
 
+    from app.domain.errors import ResourceExhausted
+
     try:
         duration = parse_duration(args.duration)
+        patience = parse_duration(args.wait).total_seconds() if args.wait not in ("0", "") else 0.0
     except ValueError as exc:
-        print(f"error: --for: {exc}", file=sys.stderr)
+        print(f"error: --for/--wait: {exc}", file=sys.stderr)
         return 2
     _dispatch_after_commit()
     org_id = _organization(args.org)
-    now = utcnow()
-    with session_scope() as session:
-        got = leases.lease(org_id, args.pool or "", service_tag=args.tag, wished_expiry=now + duration,
-                           reservation_id=args.reservation, session=session, now=now)
-        if isinstance(got, leases.Queued) and got.automatic:
-            # Nobody would wait on it: do not leave it in the queue.
-            reservations.cancel(org_id, got.reservation_id, session=session)
+    give_up = time.monotonic() + patience
+    while True:
+        now = utcnow()
+        try:
+            with session_scope() as session:
+                got = leases.lease(org_id, args.pool or "", service_tag=args.tag, wished_expiry=now + duration,
+                                   reservation_id=args.reservation, session=session, now=now)
+                if isinstance(got, leases.Queued) and got.automatic:
+                    # Nobody would wait on it: do not leave it in the queue.
+                    reservations.cancel(org_id, got.reservation_id, session=session)
+            break
+        except ResourceExhausted as exc:
+            # Backpressure (an exhausted `reject` pool): wait as long as the server says, within --wait.
+            left = give_up - time.monotonic()
+            if exc.retry_after is None or left <= 0:
+                raise
+            pause = min(float(exc.retry_after), left)
+            print(f"{exc.message}; waiting {pause:.0f} s (--wait {args.wait})", file=sys.stderr)
+            time.sleep(pause)
     if not isinstance(got, leases.Queued):
         got = _with_address(org_id, got)
     if isinstance(got, leases.Queued):
@@ -200,6 +216,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--tag", default="", help="service tag; returning or extending needs the same one")
     sp.add_argument("--reservation", help="reservation id: queue FIFO when the pool is empty; run again to pick it up")
     sp.add_argument("--quiet", "-q", action="store_true", help="print only the instance id and its address")
+    sp.add_argument("--wait", default="30s", help="when the pool refuses for now (empty with the `reject` policy), "
+                    "retry after the wait it names, for up to this long (default 30s; 0: do not wait)")
     sp.add_argument("--org", help=org_help)
     sp.set_defaults(fn=cmd_lease)
 

@@ -43,7 +43,14 @@ async def call(ctx: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         refusal = core.map_error(exc, core.CONNECT, what=getattr(fn, "__name__", str(fn)))
         if refusal.final:
             _no_retry(ctx)
+        hint_retry(ctx, refusal)
         raise ConnectError(refusal.code, refusal.message) from None
+
+
+def hint_retry(ctx: Any, refusal: core.Refusal) -> None:
+    """Retry-After on a Connect answer that knows when to come back (429 resource_exhausted)."""
+    if refusal.retry_after is not None:
+        ctx.response_headers["retry-after"] = str(refusal.retry_after)
 
 
 def _no_retry(ctx: Any) -> None:

@@ -18,6 +18,7 @@ still there after the retries -> aborted, the database unreachable -> unavailabl
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -101,6 +102,7 @@ class Refusal:
     message: str
     http_status: int | None
     final: bool
+    retry_after: int | None = None  # seconds; from a ResourceExhausted that knows when to come back
 
     def body(self) -> dict[str, Any]:
         """The JSON error body of an HTTP wire: {"code", "message"}."""
@@ -108,7 +110,19 @@ class Refusal:
         return {"code": code, "message": self.message}
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"} if self.wire == NATIVE and self.http_status == 401 else {}
+        """HTTP headers of the answer: the bearer challenge on /v1, and Retry-After (on every HTTP wire,
+        Connect's included) when the refusal knows when to come back."""
+        out = {"WWW-Authenticate": "Bearer"} if self.wire == NATIVE and self.http_status == 401 else {}
+        if self.retry_after is not None and self.wire != GRPC:
+            out["Retry-After"] = str(self.retry_after)
+        return out
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """gRPC trailing metadata: the same hint as `retry-after` (seconds) and as gRPC's own retry
+        pushback (`grpc-retry-pushback-ms`, which a client's retry policy honours)."""
+        if self.retry_after is None:
+            return ()
+        return (("retry-after", str(self.retry_after)), ("grpc-retry-pushback-ms", str(self.retry_after * 1000)))
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -127,6 +141,8 @@ def map_error(exc: BaseException, wire: str, *, what: str = "") -> Refusal:
     traceback; the answer never carries one."""
     name, message = classify(exc)
     row = TABLE[name]
+    hint = getattr(exc, "retry_after", None)
+    retry_after = int(math.ceil(hint)) if name == "resource_exhausted" and hint is not None else None
     if name == "internal":
         log.error("unexpected error in %s", what or "a call", exc_info=(type(exc), exc, exc.__traceback__))
         message = PODPOOL_INTERNAL_MESSAGE if wire == PODPOOLS else INTERNAL_MESSAGE
@@ -134,14 +150,14 @@ def map_error(exc: BaseException, wire: str, *, what: str = "") -> Refusal:
         log.error("domain error with no wire mapping (code %r) in %s: %s", getattr(exc, "code", None),
                   what or "a call", message)
     if wire == CONNECT:
-        return Refusal(wire, row.connect, message, CONNECT_HTTP[row.connect], row.final)
+        return Refusal(wire, row.connect, message, CONNECT_HTTP[row.connect], row.final, retry_after)
     if wire == GRPC:
-        return Refusal(wire, row.grpc, message, None, row.final)
+        return Refusal(wire, row.grpc, message, None, row.final, retry_after)
     if wire == NATIVE:
-        return Refusal(wire, name, message, row.http, row.final)
+        return Refusal(wire, name, message, row.http, row.final, retry_after)
     if wire == PODPOOLS:
         return Refusal(wire, row.podpool, message + PODPOOL_HINT if row.podpool_hint else message,
-                       row.podpool_http, row.final)
+                       row.podpool_http, row.final, retry_after)
     raise ValueError(f"unknown wire {wire!r}; one of {', '.join(WIRES)}")
 
 

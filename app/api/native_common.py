@@ -44,8 +44,8 @@ bearer = HTTPBearer(auto_error=False, description="an API token: `warmpool token
 class ApiError(HTTPException):
     """An answer in our error shape; raised by this module only."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})} or None
         super().__init__(status, message, headers)
         self.code = code
 
@@ -55,7 +55,7 @@ def refused(exc: BaseException, what: str) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     refusal = core.map_error(exc, core.NATIVE, what=f"the native API ({what})")
-    return ApiError(refusal.http_status or 500, refusal.code, refusal.message)
+    return ApiError(refusal.http_status or 500, refusal.code, refusal.message, refusal.headers())
 
 
 async def authenticate(request: Request, needed: Scope = Scope.MEMBER) -> str:

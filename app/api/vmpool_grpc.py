@@ -77,6 +77,8 @@ def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
             return await method(authorization, request, context.time_remaining())
         except Exception as exc:  # noqa: BLE001 - every outcome is a gRPC status (app.api.core's table)
             refusal = map_error(exc, GRPC, what=f"{SERVICE}/{rpc}")
+            if refusal.trailers():
+                context.set_trailing_metadata(refusal.trailers())
             await context.abort(refusal.code, refusal.message)
 
     return grpc.unary_unary_rpc_method_handler(

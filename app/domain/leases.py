@@ -125,7 +125,9 @@ def lease(
                                     session=session, now=now)
     policy = pool.empty_policy
     if policy == EmptyPoolPolicy.REJECT:
-        wait = backpressure.of_pool(pool, now)
+        # The refusal's path only: the claim's POLICY row does not carry what the estimate reads.
+        wait = backpressure.of_pool(session.execute(sa.select(Pool.refill_seconds, Pool.next_attempt_at)
+                                                    .where(Pool.id == pool.id)).one(), now)
         raise ResourceExhausted(f"pool {pool.name!r} has no ready instance and its empty-pool policy is 'reject'; "
                                 f"retry in {wait} s, or send a reservation_id to queue", retry_after=wait)
     if policy == EmptyPoolPolicy.COLD:

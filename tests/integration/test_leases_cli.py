@@ -81,3 +81,27 @@ def test_a_longer_lease_than_the_pool_grants_is_clamped_with_a_warning(org, disp
     assert "warning: --for 48h is longer than pool 'short' grants; the lease is for 2h00m" in err, err
     code, out, err = run(capsys, "lease", "--pool", "short", "--for", "2h", "-q", "--org", "acme")
     assert code == 0 and "warning" not in err  # what the pool grants in full: no warning
+
+
+def test_an_exhausted_reject_pool_is_retried_after_the_wait_it_names(org, dispatched, capsys):
+    import threading
+
+    import sqlalchemy as sa
+
+    from app.db import session_scope
+    from app.models import Pool
+
+    pool = make_pool(org.org_id, "strict", empty_policy="reject")
+    with session_scope() as s:  # as if it had measured its refills
+        s.execute(sa.update(Pool).where(Pool.id == pool.id).values(refill_seconds=0.4))
+    code, _, err = run(capsys, "lease", "--pool", "strict", "--wait", "0", "--org", "acme")
+    assert code == 1 and "retry in 1 s" in err and "Traceback" not in err
+
+    later = threading.Timer(0.3, lambda: add_ready(pool))
+    later.start()
+    try:
+        code, out, err = run(capsys, "lease", "--pool", "strict", "--wait", "10s", "--org", "acme")
+    finally:
+        later.cancel()
+    assert code == 0, err
+    assert "waiting 1 s (--wait 10s)" in err and "strict" in out
