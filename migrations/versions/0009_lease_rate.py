@@ -1,15 +1,15 @@
 """organization_quotas.lease_rate / lease_burst: a per-organization rate limit on Lease (issue 15)
 
-Revision ID: 0008_lease_rate
-Revises: 0007_rollout
+Revision ID: 0009_lease_rate
+Revises: 0008_epochs
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008_lease_rate'
-down_revision = '0007_rollout'
+revision = '0009_lease_rate'
+down_revision = '0008_epochs'
 branch_labels = None
 depends_on = None
 
