@@ -149,6 +149,8 @@ def map_error(exc: BaseException, wire: str, *, what: str = "") -> Refusal:
     elif name == "unknown":
         log.error("domain error with no wire mapping (code %r) in %s: %s", getattr(exc, "code", None),
                   what or "a call", message)
+    elif not isinstance(exc, DomainError) and name == "unavailable":  # the caller is told less than the log
+        log.warning("the database is unavailable (%s): %s", what or "a call", exc)
     if wire == CONNECT:
         return Refusal(wire, row.connect, message, CONNECT_HTTP[row.connect], row.final, retry_after)
     if wire == GRPC:
