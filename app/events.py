@@ -31,6 +31,17 @@ def publish(event: InstanceEvent, client: redis.Redis | None = None) -> str:
     return entry.decode() if isinstance(entry, bytes) else entry
 
 
+def publish_many(batch: list[InstanceEvent], client: redis.Redis | None = None) -> None:
+    """`publish` for many events in one round trip (a batched provider call's observations), in order."""
+    if not batch:
+        return
+    s = get_settings()
+    pipe = (client or redis_client()).pipeline(transaction=False)
+    for event in batch:
+        pipe.xadd(s.engine.events_stream, event.to_fields(), maxlen=1_000_000, approximate=True)
+    pipe.execute()
+
+
 def notify(channel: str, message: str = "", client: redis.Redis | None = None) -> None:
     """Best-effort pub/sub wake-up (reservations waiting, SSE); never the only carrier of work."""
     (client or redis_client()).publish(channel, message)

@@ -25,6 +25,7 @@ TASK_ROUTES = {
     "warmpool.rotate_snapshots": {"queue": SYSTEM_QUEUE},
     "warmpool.expire_leases": {"queue": SYSTEM_QUEUE},
     "warmpool.provision_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.provision_instances": {"queue": PROVIDER_QUEUE},
     "warmpool.start_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.stop_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
@@ -39,6 +40,7 @@ TASK_ROUTES = {
 EFFECT_TASKS = {
     "reconcile_pool": "warmpool.reconcile_pool",
     "provision_instance": "warmpool.provision_instance",
+    "provision_instances": "warmpool.provision_instances",  # batches of ids: workers.celery_app.enqueue_provision
     "start_instance": "warmpool.start_instance",
     "stop_instance": "warmpool.stop_instance",
     "delete_instance": "warmpool.delete_instance",

@@ -81,6 +81,8 @@ class EngineSettings(BaseModel):
                                              "operation) dedupe key, refreshed when it starts and when it retries.")
     provider_retries: int = Field(5, description="Retries of a transient provider error before the instance fails.")
     worker_concurrency: int = Field(32, description="Threads of the `provider` queue worker (provider calls block).")
+    provision_batch: int = Field(100, description="Instances one `provision_instances` task creates with one batched "
+                                 "provider call (a batch endpoint, or concurrent creates); 1: one task per instance.")
 
 
 class QuotaSettings(BaseModel):
@@ -92,9 +94,10 @@ class QuotaSettings(BaseModel):
                                "(plus stopped tiers) must fit, and the reconciler creates none beyond it.")
     max_pools_per_request: int = Field(100, description="Pod pools one openYuanrong create request may carry; "
                                        "a larger request is refused whole.")
-    max_creating: int = Field(10, description="Instances of the organization being created at once (requested or "
-                              "provisioning); each landing lets the next start, so a big pool fills in waves and "
-                              "other tenants' creations never queue behind hundreds of its provider calls.")
+    max_creating: int = Field(10, description="Instances of the organization being created at once (requested, or "
+                              "provisioning at the provider). Creates go out as batched provider calls, so a wave costs "
+                              "one task; its landings, about two events each, queue on the event stream every tenant "
+                              "shares: a wave delays another tenant's events by about 2 x max_creating applies.")
     lease_rate: int = Field(0, description="Lease calls per second the organization may make (a token bucket in "
                             "Redis, shared by every API process); 0: no limit. A refused call is answered like an "
                             "exhausted pool: 429 with Retry-After, or RESOURCE_EXHAUSTED with the hint.")

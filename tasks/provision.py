@@ -1,7 +1,7 @@
-"""Provider tasks: provision, start, stop, delete, recycle one instance (queue `provider`)."""
+"""Provider tasks (queue `provider`): provision, start, stop, delete, recycle one instance; provision many."""
 from __future__ import annotations
 
-from workers import inflight, operations
+from workers import inflight, operations, provisioning
 from workers.celery_app import celery_app
 
 
@@ -45,3 +45,25 @@ def delete_instance(self, instance_id: str) -> str:
 @celery_app.task(name="warmpool.recycle_instance", bind=True, acks_late=True)
 def recycle_instance(self, instance_id: str) -> str:
     return _run(self, operations.recycle, instance_id)
+
+
+@celery_app.task(name="warmpool.provision_instances", bind=True, acks_late=True)
+def provision_instances(self, instance_ids: list[str]) -> dict[str, int]:
+    """Many instances with batched provider calls (workers.provisioning), each holding its own
+    `provision_instance` dedupe key; a transient failure retries the failed ids only."""
+    inflight.mark_running_many("provision_instance", "instance_id", instance_ids)
+    try:
+        outcome = provisioning.provision_many(instance_ids, self.request.retries)
+    except operations.Failed as exc:
+        again = exc.instance_ids
+        inflight.release_many("provision_instance", "instance_id", [i for i in instance_ids if i not in set(again)])
+        inflight.mark_running_many("provision_instance", "instance_id", again, exc.countdown)
+        raise self.retry(kwargs={"instance_ids": again}, countdown=exc.countdown, max_retries=None) from exc
+    except BaseException:
+        inflight.release_many("provision_instance", "instance_id", instance_ids)
+        raise
+    inflight.release_many("provision_instance", "instance_id", instance_ids)
+    counts: dict[str, int] = {}
+    for result in outcome.values():
+        counts[result] = counts.get(result, 0) + 1
+    return counts

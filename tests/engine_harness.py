@@ -16,7 +16,7 @@ from app.db import session_scope
 from app.domain import effects, reconciler
 from app.models import Runner
 from config.settings import get_settings
-from workers import gc, operations, prebuild
+from workers import gc, operations, prebuild, provisioning
 from workers.events import Applier
 from workers.observer import RunnerObserver
 from workers.providers.base import Sighting
@@ -80,6 +80,12 @@ class InlineEngine:
         if name == "reconcile_pool":
             with session_scope() as s:
                 return reconciler.reconcile(payload["pool_id"], session=s)
+        if name == "provision_instances":
+            try:
+                return provisioning.provision_many(payload["instance_ids"])
+            except operations.Failed as exc:
+                self.failures.append((name, {"instance_ids": exc.instance_ids}, exc.countdown))
+                return None
         if name in OPERATIONS:
             try:
                 return OPERATIONS[name](payload["instance_id"])

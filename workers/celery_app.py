@@ -54,6 +54,8 @@ def enqueue(name: str, payload: dict[str, Any]) -> bool:
     the pool before the write)."""
     from workers import inflight
 
+    if name == "provision_instances":
+        return enqueue_provision(payload["instance_ids"])
     task = EFFECT_TASKS.get(name)
     if task is None:
         raise ValueError(f"no task for effect {name!r}")
@@ -65,6 +67,29 @@ def enqueue(name: str, payload: dict[str, Any]) -> bool:
         inflight.forget(name, **payload)  # not sent: the next ask must not be dropped
         raise
     return True
+
+
+def enqueue_provision(instance_ids: list[str]) -> bool:
+    """A reconcile pass's new instances: `provision_instances` tasks of `engine.provision_batch` ids each (at
+    1, one `provision_instance` task per instance, as before batching), without the ids whose provision is
+    already queued or running. True if anything was sent."""
+    from workers import inflight
+
+    size = get_settings().engine.provision_batch
+    if size <= 1:
+        return any([enqueue("provision_instance", {"instance_id": i}) for i in instance_ids])
+    sent = False
+    for n in range(0, len(instance_ids), size):
+        ids = inflight.claim_many("provision_instance", "instance_id", instance_ids[n:n + size])
+        if not ids:
+            continue
+        try:
+            celery_app.send_task("warmpool.provision_instances", kwargs={"instance_ids": ids})
+        except Exception:
+            inflight.forget_many("provision_instance", "instance_id", ids)  # not sent: the next ask must not be dropped
+            raise
+        sent = True
+    return sent
 
 
 def enqueue_swept_reconcile(pool_id: str) -> bool:

@@ -123,3 +123,50 @@ def forget(name: str, client: redis_lib.Redis | None = None, **payload: Any) -> 
         _redis(client).delete(key)
     except redis_lib.RedisError:
         log.warning("could not drop dedupe key %s; it expires on its own", key, exc_info=True)
+
+
+def claim_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> list[str]:
+    """`claim` for many ids of one kind in one round trip (a batch task holds each id's own key, so a later
+    one-instance re-kick is still dropped while the batch runs); returns the ids taken."""
+    keys = [key_for(name, {field: i}) for i in ids]
+    try:
+        pipe = _redis(client).pipeline(transaction=False)
+        for key in keys:
+            pipe.eval(_CLAIM, 1, key, QUEUED, _ttl(name), "0")
+        taken = pipe.execute()
+    except redis_lib.RedisError:
+        log.warning("dedupe keys of %d %s unavailable; enqueueing anyway (tasks are idempotent)", len(ids), name,
+                    exc_info=True)
+        return list(ids)
+    return [i for i, ok in zip(ids, taken) if ok]
+
+
+def mark_running_many(name: str, field: str, ids: list[str], extra_seconds: float = 0.0,
+                      client: redis_lib.Redis | None = None) -> None:
+    """`mark_running` for many ids in one round trip."""
+    try:
+        pipe = _redis(client).pipeline(transaction=False)
+        for i in ids:
+            pipe.set(key_for(name, {field: i}), RUNNING, ex=_ttl(name) + max(int(extra_seconds), 0))
+        pipe.execute()
+    except redis_lib.RedisError:
+        log.warning("could not refresh the dedupe keys of %d %s", len(ids), name, exc_info=True)
+
+
+def release_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> None:
+    """`release` for many ids in one round trip."""
+    try:
+        pipe = _redis(client).pipeline(transaction=False)
+        for i in ids:
+            pipe.eval(_DROP_IF, 1, key_for(name, {field: i}), RUNNING)
+        pipe.execute()
+    except redis_lib.RedisError:
+        log.warning("could not release the dedupe keys of %d %s; they expire on their own", len(ids), name, exc_info=True)
+
+
+def forget_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> None:
+    """`forget` for many ids in one round trip."""
+    try:
+        _redis(client).delete(*[key_for(name, {field: i}) for i in ids])
+    except redis_lib.RedisError:
+        log.warning("could not drop the dedupe keys of %d %s; they expire on their own", len(ids), name, exc_info=True)

@@ -54,6 +54,24 @@ def next_seq(instance_id: str) -> int:
         return instances.issue_seq(instance_id, session=session) or 0
 
 
+def next_seqs(instance_ids: list[str]) -> list[int]:
+    """`next_seq` for each id in order (an id listed twice gets two increasing numbers): a batch of
+    observations is numbered in one short transaction, not one per event. Rows the applier holds are
+    numbered one at a time after it (instances.issue_seqs says why)."""
+    out: list[int] = [0] * len(instance_ids)
+    pending = list(range(len(instance_ids)))
+    while pending:
+        first: dict[str, int] = {}
+        for n in pending:
+            first.setdefault(instance_ids[n], n)
+        with session_scope() as session:
+            seqs = instances.issue_seqs(list(first), session=session)
+        for instance_id, n in first.items():
+            out[n] = seqs[instance_id] if instance_id in seqs else next_seq(instance_id)
+        pending = [n for n in pending if first[instance_ids[n]] != n]
+    return out
+
+
 def emit(target: Target, state: str, obs: Observed | None = None, message: str = "") -> None:
     events.publish(events.InstanceEvent(
         instance_id=target.instance.id, pool_id=target.pool.id, state=state, ref=obs.ref if obs else "",
@@ -81,11 +99,13 @@ def countdown_cap() -> float:
 
 
 class Failed(Exception):
-    """The operation failed transiently; the task retries after `countdown` seconds."""
+    """The operation failed transiently; the task retries after `countdown` seconds (a batch task: for
+    `instance_ids` only, the ones that failed)."""
 
-    def __init__(self, countdown: float) -> None:
+    def __init__(self, countdown: float, instance_ids: list[str] | None = None) -> None:
         super().__init__(countdown)
         self.countdown = countdown
+        self.instance_ids = instance_ids or []
 
 
 def _guard(target: Target, op: str, retries: int, fn: Any) -> Any:
@@ -126,11 +146,11 @@ def provision(instance_id: str, retries: int = 0) -> str:
     # now, whatever state the row reached meanwhile (never an "already deleted" that leaves it running).
     again = load(instance_id)
     if again is None or again.instance.desired_state == DesiredState.DELETED:
-        return _delete_landed(again or target, obs.ref, retries, row_gone=again is None)
+        return delete_landed(again or target, obs.ref, retries, row_gone=again is None)
     return obs.state
 
 
-def _delete_landed(target: Target, ref: str, retries: int, *, row_gone: bool) -> str:
+def delete_landed(target: Target, ref: str, retries: int, *, row_gone: bool) -> str:
     """Delete a resource whose create landed after its instance was deleted; transient errors retry the task
     (whose retry, finding the instance unwanted, deletes again)."""
     try:

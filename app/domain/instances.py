@@ -77,6 +77,24 @@ def issue_seq(instance_id: str, *, session: Session) -> int | None:
     ).scalar_one_or_none()
 
 
+def issue_seqs(instance_ids: list[str], *, session: Session) -> dict[str, int]:
+    """`issue_seq` for many instances in one statement (a batch of observations published together): each
+    id's next number, by id. Rows another transaction holds (the applier's batch) are skipped, not waited
+    for: a statement that held some rows while waiting for others could close a cycle with the applier,
+    which holds rows while it updates more. So ids missing from the answer are gone or were busy; the
+    caller numbers those one at a time (`issue_seq`, which holds nothing while it waits), and commits at once."""
+    ids = sorted(set(instance_ids))
+    if not ids:
+        return {}
+    free = (sa.select(Instance.id).where(Instance.id.in_(ids)).order_by(Instance.id)
+            .with_for_update(skip_locked=True).scalar_subquery())
+    rows = session.execute(
+        sa.update(Instance).where(Instance.id.in_(free)).values(op_seq=Instance.op_seq + 1)
+        .returning(Instance.id, Instance.op_seq).execution_options(synchronize_session=False)
+    ).all()
+    return {instance_id: seq for instance_id, seq in rows}
+
+
 def note_failure(pool: Pool, message: str, *, now: datetime | None = None) -> None:
     """A transient provider failure: count it, back creation off exponentially, DEGRADED after N."""
     e = get_settings().engine

@@ -26,7 +26,9 @@ from datetime import datetime, timedelta
 
 from app.domain.states import DesiredState, InstanceState as S
 
-MAX_CREATES_PER_PASS = 50
+# Creations one pass decides; a bigger pool fills over several passes (each landing asks for the next).
+# They go out as batched provider calls, so a pass's cost is its INSERT, not its provider round trips.
+MAX_CREATES_PER_PASS = 1000
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
     pool = session.exec(select(Pool).where(Pool.id == pool_id).with_for_update()).first()
     if pool is None or pool.phase == PoolPhase.DELETED:
         return None
-    rows = list(session.exec(select(Instance).where(Instance.pool_id == pool.id, Instance.state != str(S.DELETED))).all())
+    # Only the columns the planner reads, as plain rows: a pass over a pool of thousands costs its query,
+    # not an ORM object per instance (passes run after every batch of landings while a pool fills).
+    rows = session.execute(
+        sa.select(Instance.id, Instance.state, Instance.desired_state, Instance.lease_id,
+                  Instance.snapshot_id, Instance.draining, Instance.idle_since, Instance.ready_at,
+                  Instance.state_changed_at)
+        .where(Instance.pool_id == pool.id, Instance.state != str(S.DELETED))
+    ).all()
 
     if pool.deleted_at is None:
         _autoscale(pool, now, session=session)
@@ -42,11 +49,10 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
     )
     views = [
         planner.InstanceView(
-            id=i.id, state=i.state, desired_state=i.desired_state, leased=i.lease_id is not None,
-            snapshot_id=i.snapshot_id, draining=i.draining, idle_since=i.idle_since, ready_at=i.ready_at,
-            state_changed_at=i.state_changed_at,
+            id=iid, state=state, desired_state=desired, leased=lease_id is not None, snapshot_id=snapshot_id,
+            draining=draining, idle_since=idle_since, ready_at=ready_at, state_changed_at=changed_at,
         )
-        for i in rows
+        for iid, state, desired, lease_id, snapshot_id, draining, idle_since, ready_at, changed_at in rows
     ]
     plan = planner.plan(view, views, now)
     _within_quota(pool, plan, session=session)
@@ -82,13 +88,16 @@ def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
     if pool.runner_id:
         runner = session.get(Runner, pool.runner_id)
         provider = runner.provider if runner else ""
+    made: list[str] = []
     for desired, count in ((DesiredState.RUNNING, plan.create_running), (DesiredState.STOPPED, plan.create_stopped)):
         for _ in range(count):
             inst = Instance(pool_id=pool.id, organization_id=pool.organization_id, provider=provider,
                             snapshot_id=pool.snapshot_id, desired_state=str(desired),
                             zone=str(pool.template.get("zone", "")))
             session.add(inst)  # the id is made client-side: no flush per row, autoflush writes them together
-            effects.defer(session, "provision_instance", instance_id=inst.id)
+            made.append(inst.id)
+    if made:  # one effect for the pass: the dispatcher sends them in batches (batched provider calls)
+        effects.defer(session, "provision_instances", instance_ids=made)
     for instance_id in plan.start:
         if inst_domain.set_desired(instance_id, DesiredState.RUNNING, expect=DesiredState.STOPPED, session=session):
             effects.defer(session, "start_instance", instance_id=instance_id)

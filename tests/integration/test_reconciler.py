@@ -14,7 +14,7 @@ from app.domain import leases, pools, prebuilds, reconciler
 from app.models import Instance, Pool
 from tests.conftest import World, make_catalog, make_org
 from tests.engine_harness import InlineEngine
-from workers import operations
+from workers import operations, provisioning
 from workers.providers.fake import FakeCloud
 from workers.providers.registry import clear_cache
 
@@ -109,10 +109,11 @@ def test_row_deleted_mid_flight(engine, world, cloud):
     pool_id = make_pool(world, 1, 1)
     engine.run(*engine.queue.popleft())  # reconcile: one requested instance, provision queued
     name, payload = engine.queue.popleft()
-    assert name == "provision_instance"
+    assert name == "provision_instances" and len(payload["instance_ids"]) == 1
     with session_scope() as s:
-        s.execute(sa.delete(Instance).where(Instance.id == payload["instance_id"]))
-    assert operations.provision(payload["instance_id"]) == "gone"
+        s.execute(sa.delete(Instance).where(Instance.id.in_(payload["instance_ids"])))
+    assert provisioning.provision_many(payload["instance_ids"]) == {payload["instance_ids"][0]: "gone"}
+    assert operations.provision(payload["instance_ids"][0]) == "gone"
     assert cloud.all() == {}
     with session_scope() as s:
         s.execute(sa.delete(Pool).where(Pool.id == pool_id))

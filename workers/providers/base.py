@@ -10,11 +10,14 @@ Which calls are asynchronous: `create`, `start` and `stop` return what the provi
 what eventually happened. Readiness, crashes, stops behind our back and disappearance are reported by
 `observe`, which the observer process (`warmpool observe`, workers/observer.py) turns into events.
 `delete`, `get`, `list`, `logs`, `reset`, `snapshot` and `delete_snapshot` are synchronous.
+`create_many` is many `create`s at once: one batch call where the platform has a batch endpoint (the fake
+cloud's), else concurrent `create`s (`create_concurrency` at a time), never one after another.
 """
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -102,12 +105,14 @@ class Provider(ABC):
     name: str = ""
     settings_model: ClassVar[type[BaseModel] | None] = None
     template_model: ClassVar[type[BaseModel] | None] = None
+    create_concurrency: ClassVar[int] = 16
+    """How many `create` calls the default `create_many` has in flight at once (a platform's rate limits)."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})
 
-    TIMED: ClassVar[tuple[str, ...]] = ("create", "start", "stop", "delete", "reset", "get", "list", "logs",
-                                        "snapshot", "delete_snapshot")
+    TIMED: ClassVar[tuple[str, ...]] = ("create", "create_many", "start", "stop", "delete", "reset", "get", "list",
+                                        "logs", "snapshot", "delete_snapshot")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every adapter's contract calls are timed and their errors counted (app.metrics), wherever they are
@@ -124,6 +129,23 @@ class Provider(ABC):
         """Create the resource for `spec.instance_id`, tagged with our ids, from `spec.snapshot_id` (or the
         template's image). Started if `start`, else left stopped. Calling it again for the same instance id
         returns the existing resource instead of making a second one."""
+
+    def create_many(self, specs: list[InstanceSpec], start: bool) -> list[Observed | ProviderError]:
+        """`create` for each spec, as one batch: the result for each spec in order, an Observed or the
+        ProviderError its create raised (one failure does not fail the others). Idempotent per instance id,
+        like `create`. This default runs the creates concurrently, `create_concurrency` at a time; an adapter
+        whose platform takes a batch in one request overrides it."""
+        def one(spec: InstanceSpec) -> Observed | ProviderError:
+            try:
+                return self.create(spec, start)
+            except ProviderError as exc:
+                return exc
+
+        if len(specs) <= 1:
+            return [one(s) for s in specs]
+        with ThreadPoolExecutor(max_workers=min(self.create_concurrency, len(specs)),
+                                thread_name_prefix=f"{self.name or 'provider'}-create") as pool:
+            return list(pool.map(one, specs))
 
     @abstractmethod
     def start(self, ref: str) -> Observed:

@@ -32,8 +32,8 @@ from typing import Any
 import redis as redis_lib
 
 from workers.providers.base import (
-    INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderPermanent, ProviderTransient,
-    Sighting,
+    INSTANCE_TAG, OWNER_TAG, POOL_TAG, InstanceSpec, Observed, Provider, ProviderError, ProviderPermanent,
+    ProviderTransient, Sighting,
 )
 from workers.providers.models import FakeSettings, FakeTemplate
 
@@ -51,6 +51,7 @@ class FakeCloud:
         self.broken = f"{base}:broken"  # snapshots whose instances fail to boot (a bad prebuild)
         self.due, self.changes = f"{base}:due", f"{base}:changes"
         self.calls_key = f"{base}:calls"
+        self.batch_log = f"{base}:batches"
 
     def configure(self, **values: Any) -> None:
         """Change the cloud's behaviour for every process at once (e.g. fail_create=1, boot_ms=500)."""
@@ -69,14 +70,30 @@ class FakeCloud:
 
     def put(self, ref: str, record: dict[str, Any]) -> None:
         """Store the record and announce it on the change feed; a pending move (record["next"]) gets its due time."""
-        pipe = self.r.pipeline()
-        pipe.hset(self.resources, ref, json.dumps(record))
-        if record.get("next"):
-            pipe.zadd(self.due, {ref: record["next"]["at"]})
-        else:
-            pipe.zrem(self.due, ref)
-        pipe.xadd(self.changes, {"ref": ref, "record": json.dumps(record)}, maxlen=100_000, approximate=True)
+        self.put_many({ref: record})
+
+    def put_many(self, records: dict[str, dict[str, Any]], batch: tuple[str, int] | None = None) -> None:
+        """`put` for many records in one round trip; `batch` (operation, size) records a batch call (`batches`)
+        and, for `create`, counts each record made (`calls`)."""
+        pipe = self.r.pipeline(transaction=False)
+        for ref, record in records.items():
+            if batch and batch[0] == "create":
+                pipe.hincrby(self.calls_key, f"create:{record['tags'][INSTANCE_TAG]}", 1)
+            pipe.hset(self.resources, ref, json.dumps(record))
+            if record.get("next"):
+                pipe.zadd(self.due, {ref: record["next"]["at"]})
+            else:
+                pipe.zrem(self.due, ref)
+            pipe.xadd(self.changes, {"ref": ref, "record": json.dumps(record)}, maxlen=100_000, approximate=True)
+        if batch:
+            pipe.rpush(self.batch_log, f"{batch[0]}:{batch[1]}")
+            pipe.ltrim(self.batch_log, -1000, -1)
         pipe.execute()
+
+    def batches(self, op: str = "create") -> list[int]:
+        """The sizes of the last batch calls of `op` this cloud answered, oldest first (what tests look at)."""
+        sizes = [raw.decode() if isinstance(raw, bytes) else raw for raw in self.r.lrange(self.batch_log, 0, -1)]
+        return [int(n) for name, _, n in (x.partition(":") for x in sizes) if name == op]
 
     def load(self, ref: str) -> dict[str, Any] | None:
         raw = self.r.hget(self.resources, ref)
@@ -91,27 +108,38 @@ class FakeCloud:
 
     def advance(self, now_ms: float | None = None) -> int:
         """Carry out every pending move that is due (provisioning -> running, …); returns how many this call
-        made. Each is claimed by ZREM, so concurrent callers never make the same move twice."""
+        made. Each is claimed by ZREM, so concurrent callers never make the same move twice. A few round
+        trips per thousand moves, however many fall due at once."""
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         moved = 0
-        for raw in self.r.zrangebyscore(self.due, "-inf", now_ms, start=0, num=1000):
-            ref = raw.decode() if isinstance(raw, bytes) else raw
-            if not self.r.zrem(self.due, ref):
-                continue  # another caller made this move
-            record = self.load(ref)
-            if record is None or not record.get("next"):
-                continue
-            nxt = record.pop("next")
-            record["state"] = nxt["state"]
-            record["boot_ms"] = nxt.get("boot_ms", record.get("boot_ms"))
-            if nxt["state"] == "running":
-                record["address"] = record.get("address") or nxt.get("address", "")
-            elif nxt["state"] == "stopped":
-                record["address"] = ""
-            record.setdefault("log", []).append(nxt["state"])
-            self.put(ref, record)
-            moved += 1
-        return moved
+        while True:
+            due = [raw.decode() if isinstance(raw, bytes) else raw
+                   for raw in self.r.zrangebyscore(self.due, "-inf", now_ms, start=0, num=1000)]
+            if not due:
+                return moved
+            pipe = self.r.pipeline(transaction=False)
+            for ref in due:
+                pipe.zrem(self.due, ref)
+            won = [ref for ref, removed in zip(due, pipe.execute()) if removed]  # the others: another caller's
+            records = {}
+            for ref, raw in zip(won, self.r.hmget(self.resources, won) if won else []):
+                record = json.loads(raw) if raw else None
+                if record is None or not record.get("next"):
+                    continue
+                nxt = record.pop("next")
+                record["state"] = nxt["state"]
+                record["boot_ms"] = nxt.get("boot_ms", record.get("boot_ms"))
+                if nxt["state"] == "running":
+                    record["address"] = record.get("address") or nxt.get("address", "")
+                elif nxt["state"] == "stopped":
+                    record["address"] = ""
+                record.setdefault("log", []).append(nxt["state"])
+                records[ref] = record
+            if records:
+                self.put_many(records)
+            moved += len(records)
+            if len(due) < 1000:
+                return moved
 
     def next_due(self) -> float | None:
         """Epoch ms of the earliest pending move, or None."""
@@ -206,6 +234,23 @@ class FakeProvider(Provider):
     def _latency(op: str, conf: dict[str, Any]) -> float:
         return max(float(conf.get(f"{op}_ms", 0) or 0), 0.0)
 
+    def _new_record(self, spec: InstanceSpec, start: bool, conf: dict[str, Any], *, broken: bool = False) -> dict[str, Any]:
+        """A new resource in `provisioning`, its next move scheduled (a broken snapshot's boot fails)."""
+        record = {
+            "ref": f"fake-{spec.instance_id}", "state": "provisioning", "snapshot_id": spec.snapshot_id,
+            "template": spec.template, "address": "", "boot_ms": None,
+            "log": [f"created from {spec.snapshot_id or 'image'}"],
+            "tags": {OWNER_TAG: spec.owner, INSTANCE_TAG: spec.instance_id, POOL_TAG: spec.pool_id},
+        }
+        if start and broken:
+            self._schedule(record, "failed", self._latency("boot", conf))
+        elif start:
+            self._schedule(record, "running", self._latency("boot", conf),
+                           address=f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}")
+        else:
+            self._schedule(record, "stopped", self._latency("delete", conf))
+        return record
+
     def create(self, spec: InstanceSpec, start: bool) -> Observed:
         """Returns at once in `provisioning`; the cloud makes it `running` after boot_ms (or `stopped` after
         delete_ms when not started)."""
@@ -215,21 +260,40 @@ class FakeProvider(Provider):
             return self.start(ref) if start else self._observed(existing)
         conf = self._behaviour()
         self._maybe_fail("create", spec.instance_id, conf)
-        record = {
-            "ref": ref, "state": "provisioning", "snapshot_id": spec.snapshot_id, "template": spec.template,
-            "address": "", "boot_ms": None, "log": [f"created from {spec.snapshot_id or 'image'}"],
-            "tags": {OWNER_TAG: spec.owner, INSTANCE_TAG: spec.instance_id, POOL_TAG: spec.pool_id},
-        }
-        if start and spec.snapshot_id and self.cloud.r.sismember(self.cloud.broken, spec.snapshot_id):
-            self._schedule(record, "failed", self._latency("boot", conf))
-        elif start:
-            self._schedule(record, "running", self._latency("boot", conf),
-                           address=f"10.0.{random.randint(0, 255)}.{random.randint(1, 254)}")
-        else:
-            self._schedule(record, "stopped", self._latency("delete", conf))
+        broken = start and bool(spec.snapshot_id) and bool(self.cloud.r.sismember(self.cloud.broken, spec.snapshot_id))
+        record = self._new_record(spec, start, conf, broken=broken)
         self.cloud.put(ref, record)
         self.cloud.count("create", spec.instance_id)
         return self._observed(record)
+
+    def create_many(self, specs: list[InstanceSpec], start: bool) -> list[Observed | ProviderError]:
+        """The fake cloud's batch endpoint: one round trip finds which already exist (our instance id is the
+        key, as for `create`), one stores the new ones, whatever the batch's size; failures are drawn per
+        instance as for `create`. Each call is recorded (`FakeCloud.batches`)."""
+        if not specs:
+            return []
+        refs = [f"fake-{spec.instance_id}" for spec in specs]
+        existing = dict(zip(refs, self.cloud.r.hmget(self.cloud.resources, refs)))
+        snapshots = sorted({spec.snapshot_id for spec in specs if spec.snapshot_id})
+        broken = {snap for snap, bad in zip(snapshots, self.cloud.r.smismember(self.cloud.broken, snapshots)) if bad} \
+            if start and snapshots else set()
+        conf = self._behaviour()
+        made: dict[str, dict[str, Any]] = {}
+        out: list[Observed | ProviderError] = []
+        for spec, ref in zip(specs, refs):
+            try:
+                if ref in made:  # the same instance twice in one batch: one resource
+                    out.append(self._observed(made[ref]))
+                elif existing[ref] is not None:
+                    out.append(self.start(ref) if start else self._observed(json.loads(existing[ref])))
+                else:
+                    self._maybe_fail("create", spec.instance_id, conf)
+                    made[ref] = self._new_record(spec, start, conf, broken=spec.snapshot_id in broken)
+                    out.append(self._observed(made[ref]))
+            except ProviderError as exc:
+                out.append(exc)
+        self.cloud.put_many(made, batch=("create", len(specs)))
+        return out
 
     def start(self, ref: str) -> Observed:
         """Returns at once in `starting` (a resource running or on its way there is left as it is); `running`
@@ -296,22 +360,23 @@ class FakeProvider(Provider):
             self.cloud.advance()
             due = self.cloud.next_due()
             wait_ms = 1000 if due is None else min(1000, max(int(due - time.time() * 1000), 1))
-            response = self.cloud.r.xread({self.cloud.changes: position}, count=500, block=wait_ms)
-            changed = []
+            response = self.cloud.r.xread({self.cloud.changes: position}, count=1000, block=wait_ms)
+            changed: dict[str, Observed] = {}  # by ref, the last change of each: one batch says where each ended
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
                     position = entry_id
                     raw = fields.get(b"record", fields.get("record"))
                     ref = fields.get(b"ref", fields.get("ref"))
                     ref = ref.decode() if isinstance(ref, bytes) else ref
+                    changed.pop(ref, None)
                     if raw:
                         obs = self._observed(json.loads(raw))
                         if obs.owner == owner:
-                            changed.append(obs)
+                            changed[ref] = obs
                     else:  # dropped: its tags are gone with it, the observer knows them
-                        changed.append(Observed(ref=ref, state="deleted"))
+                        changed[ref] = Observed(ref=ref, state="deleted")
             if changed:
-                yield Sighting(changed)
+                yield Sighting(list(changed.values()))
 
     def logs(self, ref: str, lines: int = 100) -> str:
         return "\n".join(self._require(ref).get("log", [])[-lines:])
