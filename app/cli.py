@@ -73,7 +73,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.serve import serve_api
 
     s = _settings_for_cli()
-    serve_api(s, host=args.host or s.http_host, port=args.port or s.http_port, workers=args.workers or s.api_workers)
+    serve_api(s, host=args.host or s.http_host, port=args.port or s.http_port, workers=args.workers)
     return 0
 
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
     sp.add_argument("--workers", type=int, help="processes serving HTTP and gRPC on the same ports "
-                    "(default: WARMPOOL_API_WORKERS)")
+                    "(default: WARMPOOL_API_WORKERS; 0 or unset: one per core, one under dev)")
     sp.set_defaults(fn=cmd_api)
 
     sp = sub.add_parser("worker", help="Celery worker for the reconcile, provider, system and sweep queues")

@@ -9,6 +9,7 @@ from app.api import podpools as podpools_api
 from app.api import contract, docs, native, native_pools, native_rollout, native_tokens, unknown_routes
 from app.api.connect_common import ConnectRouter, PaginationQueryMerge
 from app.api.edge import HygieneInterceptor, InputGuard
+from app.api.vmpool_connect import LeaseConnectJSON
 from app.domain import effects
 from config.settings import get_settings
 from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
@@ -47,7 +48,9 @@ class WarmpoolASGI:
 
     def __init__(self, fastapi_app: FastAPI, grpc_server: object | None = None) -> None:
         self.fastapi = fastapi_app
-        self.connect = unknown_routes.ConnectErrorBodies(InputGuard(PaginationQueryMerge(ConnectRouter(connect_apps()))))
+        # The hot lease RPCs over Connect JSON take a thin handler; it hands everything else on.
+        self.connect = LeaseConnectJSON(
+            unknown_routes.ConnectErrorBodies(InputGuard(PaginationQueryMerge(ConnectRouter(connect_apps())))))
         self.grpc_server = grpc_server
 
     async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -67,12 +70,16 @@ class WarmpoolASGI:
             if message["type"] == "lifespan.startup":
                 try:
                     await asyncio.to_thread(self.grpc_server.start)
+                    await vmpool.warm_up()  # this loop's lease pools, before the first request
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await asyncio.to_thread(self.grpc_server.stop)
+                from app import adb
+
+                await adb.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

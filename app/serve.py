@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 
 import uvicorn
 
@@ -22,7 +23,16 @@ def worker_app():  # type: ignore[no-untyped-def]
     return create_asgi(reuse_port=True)
 
 
-def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+def default_workers(settings: Settings) -> int:
+    """`warmpool api` processes when neither --workers nor WARMPOOL_API_WORKERS says: one per core (the
+    lease path is CPU-bound in Python), but one under dev, which runs every process on one machine."""
+    if settings.api_workers > 0:
+        return settings.api_workers
+    return 1 if settings.env == "dev" else max(1, os.cpu_count() or 1)
+
+
+def serve_api(settings: Settings, *, host: str, port: int, workers: int | None = None) -> None:
+    workers = workers or default_workers(settings)
     log.info("warmpool api: HTTP on http://%s:%d (Connect under /api, docs at /docs), gRPC on %s:%d, %d worker(s)",
              host, port, settings.http_host, settings.grpc_port, workers)
     common = dict(host=host, port=port, log_level=settings.log_level.lower(), access_log=False,

@@ -22,13 +22,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from app import auth, metrics
+from app import adb, auth, metrics
 from app.api.connect_common import remaining_seconds
 from app.api.core import connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import run_in_transaction
-from app.domain import leases, reservations
+from app.domain import effects, leases, leases_async, reservations
 from app.domain.errors import InvalidArgument, Unavailable
 from app.domain.tokens import Scope
 from app.events import reservation_channel
@@ -37,6 +37,10 @@ from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 MAX_NAME = 200  # pools.name and leases.service_tag are 200 characters
 MAX_RESERVATION_ID = 64  # reservations.client_id
@@ -127,6 +131,20 @@ def _unanswered(reservation_id: str | None) -> Callable[[Any], tuple[Callable[..
         return None
 
     return undo
+
+
+async def _org_of(authorization: str | None) -> str:
+    """The caller's organization, from the token cache (the database only on a miss)."""
+    token = auth.bearer_from_header(authorization)
+    return (await auth.require_async(token, Scope.LEASE, "the VMPoolLeaseService")).organization_id
+
+
+async def _committed(work: Any) -> Any:
+    """Await an async unit of work returning (result, effects); the effects go to AFTER_COMMIT once it
+    committed, so the answer never waits for the broker."""
+    result, committed = await work
+    AFTER_COMMIT.submit(committed)
+    return result
 
 
 class TooLate(Unavailable):
@@ -221,14 +239,55 @@ class LeaseService:
         # waits), even if this process dies before withdrawing it.
         caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
         wait_until = datetime.now(UTC) + timedelta(seconds=caller_left)
-        result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
-                                       service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
-                                       wait_until=wait_until)
+        result: Any = None
+        if pool and reservation_id is None and adb.enabled():
+            # The common case on PostgreSQL, on this loop: a named pool with a ready instance.
+            result = await self._lease_fast(authorization, answer_by, pool, tag, wished)
+        if result is None:
+            result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
+                                           service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
+                                           wait_until=wait_until)
         metrics.lease_step(result)
         if isinstance(result, leases.Queued):
             result = await self._wait(authorization, result, answer_by)
             metrics.lease_step(result)
         return pb.LeaseResponse(lease=lease_message(result))
+
+    async def _lease_fast(self, authorization: str | None, answer_by: float, pool: str, tag: str,
+                          wished: datetime | None) -> leases.LeaseView | None:
+        """leases_async.lease_named in one async unit of work, answered by `answer_by`; None: the pool has
+        no ready instance (the sync path applies its policy). As `_run_until`: a lease made for a call that
+        went away or ran out of time is given back, never left to nobody."""
+        org_id = await _org_of(authorization)
+        loop = asyncio.get_running_loop()
+
+        async def claim(conn: Any) -> tuple[leases.LeaseView | None, list]:
+            unit = leases_async.Unit()
+            got = await leases_async.lease_named(org_id, pool, conn=conn, unit=unit, service_tag=tag,
+                                                 wished_expiry=wished, now=utcnow())
+            return got, effects.take(unit)
+
+        work = asyncio.ensure_future(_committed(adb.transaction(claim)))
+        work.add_done_callback(_retrieved)
+        try:
+            done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))
+        except asyncio.CancelledError:
+            self._give_back_when_done(work, authorization)
+            raise
+        if not done:
+            self._give_back_when_done(work, authorization)
+            raise TooLate("the server could not answer before the call's deadline; retry")
+        return work.result()
+
+    def _give_back_when_done(self, work: asyncio.Future, authorization: str | None) -> None:
+        def done(finished: asyncio.Future) -> None:
+            if finished.cancelled() or finished.exception() is not None:
+                return
+            got = finished.result()
+            if got is not None:
+                self._in_background(authorization, leases.give_back, got.lease_id)
+
+        work.add_done_callback(done)
 
     async def _wait(self, authorization: str | None, queued: leases.Queued, answer_by: float) -> leases.LeaseView:
         loop = asyncio.get_running_loop()
@@ -265,7 +324,11 @@ class LeaseService:
 
     async def get_lease(self, authorization: str | None, req: pb.GetLeaseRequest, remaining: float | None) -> pb.GetLeaseResponse:
         instance = text(req.instance, "instance", required=True)
-        found = await self._run(authorization, leases.get_lease, instance)
+        if adb.enabled():
+            org_id = await _org_of(authorization)
+            found = await adb.transaction(lambda conn: leases_async.get_lease(org_id, instance, conn=conn, now=utcnow()))
+        else:
+            found = await self._run(authorization, leases.get_lease, instance)
         return pb.GetLeaseResponse(lease=lease_message(found))
 
     async def extend_to(self, authorization: str | None, req: pb.ExtendToRequest, remaining: float | None) -> pb.ExtendToResponse:
@@ -274,15 +337,58 @@ class LeaseService:
         to = wished_time(req, "to")
         if to is None:
             raise InvalidArgument("to is required: the time to extend the lease to")
-        extended = await self._run(authorization, leases.extend_to, instance, to, service_tag=tag,
-                                   extend_only=req.extend_only)
+        if adb.enabled():
+            org_id = await _org_of(authorization)
+            extended = await adb.transaction(lambda conn: leases_async.extend_to(
+                org_id, instance, to, conn=conn, service_tag=tag, extend_only=req.extend_only, now=utcnow()))
+        else:
+            extended = await self._run(authorization, leases.extend_to, instance, to, service_tag=tag,
+                                       extend_only=req.extend_only)
         return pb.ExtendToResponse(lease=lease_message(extended))
 
     async def return_(self, authorization: str | None, req: pb.ReturnRequest, remaining: float | None) -> pb.ReturnResponse:
         instance = text(req.instance, "instance", required=True)
         tag = text(req.service_tag, "service_tag")
-        await self._run(authorization, leases.return_lease, instance, service_tag=tag)
+        if not adb.enabled():
+            await self._run(authorization, leases.return_lease, instance, service_tag=tag)
+            return pb.ReturnResponse()
+        org_id = await _org_of(authorization)
+
+        async def give_back(conn: Any) -> tuple[None, list]:
+            unit = leases_async.Unit()
+            await leases_async.return_lease(org_id, instance, conn=conn, unit=unit, service_tag=tag, now=utcnow())
+            return None, effects.take(unit)
+
+        await _committed(adb.transaction(give_back))
         return pb.ReturnResponse()
+
+
+WARM_SECONDS = 10.0
+
+
+async def warm_up() -> None:
+    """Ready this event loop for its first Lease (start-up, on each loop that serves the lease service):
+    the async pool open with every statement prepared on every connection, the sync engine connected
+    (the empty-pool and reservation paths), the executor's threads started and the wake-up subscription
+    confirmed. A failure is logged, not raised: the server still starts, and the first calls pay."""
+    service = default_service()
+
+    def sync_side() -> None:
+        from app.db import get_engine
+
+        with get_engine().connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        service.waiter.wait_ready(WARM_SECONDS / 2)
+
+    try:
+        threads = [asyncio.get_running_loop().run_in_executor(service.executor, lambda: None)
+                   for _ in range(service.executor._max_workers)]
+        work = [asyncio.to_thread(sync_side), *threads]
+        if adb.enabled():
+            work.append(adb.warm(leases_async.warm_statements(utcnow())))
+        await asyncio.wait_for(asyncio.gather(*work), WARM_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - start anyway; the first calls open what is missing
+        log.warning("lease service warm-up did not finish (%s); the first calls may be slow", exc)
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,11 +15,11 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app import metrics
+from app import adb, metrics
 from app.api.core import GRPC, map_error
 from app.api.hygiene import BadInput, check_message
 from app.api.ops import follow_readiness
-from app.api.vmpool import LeaseService, default_service
+from app.api.vmpool import LeaseService, default_service, warm_up
 from config.settings import get_settings
 from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
@@ -151,6 +151,7 @@ class GrpcServer:
         self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         if not self.port:
             raise OSError("address in use or not available")
+        await warm_up()  # this loop's pools and statements, before the first call can arrive
         await server.start()
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -162,3 +163,4 @@ class GrpcServer:
         follower.cancel()
         await checks.enter_graceful_shutdown()
         await server.stop(self.grace)
+        await adb.close()

@@ -1,0 +1,116 @@
+"""Async PostgreSQL for the lean lease path: one psycopg AsyncConnectionPool per event loop, warmed at
+start-up, and one unit of work that retries a transaction PostgreSQL aborted (40P01, 40001).
+
+A process runs two event loops (uvicorn's and the gRPC server's thread), and a pool's connections
+belong to the loop that opened them, so each loop gets its own pool, opened by `warm()` at start-up
+(or by the first call). SQLite (`warmpool dev`) has no async path: `enabled()` is False and the
+callers keep the sync one (app.db, BEGIN IMMEDIATE).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from app import db
+from config.settings import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # as app.db: deadlock victim, serialization failure
+ATTEMPTS = 3
+
+_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+
+
+def conninfo() -> str | None:
+    """The libpq URL of the configured database, or None when it is not PostgreSQL."""
+    url = get_settings().database_url
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return None
+
+
+def enabled() -> bool:
+    return conninfo() is not None
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    # Every statement is prepared on its first run: the lease path is a handful of fixed statements.
+    conn.prepare_threshold = 0
+    conn.row_factory = namedtuple_row  # type: ignore[assignment]
+
+
+async def pool() -> AsyncConnectionPool:
+    """This event loop's pool, opened (min_size connections ready) on first use."""
+    loop = asyncio.get_running_loop()
+    found = _pools.get(loop)
+    if found is None:
+        size = max(2, get_settings().db_pool_size)
+        found = AsyncConnectionPool(conninfo(), min_size=size, max_size=size, open=False,
+                                    configure=_configure, name="warmpool-lease", timeout=10)
+        _pools[loop] = found
+        await found.open(wait=True, timeout=10)
+    return found
+
+
+async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # type: ignore[assignment]
+    """Open this loop's pool and prepare `statements` (SQL, harmless parameters) on every connection,
+    so the first call after start-up neither connects nor plans."""
+    p = await pool()
+    conns = []
+    try:
+        for _ in range(p.max_size):
+            conns.append(await p.getconn())
+        for conn in conns:
+            async with conn.transaction(force_rollback=True):
+                for sql, params in statements:
+                    await conn.execute(sql, params, prepare=True)
+    finally:
+        for conn in conns:
+            await p.putconn(conn)
+
+
+async def close() -> None:
+    """Close this loop's pool (shutdown)."""
+    found = _pools.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+async def transaction(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
+    """`await fn(conn)` in one transaction: committed when it returns, rolled back when it raises, and run
+    again from the start (after a short random pause) when PostgreSQL aborted it to break a deadlock or a
+    serialization conflict; the last failure is raised."""
+    p = await pool()
+    for attempt in range(attempts):
+        try:
+            async with p.connection() as conn, conn.transaction():
+                return await fn(conn)
+        except psycopg.Error as exc:
+            if not is_retryable(exc) or attempt == attempts - 1:
+                mapped = as_domain_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            await asyncio.sleep(random.uniform(0, 0.005 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def as_domain_error(exc: psycopg.Error) -> Any:
+    """The domain error a driver error stands for, by the same rules as the sync path (app.db.domain_error_of,
+    which reads SQLAlchemy's wrapping of the same driver): None for a bug."""
+    return db.domain_error_of(sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error))
