@@ -31,14 +31,18 @@ def publish(event: InstanceEvent, client: redis.Redis | None = None) -> str:
     return entry.decode() if isinstance(entry, bytes) else entry
 
 
-def publish_many(batch: list[InstanceEvent], client: redis.Redis | None = None) -> None:
-    """`publish` for many events in one round trip (a batched provider call's observations), in order."""
-    if not batch:
+def publish_many(batch: list[InstanceEvent], client: redis.Redis | None = None,
+                 notices: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+    """`publish` for many events (a batched provider call's observations, a burst of leases), then `notify`
+    for each (channel, message) in `notices`, in order, in one round trip."""
+    if not batch and not notices:
         return
     s = get_settings()
     pipe = (client or redis_client()).pipeline(transaction=False)
     for event in batch:
         pipe.xadd(s.engine.events_stream, event.to_fields(), maxlen=1_000_000, approximate=True)
+    for channel, message in notices:
+        pipe.publish(channel, message)
     pipe.execute()
 
 

@@ -36,9 +36,9 @@ def connect_apps() -> list:
 
 def install_dispatcher() -> None:
     """Committed domain effects become Celery tasks (imported lazily: tests may install their own)."""
-    from workers.celery_app import dispatch_effect
+    from workers.celery_app import dispatch_burst, dispatch_effect
 
-    effects.set_dispatcher(dispatch_effect)
+    effects.set_dispatcher(dispatch_effect, batch=dispatch_burst)
 
 
 class WarmpoolASGI:

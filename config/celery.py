@@ -29,6 +29,7 @@ TASK_ROUTES = {
     "warmpool.start_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.stop_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.delete_instance": {"queue": PROVIDER_QUEUE},
+    "warmpool.delete_instances": {"queue": PROVIDER_QUEUE},
     "warmpool.recycle_instance": {"queue": PROVIDER_QUEUE},
     "warmpool.run_prebuild": {"queue": PROVIDER_QUEUE},
     "warmpool.collect_orphans": {"queue": SYSTEM_QUEUE},

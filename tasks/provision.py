@@ -1,8 +1,12 @@
 """Provider tasks (queue `provider`): provision, start, stop, delete, recycle one instance; provision many."""
 from __future__ import annotations
 
+import logging
+
 from workers import inflight, operations, provisioning
 from workers.celery_app import celery_app
+
+log = logging.getLogger(__name__)
 
 
 def _run(task, fn, instance_id: str) -> str:  # type: ignore[no-untyped-def]
@@ -40,6 +44,30 @@ def stop_instance(self, instance_id: str) -> str:
 @celery_app.task(name="warmpool.delete_instance", bind=True, acks_late=True)
 def delete_instance(self, instance_id: str) -> str:
     return _run(self, operations.delete, instance_id)
+
+
+@celery_app.task(name="warmpool.delete_instances", bind=True, acks_late=True)
+def delete_instances(self, instance_ids: list[str]) -> int:
+    """Destroy several instances (the API sends one such task per burst of returned leases), each as
+    delete_instance would; one whose provider asks for a retry goes on as its own delete_instance task.
+    Returns how many were handled here."""
+    done = 0
+    for instance_id in instance_ids:
+        inflight.mark_running("delete_instance", instance_id=instance_id)
+        try:
+            operations.delete(instance_id, 0)
+        except operations.Failed as exc:
+            inflight.mark_running("delete_instance", exc.countdown, instance_id=instance_id)
+            celery_app.send_task("warmpool.delete_instance", kwargs={"instance_id": instance_id},
+                                 countdown=exc.countdown)
+            continue
+        except Exception:  # noqa: BLE001 - the others still go; the reconciler kicks a stuck delete again
+            inflight.release("delete_instance", instance_id=instance_id)
+            log.exception("could not delete instance %s", instance_id)
+            continue
+        inflight.release("delete_instance", instance_id=instance_id)
+        done += 1
+    return done
 
 
 @celery_app.task(name="warmpool.recycle_instance", bind=True, acks_late=True)

@@ -11,6 +11,8 @@ from celery.signals import worker_init, worker_ready
 from config.celery import EFFECT_TASKS, celery_config
 from config.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 
 def make_celery() -> Celery:
     app = Celery("warmpool")
@@ -46,6 +48,40 @@ def dispatch_effect(name: str, payload: dict[str, Any]) -> None:
         events.notify(payload["channel"], payload.get("message", ""))
         return
     enqueue(name, payload)
+
+
+DESTROYS_PER_TASK = 50
+
+
+def dispatch_burst(effects: list[tuple[str, dict[str, Any]]]) -> None:
+    """A burst of committed effects (the lease path's after-commit thread): the events and wake-ups in one
+    Redis pipeline, the destroys of returned instances in one warmpool.delete_instances task per 50 (each
+    deduplicated as its own delete_instance would be), every other effect as `dispatch_effect` sends it."""
+    from app import events
+    from workers import inflight
+
+    events.publish_many([events.InstanceEvent(**p) for n, p in effects if n == "publish_event"],
+                        notices=[(p["channel"], p.get("message", "")) for n, p in effects if n == "notify"])
+    doomed: list[str] = []
+    for name, payload in effects:
+        if name in ("publish_event", "notify"):
+            continue
+        if name == "delete_instance":
+            if inflight.claim(name, payload):
+                doomed.append(payload["instance_id"])
+            continue
+        try:
+            enqueue(name, payload)
+        except Exception:  # noqa: BLE001 - one failed send must not drop the rest of the burst
+            log.warning("could not enqueue %s(%s); the next sweep will pick it up", name, payload, exc_info=True)
+    for i in range(0, len(doomed), DESTROYS_PER_TASK):
+        chunk = doomed[i:i + DESTROYS_PER_TASK]
+        try:
+            celery_app.send_task("warmpool.delete_instances", kwargs={"instance_ids": chunk})
+        except Exception:
+            for instance_id in chunk:  # not sent: the next ask must not be dropped
+                inflight.forget("delete_instance", instance_id=instance_id)
+            raise
 
 
 def enqueue(name: str, payload: dict[str, Any]) -> bool:

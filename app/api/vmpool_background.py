@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class AfterCommit:
     """Hands committed effects to the process's dispatcher (app.domain.effects) on one background
-    thread. Events go out in commit order, at once. A `reconcile_pool` waits `delay` seconds and
+    thread. Events go out in commit order, at once, everything queued meanwhile in one burst (one Redis
+    pipeline, one task for the destroys: workers.celery_app.dispatch_burst). A `reconcile_pool` waits `delay` seconds and
     absorbs every identical one committed meanwhile: a burst of leases on a pool asks for one backfill
     reconcile, not one Celery task per lease (reconcile is level-triggered, so the one sent after the
     burst's commits sees all of them)."""
@@ -71,23 +72,27 @@ class AfterCommit:
             due = [k for k, (at, _, _) in self._held.items() if force or at <= now]
             ready = [self._held.pop(k) for k in due]  # popped before sending: a later commit holds its own
             nxt = min((at for at, _, _ in self._held.values()), default=None)
-        effects.dispatch([(name, payload) for _, name, payload in ready])
+        effects.dispatch_burst([(name, payload) for _, name, payload in ready])
         return None if nxt is None else max(0.0, nxt - now)
 
     def _run(self) -> None:
         wait: float | None = None
         while True:
             try:
-                item = self._queue.get(timeout=wait)
+                items = [self._queue.get(timeout=wait)]
             except queue.Empty:
-                item = None
-            if item is not None:
-                name, payload = item
-                if name:
-                    effects.dispatch([(name, payload)])
-                else:
-                    self._send_held(force=True)
-                    payload.set()
+                items = []
+            while True:  # whatever else is queued already goes out with it: one pipeline per burst
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            effects.dispatch_burst([item for item in items if item is not None and item[0]])
+            flushes = [item[1] for item in items if item is not None and not item[0]]
+            if flushes:
+                self._send_held(force=True)
+                for done in flushes:
+                    done.set()
             wait = self._send_held()
 
 

@@ -16,6 +16,7 @@ Effect = tuple[str, dict[str, Any]]
 Dispatcher = Callable[[str, dict[str, Any]], None]
 
 _dispatcher: Dispatcher | None = None
+_batch: Callable[[list[Effect]], None] | None = None
 
 
 def defer(session: Any, name: str, **payload: Any) -> None:
@@ -30,11 +31,28 @@ def take(session: Any) -> list[Effect]:
     return session.info.pop("effects", [])
 
 
-def set_dispatcher(fn: Dispatcher | None) -> Dispatcher | None:
-    """Install the process's dispatcher; returns the previous one (tests restore it)."""
-    global _dispatcher
-    previous, _dispatcher = _dispatcher, fn
+def set_dispatcher(fn: Dispatcher | None, batch: Callable[[list[Effect]], None] | None = None) -> Dispatcher | None:
+    """Install the process's dispatcher; returns the previous one (tests restore it). `batch`, if given,
+    takes a whole burst of committed effects at once (dispatch_burst); without it a burst goes one by one."""
+    global _dispatcher, _batch
+    previous, _dispatcher, _batch = _dispatcher, fn, batch
     return previous
+
+
+def dispatch_burst(effects: list[Effect]) -> None:
+    """Hand the committed effects of several units of work at once (the lease path's after-commit thread):
+    to the batch dispatcher when one is installed (one Redis pipeline, one task for many destroys), else
+    one by one. Logged, never raised, like `dispatch`."""
+    if not effects or _dispatcher is None:
+        return
+    if _batch is None:
+        dispatch(effects)
+        return
+    try:
+        _batch(effects)
+    except Exception:  # noqa: BLE001 - committed data stands; the sweeps catch up
+        log.warning("could not dispatch a burst of %d effects; the next sweep will pick them up", len(effects),
+                    exc_info=True)
 
 
 def dispatch(effects: list[Effect]) -> None:
