@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # as app.db: deadlock victim, serialization failure
 ATTEMPTS = 3
+WARM_CONNECTIONS = 4
 
 _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
 
@@ -55,8 +56,10 @@ async def pool() -> AsyncConnectionPool:
     loop = asyncio.get_running_loop()
     found = _pools.get(loop)
     if found is None:
+        # Each transaction is one or two short statements, so a few connections carry a loop's load; the
+        # rest open on demand. Several loops and `--workers` multiply this against max_connections.
         size = max(2, get_settings().db_pool_size)
-        found = AsyncConnectionPool(conninfo(), min_size=size, max_size=size, open=False,
+        found = AsyncConnectionPool(conninfo(), min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
                                     configure=_configure, name="warmpool-lease", timeout=10)
         _pools[loop] = found
         await found.open(wait=True, timeout=10)
@@ -64,12 +67,12 @@ async def pool() -> AsyncConnectionPool:
 
 
 async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # type: ignore[assignment]
-    """Open this loop's pool and prepare `statements` (SQL, harmless parameters) on every connection,
-    so the first call after start-up neither connects nor plans."""
+    """Open this loop's pool and prepare `statements` (SQL, harmless parameters) on the connections it
+    keeps open, so the first calls after start-up neither connect nor plan."""
     p = await pool()
     conns = []
     try:
-        for _ in range(p.max_size):
+        for _ in range(p.min_size):
             conns.append(await p.getconn())
         for conn in conns:
             async with conn.transaction(force_rollback=True):
