@@ -2,17 +2,21 @@
 """Lease and Return throughput and latency over gRPC and Connect JSON, next to raw pgbench.
 
 Starts throwaway PostgreSQL and Redis and a `warmpool api` (HTTP + gRPC, like a user runs it), seeds
-one pool per measurement with enough ready instances, then for 1, 8 and 32 concurrent clients:
+one pool per measurement and run with enough ready instances, then, --runs times, for each --clients level:
   - pgbench runs the server's claim SQL for one Lease (pool by name, SELECT … FOR UPDATE SKIP LOCKED
     on the ready index, INSERT the lease, point the instance at it, COMMIT) on the same PostgreSQL;
   - Connect JSON Lease, then Return of what was leased: `wrk` with a Lua script (apt-get install wrk;
     without it, Python client processes do the same);
   - gRPC Lease, then Return: client processes with one channel and one call in flight per client,
     stubs generated from our .proto.
-It prints throughput, p50/p99 latency and the ratio to pgbench's claim rate. The load generators share
-the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
+  - with --pods N: Connect JSON Lease from a pod pool of N that the engine (worker, events, observe on the
+    fake cloud) filled and refills between runs (bench/lease_engine.py);
+It prints the medians of throughput, p50/p99 latency, the ratio to pgbench's claim rate of the same run,
+and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. The load generators
+share the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
 
-Usage: python bench/lease.py [--seconds 5] [--clients 1,8,32]
+Usage: python bench/lease.py [--seconds 5] [--clients 8] [--runs 3] [--pods 2000] [--wakeups 40]
+(the py-spy summary of a --profile run: python bench/spy_summary.py DIR/connect-8-r0.txt)
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -235,8 +240,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--api-workers", type=int, default=2,
                     help="`warmpool api --workers N` (default 2: one per core; --profile needs 1)")
-    ap.add_argument("--clients", default="1,8,32")
-    ap.add_argument("--seed", type=int, default=25000, help="ready instances per measured pool")
+    ap.add_argument("--clients", default="8")
+    ap.add_argument("--runs", type=int, default=3, help="measurements of each row; the medians are printed")
+    ap.add_argument("--seed", type=int, default=6000, help="ready instances per measured pool and run")
+    ap.add_argument("--pods", type=int, default=0, help="also lease from a pod pool of this size that the "
+                    "engine (worker, events, observe, fake cloud) filled; 0: skip")
+    ap.add_argument("--wakeups", type=int, default=0, help="also time this many reservation wake-ups; 0: skip")
     ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
                     "measurement (collapsed stacks in DIR; pip install py-spy)")
     ap.add_argument("--worker", choices=["grpc", "connect"], help=argparse.SUPPRESS)
@@ -263,16 +272,25 @@ def main() -> int:
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
     if args.profile and args.api_workers != 1:
         sys.exit("--profile records one process: add --api-workers 1")
-    api = subprocess.Popen([exe, "api", "--port", str(port), "--workers", str(args.api_workers)], env=env, stdout=open(logdir / "api.log", "w"),
-                           stderr=subprocess.STDOUT, start_new_session=True)
-    args.api_pid = api.pid
+    commands = {"api": ["api", "--port", str(port), "--workers", str(args.api_workers)]}
+    if args.pods:
+        commands.update(worker=["worker", "--concurrency", "8"], events=["events"], observe=["observe"])
+    procs = {name: subprocess.Popen([exe, *cmd], env=env, stdout=open(logdir / f"{name}.log", "w"),
+                                    stderr=subprocess.STDOUT, start_new_session=True) for name, cmd in commands.items()}
+    args.api_pid = procs["api"].pid
     try:
         return measure(args, db_url, port, grpc_port, logdir)
     finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        api.wait(20)
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            proc.wait(20)
         rd.stop()
         pg.stop()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, logdir: Path) -> int:
@@ -296,12 +314,13 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
             time.sleep(0.2)
     with session_scope() as s:
         org = tenancy.ensure_organization("bench", session=s)
-        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.LEASE)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.MEMBER)
     org_id = org.id
     levels = [int(c) for c in args.clients.split(",")]
-    names = [f"{kind}-{c}" for c in levels for kind in ("pgbench", "connect", "grpc")]
+    names = [f"{kind}-{c}-r{run}" for run in range(args.runs) for c in levels for kind in ("pgbench", "connect", "grpc")]
     with session_scope() as s:  # the operator's override: the seeded pools are far above the default quota
-        quotas.set_quota(org_id, max_pool_size=args.seed, max_instances=args.seed * len(names), session=s)
+        quotas.set_quota(org_id, max_pool_size=max(args.seed, args.pods), max_instances=args.seed * 3 * len(names)
+                         + 2 * args.pods, session=s)
     for name in names:
         with session_scope() as s:
             pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=0, max_size=args.seed,
@@ -314,44 +333,67 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
 
     use_wrk = shutil.which("wrk") is not None
     base = f"http://127.0.0.1:{port}/api/{SERVICE}"
-    print(f"warmpool lease benchmark: {args.seconds:.0f} s per measurement, {os.cpu_count()} cores shared by "
-          f"server, PostgreSQL and load; Connect load: {'wrk' if use_wrk else 'Python processes'}; "
-          f"gRPC load: Python processes")
-    print(f"{'clients':>7}  {'what':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'vs pgbench':>10}")
-    results: dict = {}
-    for c in levels:
-        pgb = run_pgbench(db_url, org_id, f"pgbench-{c}", c, args.seconds)
-        results[("pgbench", c)] = pgb
-        print(f"{c:>7}  {'pgbench claim SQL':<22} {pgb['rps']:>8.0f} {'':>8} {'':>8} {pgb['errors']:>6}  "
-              f"(avg {pgb['avg']:.2f} ms)")
-        for kind in ("connect", "grpc"):
-            name = f"{kind}-{c}"
-            spy = profile(args, name)
-            if kind == "connect" and use_wrk:
-                lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
-            elif kind == "connect":
-                lease = run_workers("connect", f"127.0.0.1:{port}", token, name, c, args.seconds)
-            else:
-                lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
-            if spy is not None:
-                spy.wait(30)
-            ids = leased_instances(name)
-            ids_file = logdir / f"{name}.ids"
-            ids_file.write_text("\n".join(ids))
-            back_seconds = max(1.0, args.seconds / 2)
-            if kind == "connect" and use_wrk:
-                ret = run_wrk(f"{base}/Return", WRK_RETURN % {"token": token, "ids": ids_file,
-                                                              "threads": min(c, 2)}, c, back_seconds)
-            elif kind == "connect":
-                ret = run_workers("connect", f"127.0.0.1:{port}", token, name, c, back_seconds, str(ids_file))
-            else:
-                ret = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, back_seconds, str(ids_file))
-            results[(kind, c)] = lease
-            label = "Connect JSON" if kind == "connect" else "gRPC"
-            for what, r in ((f"{label} Lease", lease), (f"{label} Return", ret)):
-                print(f"{c:>7}  {what:<22} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6}  "
-                      f"{r['rps'] / pgb['rps']:>9.0%}")
-    print("targets: Connect JSON Lease >= 35% of pgbench; gRPC at least that; p99 < 25 ms at 8 clients")
+    print(f"warmpool lease benchmark: {args.seconds:.0f} s per measurement, {args.runs} runs (medians), "
+          f"{os.cpu_count()} cores shared by server ({args.api_workers} api workers), PostgreSQL and load; "
+          f"Connect load: {'wrk' if use_wrk else 'Python processes'}; gRPC load: Python processes")
+    rows: dict[tuple[int, str], list[dict]] = {}
+    pods = None
+    if args.pods:
+        from bench.lease_engine import fill_pod_pool
+
+        pods = fill_pod_pool(org_id, token, port, args.pods, logdir)
+    for run in range(args.runs):
+        for c in levels:
+            pgb = run_pgbench(db_url, org_id, f"pgbench-{c}-r{run}", c, args.seconds)
+            rows.setdefault((c, "pgbench claim SQL"), []).append(dict(pgb, ratio=1.0))
+            for kind in ("connect", "grpc"):
+                name = f"{kind}-{c}-r{run}"
+                spy = profile(args, f"{name}")
+                if kind == "connect" and use_wrk:
+                    lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
+                elif kind == "connect":
+                    lease = run_workers("connect", f"127.0.0.1:{port}", token, name, c, args.seconds)
+                else:
+                    lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
+                if spy is not None:
+                    spy.wait(30)
+                ids = leased_instances(name)
+                ids_file = logdir / f"{name}.ids"
+                ids_file.write_text("\n".join(ids))
+                back_seconds = max(1.0, args.seconds / 2)
+                if kind == "connect" and use_wrk:
+                    ret = run_wrk(f"{base}/Return", WRK_RETURN % {"token": token, "ids": ids_file,
+                                                                  "threads": min(c, 2)}, c, back_seconds)
+                elif kind == "connect":
+                    ret = run_workers("connect", f"127.0.0.1:{port}", token, name, c, back_seconds, str(ids_file))
+                else:
+                    ret = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, back_seconds, str(ids_file))
+                label = "Connect JSON" if kind == "connect" else "gRPC"
+                rows.setdefault((c, f"{label} Lease"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
+                rows.setdefault((c, f"{label} Return"), []).append(
+                    dict(ret, ratio=ret["rps"] / pgb["rps"], vs_lease=ret["rps"] / max(lease["rps"], 1e-9)))
+            if pods is not None:
+                pods.refill()
+                lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
+                    if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
+                rows.setdefault((c, "Connect JSON Lease, pods"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
+    print(f"{'clients':>7}  {'what':<25} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'vs pgbench':>10}"
+          f"  {'vs Lease':>8}")
+    for (c, what), rs in rows.items():
+        lat = "" if "p50" not in rs[0] else f"{median([r['p50'] for r in rs]):>8.2f} {median([r['p99'] for r in rs]):>8.2f}"
+        vs = f"{median([r['vs_lease'] for r in rs]):>8.0%}" if "vs_lease" in rs[0] else ""
+        print(f"{c:>7}  {what:<25} {median([r['rps'] for r in rs]):>8.0f} {lat:>17} {sum(r['errors'] for r in rs):>6}"
+              f"  {median([r['ratio'] for r in rs]):>10.0%}  {vs}")
+    print("per run req/s: " + "; ".join(f"{what} @{c}: " + ", ".join(f"{r['rps']:.0f}" for r in rs)
+                                       for (c, what), rs in rows.items()))
+    if args.wakeups:
+        from bench.lease_engine import time_wakeups
+
+        w = time_wakeups(org_id, token, port, args.wakeups)
+        print(f"reservation wake-up, instance ready -> waiting Lease answered ({args.wakeups} calls): "
+              f"p50 {w['p50']:.1f} ms, p99 {w['p99']:.1f} ms, max {w['max']:.1f} ms (targets: 20 / 50 ms)")
+    print("targets: Connect JSON Lease >= 35% of pgbench (moonshot 60%); gRPC at least that; p99 <= 25 ms at 8 "
+          "clients; 0 errors; Return >= 80% of Lease")
     print("load average (1/5/15 min) at the end: %.2f %.2f %.2f (other work on the machine skews every figure)"
           % os.getloadavg())
     return 0
