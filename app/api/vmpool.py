@@ -163,6 +163,9 @@ class LeaseService:
         self.executor = executor or ThreadPoolExecutor(max_workers=2 * get_settings().db_pool_size,
                                                        thread_name_prefix="vmpool-db")
         self.waiter = waiter or ReservationWaiter()
+        # On PostgreSQL, Lease, Return, ExtendTo and GetLease run on the event loop (app.domain.leases_async);
+        # tests switch it off to exercise the sync path's own give-back on the same database.
+        self.fast = adb.enabled()
 
     async def _run(self, authorization: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -240,7 +243,7 @@ class LeaseService:
         caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
         wait_until = datetime.now(UTC) + timedelta(seconds=caller_left)
         result: Any = None
-        if pool and reservation_id is None and adb.enabled():
+        if pool and reservation_id is None and self.fast:
             # The common case on PostgreSQL, on this loop: a named pool with a ready instance.
             result = await self._lease_fast(authorization, answer_by, pool, tag, wished)
         if result is None:
@@ -324,7 +327,7 @@ class LeaseService:
 
     async def get_lease(self, authorization: str | None, req: pb.GetLeaseRequest, remaining: float | None) -> pb.GetLeaseResponse:
         instance = text(req.instance, "instance", required=True)
-        if adb.enabled():
+        if self.fast:
             org_id = await _org_of(authorization)
             found = await adb.transaction(lambda conn: leases_async.get_lease(org_id, instance, conn=conn, now=utcnow()))
         else:
@@ -337,7 +340,7 @@ class LeaseService:
         to = wished_time(req, "to")
         if to is None:
             raise InvalidArgument("to is required: the time to extend the lease to")
-        if adb.enabled():
+        if self.fast:
             org_id = await _org_of(authorization)
             extended = await adb.transaction(lambda conn: leases_async.extend_to(
                 org_id, instance, to, conn=conn, service_tag=tag, extend_only=req.extend_only, now=utcnow()))
@@ -349,7 +352,7 @@ class LeaseService:
     async def return_(self, authorization: str | None, req: pb.ReturnRequest, remaining: float | None) -> pb.ReturnResponse:
         instance = text(req.instance, "instance", required=True)
         tag = text(req.service_tag, "service_tag")
-        if not adb.enabled():
+        if not self.fast:
             await self._run(authorization, leases.return_lease, instance, service_tag=tag)
             return pb.ReturnResponse()
         org_id = await _org_of(authorization)

@@ -157,6 +157,7 @@ def test_a_cancelled_waiting_call_withdraws_its_automatic_reservation(any_org, s
 def test_a_lease_made_after_the_answer_time_goes_back(any_org, service):
     """The database is slow (the executor is busy): the call answers UNAVAILABLE before the caller's
     deadline, and the lease its unit of work makes afterwards is given back."""
+    service.fast = False  # the sync path's executor is what is slow here (the async path: test_lease_leaks_async)
     pool = make_pool(any_org.org_id, "p")
     [iid] = add_ready(pool)
     gate = threading.Event()
@@ -177,6 +178,7 @@ def test_a_lease_made_after_the_answer_time_goes_back(any_org, service):
 
 def test_a_lease_made_while_the_client_leaves_goes_back(any_org, service, monkeypatch):
     """The client goes away while the claim runs: the lease it made is given back once it commits."""
+    service.fast = False  # the sync claim is what is slow here (the async path: test_lease_leaks_async)
     pool = make_pool(any_org.org_id, "p")
     [iid] = add_ready(pool)
     running, finish = threading.Event(), threading.Event()
