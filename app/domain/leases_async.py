@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.dialects import postgresql
 
-from app import events as ev
+from app.domain import events as ev
 from app.domain import claims, effects, leases, transitions
 from app.domain.claims import LeaseView
 from app.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
