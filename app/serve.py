@@ -25,10 +25,13 @@ def worker_app():  # type: ignore[no-untyped-def]
 
 def default_workers(settings: Settings) -> int:
     """`warmpool api` processes when neither --workers nor WARMPOOL_API_WORKERS says: one per core (the
-    lease path is CPU-bound in Python), but one under dev, which runs every process on one machine."""
+    lease path is CPU-bound in Python), but one under dev, which runs every process on one machine, and
+    one on SQLite, whose single writer several processes would only queue on."""
     if settings.api_workers > 0:
         return settings.api_workers
-    return 1 if settings.env == "dev" else max(1, os.cpu_count() or 1)
+    if settings.env == "dev" or settings.database_url.startswith("sqlite"):
+        return 1
+    return max(1, os.cpu_count() or 1)
 
 
 def serve_api(settings: Settings, *, host: str, port: int, workers: int | None = None) -> None:
