@@ -11,8 +11,6 @@ from celery.signals import worker_init, worker_ready
 from config.celery import EFFECT_TASKS, celery_config
 from config.settings import get_settings
 
-log = logging.getLogger(__name__)
-
 
 def make_celery() -> Celery:
     app = Celery("warmpool")
