@@ -2,7 +2,7 @@
 
 Same rules, same errors, same guarantees as the sync functions (which SQLite and the rarer paths keep):
 - the claim is the sync claim's probe (claims.READY, fresh before stale, longest ready, FOR UPDATE SKIP
-  LOCKED), the pool lookup and the expiry grant folded into the same one statement; the instance's
+  LOCKED; PICK_SQL, compiled from the same expressions), the pool lookup and the expiry grant folded into the same one statement; the instance's
   lease_id is set only from NULL and the lease row is inserted `active`, where the unique partial index
   uq_leases_active_instance allows one per instance;
 - a lease ends by a compare-and-set from the states app.domain.transitions.LEASE allows (RETURN_FROM,
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from app.domain import events as ev
@@ -27,7 +28,7 @@ from app.domain import claims, effects, leases, transitions
 from app.domain.claims import LeaseView
 from app.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from app.domain.states import DesiredState, LeaseState
-from app.models import new_id
+from app.models import Instance, new_id
 
 _PG = postgresql.psycopg.dialect()
 
@@ -55,8 +56,15 @@ RETURN_FROM = from_states(transitions.LEASE, LeaseState.RETURNED, [LeaseState.AC
 CREATED_STATE = str(LeaseState.ACTIVE)
 """The state a claim inserts a lease in."""
 
-READY_SQL = _sql(claims.READY)
 ACTIVE_SQL = _sql(claims.ACTIVE)
+PICK_SQL = _sql(
+    sa.select(Instance.id)
+    .where(Instance.pool_id == sa.literal_column("(SELECT id FROM pool)"), claims.READY)
+    .order_by(Instance.stale, Instance.ready_at).limit(1).with_for_update(skip_locked=True)
+)
+"""The sync claim's probe (claims.claim: READY, fresh before stale, longest ready), compiled from the same
+expressions inside its own SELECT, so a correlated part of READY (the runner's epoch, app.domain.epochs)
+correlates with the instance as it does there."""
 
 
 @dataclass
@@ -80,9 +88,7 @@ WITH pool AS (
     SELECT id, name, organization_id, lease_default_seconds, lease_max_seconds
     FROM pools WHERE organization_id = %(org_id)s AND name = %(pool_name)s AND deleted_at IS NULL
 ), pick AS (
-    SELECT instances.id FROM instances
-    WHERE instances.pool_id = (SELECT id FROM pool) AND {READY_SQL}
-    ORDER BY instances.stale, instances.ready_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    {PICK_SQL}
 ), taken AS (
     UPDATE instances SET lease_id = %(lease_id)s, idle_since = NULL
     WHERE instances.id = (SELECT id FROM pick) AND instances.lease_id IS NULL RETURNING instances.id, instances.zone

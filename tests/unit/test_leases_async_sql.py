@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import sqlalchemy as sa
 
 from app.domain import claims, leases, leases_async as la, transitions
 from app.domain.states import LEASE_TRANSITIONS, LeaseState
+from app.models import Instance
 
 
 def _from_states(sql: str, column: str) -> set[str]:
@@ -39,12 +41,18 @@ def test_a_claim_creates_an_active_lease_that_can_end() -> None:
 
 
 def test_the_claim_probes_what_the_sync_claim_probes() -> None:
-    # Whatever claims.READY says (chaos's predicates included) is in the async claim, verbatim.
-    assert la.READY_SQL == str(claims.READY.compile(dialect=la._PG, compile_kwargs={"literal_binds": True}))
-    assert la.READY_SQL in la.CLAIM_NAMED
-    assert "ORDER BY instances.stale, instances.ready_at" in la.CLAIM_NAMED
-    assert "FOR UPDATE SKIP LOCKED" in la.CLAIM_NAMED
+    # Whatever claims.READY says (the epoch predicate included) is in the async claim, compiled inside the
+    # claim's own SELECT so its correlated parts refer to the instance being probed.
+    where = _compiled(sa.select(Instance.id).where(claims.READY)).split("WHERE", 1)[1]
+    assert where.strip() in la.PICK_SQL and la.PICK_SQL in la.CLAIM_NAMED
+    assert "instances.seen_epoch" in la.PICK_SQL and "= instances.pool_id" in la.PICK_SQL  # correlated, not global
+    assert "ORDER BY instances.stale, instances.ready_at" in la.PICK_SQL
+    assert "FOR UPDATE SKIP LOCKED" in la.PICK_SQL
     assert "instances.lease_id IS NULL" in la.CLAIM_NAMED.split("taken AS", 1)[1]  # set only from NULL
+
+
+def _compiled(stmt) -> str:  # noqa: ANN001
+    return str(stmt.compile(dialect=la._PG, compile_kwargs={"literal_binds": True}))
 
 
 def test_active_means_what_the_sync_path_means() -> None:
