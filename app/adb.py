@@ -29,7 +29,7 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # as app.db: deadlock victi
 ATTEMPTS = 3
 WARM_CONNECTIONS = 4
 
-_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+_pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
 
 
 def conninfo() -> str | None:
@@ -53,15 +53,20 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 async def pool() -> AsyncConnectionPool:
     """This event loop's pool, opened (min_size connections ready) on first use."""
-    loop = asyncio.get_running_loop()
-    found = _pools.get(loop)
+    url = conninfo()
+    if url is None:
+        raise RuntimeError("the async lease path needs PostgreSQL; WARMPOOL_DATABASE_URL is not")
+    key = (asyncio.get_running_loop(), url)
+    found = _pools.get(key)
     if found is None:
+        for gone in [k for k in _pools if k[0].is_closed()]:  # loops that ended without close() (tests)
+            del _pools[gone]
         # Each transaction is one or two short statements, so a few connections carry a loop's load; the
         # rest open on demand. Several loops and `--workers` multiply this against max_connections.
         size = max(2, get_settings().db_pool_size)
-        found = AsyncConnectionPool(conninfo(), min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
+        found = AsyncConnectionPool(url, min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
                                     configure=_configure, name="warmpool-lease", timeout=10)
-        _pools[loop] = found
+        _pools[key] = found
         await found.open(wait=True, timeout=10)
     return found
 
@@ -85,9 +90,9 @@ async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # ty
 
 async def close() -> None:
     """Close this loop's pool (shutdown)."""
-    found = _pools.pop(asyncio.get_running_loop(), None)
-    if found is not None:
-        await found.close()
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _pools if k[0] is loop]:
+        await _pools.pop(key).close()
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
     sp.add_argument("--workers", type=int, help="processes serving HTTP and gRPC on the same ports "
-                    "(default: WARMPOOL_API_WORKERS; 0 or unset: one per core, one under dev or on SQLite)")
+                    "(default: WARMPOOL_API_WORKERS; 0 or unset: one per core, one under dev/test or on SQLite)")
     sp.set_defaults(fn=cmd_api)
 
     sp = sub.add_parser("worker", help="Celery worker for the reconcile, provider, system and sweep queues")

@@ -1,6 +1,9 @@
 """The ASGI application: every HTTP façade on one port (DESIGN.md, Routes)."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from starlette.routing import Mount
 
@@ -95,9 +98,19 @@ def create_asgi(*, grpc: bool = True, reuse_port: bool = False) -> WarmpoolASGI:
     return WarmpoolASGI(create_app(), server)
 
 
+@asynccontextmanager
+async def _closing_lease_pools(_app: FastAPI) -> AsyncIterator[None]:
+    """The FastAPI app's own lifespan (a TestClient runs it): this loop's async lease pools close with it."""
+    yield
+    from app import adb
+
+    await adb.close()
+
+
 def create_app(*, dispatcher: bool = True) -> FastAPI:
     settings = get_settings()
     app = FastAPI(
+        lifespan=_closing_lease_pools,
         title="warmpool",
         version="0.1.0",
         description="Warm pools of compute instances. Connect services live under /api, "

@@ -25,11 +25,12 @@ def worker_app():  # type: ignore[no-untyped-def]
 
 def default_workers(settings: Settings) -> int:
     """`warmpool api` processes when neither --workers nor WARMPOOL_API_WORKERS says: one per core (the
-    lease path is CPU-bound in Python), but one under dev, which runs every process on one machine, and
-    one on SQLite, whose single writer several processes would only queue on."""
+    lease path is CPU-bound in Python); but one under dev, which runs every process on one machine, under
+    test, where a suite starts many servers side by side (each worker pays the start-up again), and on
+    SQLite, whose single writer several processes would only queue on."""
     if settings.api_workers > 0:
         return settings.api_workers
-    if settings.env == "dev" or settings.database_url.startswith("sqlite"):
+    if settings.env in ("dev", "test") or settings.database_url.startswith("sqlite"):
         return 1
     return max(1, os.cpu_count() or 1)
 

@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, description="Port of the gRPC server (VMPoolLeaseService, health, reflection).")
     api_workers: int = Field(0, description="Processes of `warmpool api`, each serving HTTP and gRPC on the same "
                              "ports (the lease path is CPU-bound in Python: about one per core). 0: one per core, "
-                             "except under WARMPOOL_ENV=dev or on SQLite (one).")
+                             "except under WARMPOOL_ENV=dev or test, or on SQLite (one).")
     data_dir: Path = Field(Path(".data"), description="Where local state lives (SQLite file, local provider instances).")
     log_level: str = Field("INFO", description="Root log level.")
     db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")

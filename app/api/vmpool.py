@@ -163,9 +163,17 @@ class LeaseService:
         self.executor = executor or ThreadPoolExecutor(max_workers=2 * get_settings().db_pool_size,
                                                        thread_name_prefix="vmpool-db")
         self.waiter = waiter or ReservationWaiter()
-        # On PostgreSQL, Lease, Return, ExtendTo and GetLease run on the event loop (app.domain.leases_async);
-        # tests switch it off to exercise the sync path's own give-back on the same database.
-        self.fast = adb.enabled()
+        self._fast: bool | None = None
+
+    @property
+    def fast(self) -> bool:
+        """Whether Lease, Return, ExtendTo and GetLease run on the event loop (app.domain.leases_async): on
+        PostgreSQL, unless a test switched it off to exercise the sync path's own give-back there."""
+        return adb.enabled() if self._fast is None else self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self._fast = value
 
     async def _run(self, authorization: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
