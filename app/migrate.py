@@ -1,10 +1,15 @@
 """Run the Alembic migrations from code (the `warmpool migrate` command and the test fixtures)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
+# Before alembic's import, which logs a line per built-in plugin at INFO: none of that belongs on every start.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+
 
 def alembic_config(url: str) -> Config:
     """Built in code (not from alembic.ini) so an installed wheel migrates as well as a checkout."""
@@ -17,9 +22,6 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)

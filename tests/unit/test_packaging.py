@@ -136,3 +136,16 @@ def test_the_image_has_what_compose_runs_and_a_data_dir_its_user_owns():
     files = [e["path"] for e in compose["x-warmpool"]["env_file"]]
     assert files == ["./provider-secrets.env"] and "provider-secrets.env" in (ROOT / ".gitignore").read_text()
     assert "provider-secrets.env" in (ROOT / ".dockerignore").read_text()
+
+
+def test_migrating_logs_nothing_at_info(tmp_path):
+    """`warmpool dev` migrates on every start with logging at INFO: alembic's own plugin and context lines
+    were seven lines of noise there."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+            f"from app.migrate import upgrade; upgrade('sqlite:///{tmp_path}/x.sqlite3'); print('migrated')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "migrated" and "alembic" not in done.stderr, (done.stdout, done.stderr)
