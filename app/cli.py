@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 from app.cli_context import CliError, check_database, load_dev_env, org_name
 from config.logging import configure_logging
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 
 log = logging.getLogger("warmpool")
 
 
-def _settings_for_cli():
+def _settings_for_cli() -> Settings:
     s = get_settings()
     configure_logging(s.log_level)
     return s

@@ -108,7 +108,7 @@ def check_database(database_url: str) -> None:
     hint = "run `warmpool migrate` (or start `warmpool dev`) in the directory that holds .data, or set WARMPOOL_DATABASE_URL"
     try:
         url = make_url(database_url)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever make_url raises, the answer is the same line
         raise CliError(f"WARMPOOL_DATABASE_URL is not a database URL: {shown}") from None
     if url.get_backend_name() == "sqlite":
         db = url.database or ""

@@ -152,7 +152,7 @@ def timed_provider_call(operation: str, fn: Callable[..., T], kinds: dict[type, 
             _in_call.active = False
             PROVIDER_SECONDS.labels(provider, operation).observe(time.perf_counter() - started)
 
-    timed.__timed_provider_call__ = True  # type: ignore[attr-defined]
+    timed.__timed_provider_call__ = True
     return timed
 
 

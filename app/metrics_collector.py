@@ -203,7 +203,7 @@ def render_view(org_id: str | None) -> str:
 
     def events() -> str:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ApplierLagCollector())  # type: ignore[arg-type] - a duck-typed collector
+        registry.register(ApplierLagCollector())  # a duck-typed collector
         return generate_latest(registry).decode()
 
     sources = {"pools": PoolCollector(org_id).render}

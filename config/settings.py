@@ -253,7 +253,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings, description="Per-organization defaults (WARMPOOL_QUOTAS__*).")
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> "Settings":
+    def _refuse_default_secrets(self) -> Settings:
         if self.env == "prod" and self.flower.password.get_secret_value() == DEV_FLOWER_PASSWORD:
             raise ValueError("WARMPOOL_FLOWER__PASSWORD must be set to a non-default value when WARMPOOL_ENV=prod")
         if self.env == "prod" and database_password(self.database_url) in DEFAULT_DATABASE_PASSWORDS:

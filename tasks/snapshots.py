@@ -1,6 +1,8 @@
 """Prebuild and snapshot-rotation tasks."""
 from __future__ import annotations
 
+from celery import Task
+
 from app.db import session_scope
 from app.domain import prebuilds
 from config.settings import get_settings
@@ -9,7 +11,7 @@ from workers.celery_app import celery_app
 
 
 @celery_app.task(name="warmpool.run_prebuild", bind=True, acks_late=True)
-def run_prebuild(self, prebuild_id: str) -> str:
+def run_prebuild(self: Task, prebuild_id: str) -> str:
     try:
         return prebuild.run(prebuild_id, self.request.retries)
     except operations.Failed as exc:
@@ -24,7 +26,7 @@ def rotate_snapshots() -> int:
 
 
 @celery_app.task(name="warmpool.delete_snapshot", bind=True, acks_late=True)
-def delete_snapshot(self, runner_id: str, snapshot_id: str) -> str:
+def delete_snapshot(self: Task, runner_id: str, snapshot_id: str) -> str:
     try:
         return prebuild.delete_snapshot(runner_id, snapshot_id, self.request.retries)
     except operations.Failed as exc:

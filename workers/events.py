@@ -174,7 +174,7 @@ class Applier:
                 instances.apply_events([ev for _, _, ev in decoded], session=session)
         except _STORE_DOWN:
             raise
-        except Exception:  # noqa: BLE001 - retried entry by entry below
+        except Exception:
             log.warning("a batch of %d events failed; applying them one by one", len(decoded), exc_info=True)
             return sum(1 for entry_id, fields, _ in decoded if self.apply_one(entry_id, fields))
         self.r.xack(self.stream, self.group, *[entry_id for entry_id, _, _ in decoded])
@@ -201,7 +201,7 @@ class Applier:
             start, claimed = result[0], result[1]
             if claimed:
                 ids = [eid for eid, _ in claimed]
-                info = {p["message_id"]: p["times_delivered"] for p in self.r.xpending_range(
+                info: dict[Any, int] = {p["message_id"]: int(p["times_delivered"]) for p in self.r.xpending_range(
                     self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 10, consumername=self.consumer)}
                 for entry_id, fields in claimed:
                     if fields is None:
@@ -215,7 +215,7 @@ class Applier:
 
     def poll(self, block_ms: int = 1000, count: int = 200) -> int:
         """Read new entries once and apply them as one batch; returns how many were applied."""
-        response = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return sum(self.apply_batch(entries) for _stream, entries in response or [] if entries)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class Applier:
         return {"healthy": age < max(10.0, 2 * self.retry_max), "seconds_since_ok": round(age, 1),
                 "applied": self.applied, "dead_lettered": self.dead_lettered, "last_error": self.last_error}
 
-    def start(self) -> "Applier":
+    def start(self) -> Applier:
         self._thread = threading.Thread(target=self.run, name=f"applier-{self.consumer}", daemon=True)
         self._thread.start()
         return self

@@ -42,8 +42,8 @@ def collect(client: redis_lib.Redis | None = None) -> dict[str, int]:
             # Resources the provider itself reports failed (a crashed process, a dead VM) are replaced.
             broken = [(o.instance_id, o.pool_id, o.message) for o in listed
                       if o.state == S.FAILED and o.instance_id and o.pool_id and o not in orphans]
-            vanished = instances.note_missing(pool_ids, present, session=session) if pool_ids else []
-            vanished = [(i.id, i.pool_id) for i in vanished]
+            lost = instances.note_missing(pool_ids, present, session=session) if pool_ids else []
+            vanished = [(i.id, i.pool_id) for i in lost]
         for obs in orphans:
             count = client.hincrby(SEEN_KEY, obs.ref, 1)
             stats["orphans_seen"] += 1

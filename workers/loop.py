@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LoopService:
         """One guarded step: True if it succeeded."""
         try:
             self.run_once()
-        except Exception as exc:  # noqa: BLE001 - a loop survives whatever one step raises
+        except Exception as exc:
             self.errors += 1
             self.consecutive_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -72,10 +72,10 @@ class LoopService:
         finally:
             try:
                 self.on_stop()
-            except Exception:  # noqa: BLE001 - stopping must not raise
+            except Exception:
                 log.exception("%s: on_stop failed", self.name)
 
-    def start(self) -> "LoopService":
+    def start(self) -> Self:
         """Run in a daemon thread."""
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self.thread.start()

@@ -16,7 +16,7 @@ from app.api import native_sse
 from app.api.native_common import (  # noqa: F401 - re-exported for the other /v1 modules
     ERRORS, PREFIX, AdminOrg, ApiError, Org, install_error_handlers, page_of, refused, require_id, run,
 )
-from app.api.native_models import (  # noqa: F401 - re-exported for the other /v1 modules
+from app.api.native_models import (
     ErrorBody, InstanceList, InstanceLogs, InstanceOut, PoolList, PoolOut, QuotaOut, RunnerDeleted, RunnerIn, RunnerList,
     RunnerOut, instance_out, pool_out, quota_out, runner_out,
 )

@@ -73,7 +73,7 @@ def scoped_caller(needed: Scope) -> Callable[..., Any]:
         """The caller's organization id (the Security parameter only documents the scheme in /docs)."""
         return await authenticate(request, needed)
 
-    caller.needed = needed  # type: ignore[attr-defined] - read by route_scope
+    caller.needed = needed  # read by route_scope
     return caller
 
 
@@ -132,7 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Any:
         if not _ours(request):
-            return await previous_validation(request, exc)
+            return await previous_validation(request, exc)  # type: ignore[misc]  # FastAPI's are async
         try:
             await authenticate(request, route_scope(request))  # the body is parsed before dependencies run: say 401/403 first
         except ApiError as err:
@@ -144,7 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Any:
         if not _ours(request):
-            return await previous_http(request, exc)
+            return await previous_http(request, exc)  # type: ignore[misc]  # FastAPI's are async
         assert isinstance(exc, HTTPException)
         code = getattr(exc, "code", None) or CODE_OF.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

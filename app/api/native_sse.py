@@ -92,7 +92,7 @@ async def frames(pubsub: Any, client: Any, org_id: str, pool_id: str | None) -> 
             yield frame
     except (RedisError, OSError) as exc:
         log.warning("pool event stream ended: Redis connection lost (%s)", exc)
-    except Exception:  # noqa: BLE001 - e.g. the database gone: end the stream, the client reconnects
+    except Exception:
         log.warning("pool event stream ended by an unexpected error", exc_info=True)
     finally:
         await close(pubsub, client)

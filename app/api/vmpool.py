@@ -6,8 +6,8 @@ the edge adds is waiting: a Lease call whose reservation is queued waits for it,
 pub/sub push the moment the event applier assigns an instance (ReservationWaiter), until the caller's
 deadline (capped by `lease_wait_seconds`), then answers UNAVAILABLE and the client calls again with
 the same reservation id. Authentication: `authorization: Bearer <token>` (HTTP header or gRPC
-metadata) of a token whose scope includes `lease` (else PERMISSION_DENIED). Ping is open over gRPC, like a health check; over Connect the shared router
-(app.api.connect_common) authenticates every call before decoding it. Malformed requests are
+metadata) of a token whose scope includes `lease` (else PERMISSION_DENIED). Ping is open over gRPC, like
+a health check; over Connect the shared router (app.api.connect_common) authenticates every call before decoding it. Malformed requests are
 INVALID_ARGUMENT; a reservation still waiting at the deadline is UNAVAILABLE. A Lease call that gives
 up (cancelled, out of time) leaves nothing leased to nobody: see LeaseService.lease and the README's
 "When a caller gives up".
@@ -109,7 +109,7 @@ def _quietly(authorization: str | None, fn: Callable[..., Any], *args: Any) -> N
     """A clean-up unit of work nobody waits for: its failure is logged, not raised."""
     try:
         _unit_of_work(authorization, fn, args, {})
-    except Exception:  # noqa: BLE001 - nobody to tell but the log; the expiry sweep is the backstop
+    except Exception:
         log.exception("could not %s %s", getattr(fn, "__name__", fn), args)
 
 

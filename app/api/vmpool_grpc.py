@@ -130,7 +130,7 @@ class GrpcServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start(), or logged after
+        except BaseException as exc:
             self._error = exc
             if self._started.is_set():
                 log.exception("the gRPC server stopped with an error")

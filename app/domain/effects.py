@@ -63,5 +63,5 @@ def dispatch(effects: list[Effect]) -> None:
     for name, payload in effects:
         try:
             _dispatcher(name, payload)
-        except Exception:  # noqa: BLE001 - the broker being down must not fail a committed write
+        except Exception:
             log.warning("could not enqueue %s(%s); the next sweep will pick it up", name, payload, exc_info=True)

@@ -52,7 +52,7 @@ class InstanceEvent:
         return {"data": json.dumps(asdict(self), separators=(",", ":"))}
 
     @classmethod
-    def from_fields(cls, fields: dict[Any, Any]) -> "InstanceEvent":
+    def from_fields(cls, fields: dict[Any, Any]) -> InstanceEvent:
         """Decode and validate an entry (unknown fields ignored); raises MalformedEvent if it is not one."""
         raw = fields.get(b"data", fields.get("data"))
         if raw is None:

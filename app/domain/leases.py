@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -199,7 +199,7 @@ def _changeable(org_id: str, instance_id: str, service_tag: str, *, session: Ses
     row = _latest(org_id, instance_id, session=session, lock=True)
     _check_tag(row, service_tag)
     _check_live(row, now)
-    return row, session.get(Pool, row.pool_id)
+    return row, cast(Pool, session.get(Pool, row.pool_id))  # the lease's pool row outlives it (foreign key)
 
 
 def _check_live(row: Lease, now: datetime) -> None:

@@ -172,7 +172,7 @@ def plan(pool: PoolView, instances: list[InstanceView], now: datetime) -> Plan:
         hard_over = len(fresh_running) + len(stale_running) + len(held) + counted_leased - pool.max_size
         # Not-yet-ready ones go first (no ready capacity lost), then the longest idle.
         order = sorted(fresh_running, key=lambda i: (i.state == S.RUNNING, -_idle_for(i, now), i.id))
-        removable = []
+        removable: list[InstanceView] = []
         for i in order:
             if len(removable) >= -deficit:
                 break

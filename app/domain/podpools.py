@@ -345,7 +345,7 @@ def _find(org_id: str, pool_id: str, *, session: Session, group: str = "", for_u
     pool = session.exec(stmt.order_by(Pool.created_at.desc()).limit(1)).first()
     if pool is None:
         raise NotFound(NOT_FOUND)
-    return pool
+    return pool  # type: ignore[return-value]  # _live's select is sqlalchemy's: rows are Pools
 
 
 # ---- update ----------------------------------------------------------------------------------

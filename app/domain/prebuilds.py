@@ -58,7 +58,7 @@ def move_prebuild(prebuild: Prebuild, phase: PrebuildPhase, *, session: Session,
         values["failure_message"] = message
     if phase in (PrebuildPhase.COMPLETED, PrebuildPhase.FAILED, PrebuildPhase.CANCELLED):
         values["completion_time"] = now
-    return transitions.PREBUILD.move(session, prebuild, phase, now=now, **values)
+    return bool(transitions.PREBUILD.move(session, prebuild, phase, now=now, **values))
 
 
 def cancel_prebuild(org_id: str, prebuild_id: str, *, session: Session) -> Prebuild:

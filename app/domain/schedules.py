@@ -19,7 +19,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app.domain import cron, pool_admin, pools
 from app.domain.errors import DomainError, FailedPrecondition, InvalidArgument
@@ -115,7 +115,7 @@ def _size(pool: Pool, entry: cron.Entry, now: datetime, *, session: Session) -> 
 def due_schedules(now: datetime, limit: int, *, session: Session) -> list[str]:
     """Bounded and read-only: ids of the pools whose schedule has a firing due, oldest first."""
     return list(session.exec(
-        select(PoolSchedule.pool_id).where(PoolSchedule.next_fire_at.is_not(None), PoolSchedule.next_fire_at <= now)
+        select(PoolSchedule.pool_id).where(col(PoolSchedule.next_fire_at).is_not(None), col(PoolSchedule.next_fire_at) <= now)
         .order_by(PoolSchedule.next_fire_at).limit(limit)
     ).all())
 

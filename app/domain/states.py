@@ -69,9 +69,10 @@ def _walk(current: InstanceState, new: InstanceState, skip: frozenset[tuple[Inst
     DELETING unless `new` is DELETED), and never along an edge in `skip`."""
     if current == new:
         return False
-    seen, frontier = {current}, [current]
+    seen: set[InstanceState] = {current}
+    frontier: list[InstanceState] = [current]
     while frontier:
-        nxt = []
+        nxt: list[InstanceState] = []
         for state in frontier:
             for target in INSTANCE_TRANSITIONS[state]:
                 if (state, target) in skip:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from app.models import ApiToken, Organization, utcnow
@@ -122,7 +122,7 @@ def verify(token: str, *, session: Session, touch_every: float, now: datetime | 
     if last_used_at is None or last_used_at < stale_before:
         session.execute(sa.update(ApiToken)
                         .where(ApiToken.id == token_id,
-                               sa.or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale_before))
+                               sa.or_(col(ApiToken.last_used_at).is_(None), col(ApiToken.last_used_at) < stale_before))
                         .values(last_used_at=now))
     return Verified(token_id, org_id, Scope(scope), expires_at)
 

@@ -1,7 +1,7 @@
 """initial schema: the whole data model of DESIGN.md (pools, instances, leases, reservations, and the Gitpod catalog)
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 13:43:52.625297
 """
 from __future__ import annotations

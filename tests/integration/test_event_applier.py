@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlmodel import select
 
 from app import events
 from app.db import session_scope

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test

@@ -183,7 +183,7 @@ class Recorder(BaseHTTPRequestHandler):
     target = ""
     seen: list[str]
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         if self.target:
             self.send_response(307)

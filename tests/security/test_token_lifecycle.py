@@ -128,7 +128,7 @@ class TouchCounter:
         self.rows = 0
         self._lock = threading.Lock()
 
-    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("UPDATE API_TOKENS") and "last_used_at IS NULL" in statement:
             with self._lock:
                 self.rows += max(cursor.rowcount, 0)
@@ -170,7 +170,7 @@ def test_a_cached_token_is_not_even_read(http, monkeypatch, touches):
     reads = []
     engine = get_engine()
 
-    def on_read(conn, cursor, statement, *rest) -> None:  # noqa: ANN001
+    def on_read(conn, cursor, statement, *rest) -> None:
         if "FROM api_tokens" in statement:
             reads.append(statement)
 

@@ -98,7 +98,7 @@ def test_calls_return_at_once_and_the_cloud_boots_after_boot_ms(client):
 
 def test_a_due_move_is_made_once_whoever_looks(client):
     p = FakeProvider(FAST, client=client)
-    ref = p.create(spec(), start=True).ref
+    p.create(spec(), start=True)
     cloud = FakeCloud(client)
     assert cloud.advance() + cloud.advance() == 1
     states = [json.loads(f[b"record"])["state"] for _, f in client.xrange(cloud.changes) if f[b"record"]]

@@ -1,7 +1,6 @@
 """The observer's diffing (what a sighting publishes), its Redis lease per runner, and LoopService's error handling."""
 from __future__ import annotations
 
-import threading
 
 import fakeredis
 import pytest

@@ -15,6 +15,7 @@ cloud's), else concurrent `create`s (`create_concurrency` at a time), never one 
 """
 from __future__ import annotations
 
+import builtins
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -191,7 +192,7 @@ class Provider(ABC):
             yield Sighting(listing, full=True)
             stop.wait(self.poll_interval(listing))
 
-    def poll_interval(self, listing: list[Observed]) -> float:
+    def poll_interval(self, listing: builtins.list[Observed]) -> float:  # `list` here is the method above
         """Seconds until the next poll of `observe`, given the last listing: the operator's
         `observer.poll_fast_seconds` while something is on its way (provisioning, starting, stopping),
         else `observer.poll_seconds`."""
@@ -205,5 +206,5 @@ class Provider(ABC):
         """Make a snapshot (image, template, checkpoint) of a resource and return its id."""
         raise ProviderPermanent(f"provider {self.name!r} cannot snapshot instances")
 
-    def delete_snapshot(self, snapshot_id: str) -> None:
+    def delete_snapshot(self, snapshot_id: str) -> None:  # noqa: B027 - optional: no snapshots, none to delete
         """Delete a snapshot made by `snapshot`; deleting one already gone succeeds."""

@@ -144,11 +144,11 @@ class FakeCloud:
     def next_due(self) -> float | None:
         """Epoch ms of the earliest pending move, or None."""
         first = self.r.zrange(self.due, 0, 0, withscores=True)
-        return first[0][1] if first else None
+        return float(first[0][1]) if first else None
 
     def feed_position(self) -> str:
         last = self.r.xrevrange(self.changes, count=1)
-        return (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+        return str(last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
 
     def all(self) -> dict[str, dict[str, Any]]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.resources).items()}

@@ -144,7 +144,7 @@ def observe(pod: dict[str, Any], now: datetime | None = None) -> Observed:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     labels = meta.get("labels") or {}
     phase = status.get("phase") or "Pending"
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     reason, detail = _waiting_reason(status)
     message, boot_ms = detail, None
     if meta.get("deletionTimestamp"):

@@ -9,10 +9,13 @@ operator-set variable matching WARMPOOL_PROVIDER_SECRET_*.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from config.settings import ProvidersSettings
 
 TOKEN_ENV_RE = re.compile(r"^WARMPOOL_PROVIDER_SECRET_[A-Z0-9_]+$")
 METRO_CODE_RE = re.compile(r"^[a-z]{2,8}[0-9]{0,3}$")
@@ -23,7 +26,7 @@ CONFINEMENT_ANNOTATIONS = ("container.apparmor.security.beta.kubernetes.io/", "s
                            "container.seccomp.security.alpha.kubernetes.io/")
 
 
-def _operator():
+def _operator() -> ProvidersSettings:
     from config.settings import get_settings
 
     return get_settings().providers
@@ -217,7 +220,7 @@ class UnikraftSettings(RunnerSettingsModel):
         return value
 
     @model_validator(mode="after")
-    def _one_token_source(self) -> "UnikraftSettings":
+    def _one_token_source(self) -> UnikraftSettings:
         if self.token is not None and self.token_env is not None:
             raise ValueError("give token or token_env, not both")
         return self
@@ -244,7 +247,7 @@ class UnikraftTemplate(PodFields):
     unikraft: dict[str, Any] | str | None = None
 
     @model_validator(mode="after")
-    def _builds(self) -> "UnikraftTemplate":
+    def _builds(self) -> UnikraftTemplate:
         """The template must translate into a create request (the same parser the adapter runs)."""
         from workers.providers.base import InstanceSpec, ProviderPermanent
         from workers.providers.unikraft_template import create_body

@@ -123,7 +123,7 @@ def _run(coro: Awaitable[Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
@@ -203,7 +203,7 @@ class UnikraftProvider(Provider):
             return _envelope(_run(run()))
         except UnikraftCloudError as exc:
             body = _envelope(exc.body)
-            item = next(iter((body.get("data") or {}).get("instances") or []), {})
+            item: dict[str, Any] = next(iter((body.get("data") or {}).get("instances") or []), {})
             message = item.get("message") or body.get("message") or str(exc) or type(exc).__name__
             failure = ApiFailure(self._scrub(message), status=exc.status, code=item.get("error"),
                                  retry_after=_retry_after(seen.get("retry-after")),
@@ -334,6 +334,7 @@ class UnikraftProvider(Provider):
         body = create_body(spec, name=name, start=boot, start_timeout_s=self.start_timeout_s,
                            default_memory_mb=self.default_memory_mb, default_vcpus=self.default_vcpus,
                            snapshot_kind=self.snapshot_kind)
+        item: dict[str, Any] | None
         try:
             item = self._item(self._call(lambda api: api.create_instance(body=body),
                                          wait_s=body.get("timeout_s", 0)), name)

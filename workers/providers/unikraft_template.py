@@ -185,18 +185,18 @@ def _service_group(template: dict[str, Any]) -> dict[str, Any] | None:
     items = raw if isinstance(raw, list) else _as_list("ports", raw, comma=True) if raw not in (None, "") else []
     if not items:
         return None
-    group: dict[str, Any] = {"services": [_service("ports", item) for item in items]}
+    made: dict[str, Any] = {"services": [_service("ports", item) for item in items]}
     domains = _as_list("domains", template.get("domains"), comma=True)
     if domains:
-        group["domains"] = [{"fqdn": d} for d in domains]
-    return group
+        made["domains"] = [{"fqdn": d} for d in domains]
+    return made
 
 
 def _scale_to_zero(template: dict[str, Any]) -> dict[str, Any] | None:
     raw = template.get("scale_to_zero")
     if raw in (None, ""):
         return None
-    s2z = _as_dict("scale_to_zero", raw) if isinstance(raw, dict) or str(raw).strip().startswith("{") \
+    s2z: dict[str, Any] = _as_dict("scale_to_zero", raw) if isinstance(raw, dict) or str(raw).strip().startswith("{") \
         else {"policy": str(raw).strip().lower()}
     if s2z.get("policy", "on") not in _POLICIES:
         raise _bad("scale_to_zero", raw, "one of off, on, idle")
