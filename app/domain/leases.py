@@ -47,7 +47,7 @@ from sqlmodel import Session, select
 
 from app.domain import events as ev
 from app.domain import backpressure, effects, quotas, reservations, transitions
-from app.domain.claims import (  # noqa: F401 - the lease API the façades use: leases.LeaseView, leases.Queued
+from app.domain.claims import (
     ACTIVE, READY, LeaseView, Queued, announce, bind, claim, grant_expiry, view,
 )
 from app.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
