@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stack import Stack, cpu_snapshot, load, profile, summarize, tenant, wait  # noqa: E402
+from bench.stack import Stack, cpu_snapshot, load, profile, summarize, tenant, wait
 
 TARGET = 500.0
 
@@ -37,7 +37,6 @@ def fill(org_id: str, size: int, logdir: Path, limit: float) -> tuple[float, dic
 
     spec = dict(id=f"fill-{uuid.uuid4().hex[:8]}", size=size, image="bench:latest",
                 resources={"requests": {"cpu": "100m", "memory": "64Mi"}})
-    began = time.monotonic()
     with session_scope() as s:
         failures = podpools.create_pod_pools(org_id, [PodPoolInput(**spec, given=spec)], tenant_id="0", session=s)
         assert failures == [], failures

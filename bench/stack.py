@@ -41,7 +41,7 @@ class Stack:
         self.extra = env
         self.env: dict[str, str] = {}
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         db_url, redis_url = self.pg.start(), self.rd.start()
         self.env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url,
                     "WARMPOOL_HTTP_PORT": str(free_port()), "WARMPOOL_GRPC_PORT": str(free_port()),
@@ -165,7 +165,7 @@ def _children(ppid: int) -> list[int]:
     return out
 
 
-def cpu_snapshot(stack: "Stack") -> dict[str, float]:
+def cpu_snapshot(stack: Stack) -> dict[str, float]:
     """CPU seconds used so far by each warmpool process, PostgreSQL (all its backends) and Redis."""
     out = {name: _cpu(p.pid) for name, p in stack.procs.items()}
     pidfile = Path(stack.pg.dir) / "data" / "postmaster.pid"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stack import Stack, load, tenant, wait  # noqa: E402
+from bench.stack import Stack, load, tenant, wait
 
 TARGETS = {20: 1.5, 200: 1.5, 1000: 3.0}
 

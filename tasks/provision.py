@@ -1,6 +1,8 @@
 """Provider tasks (queue `provider`): provision, start, stop, delete, recycle one instance; provision many."""
 from __future__ import annotations
 
+from celery import Task
+
 import logging
 
 from workers import inflight, operations, provisioning
@@ -27,27 +29,27 @@ def _run(task, fn, instance_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 @celery_app.task(name="warmpool.provision_instance", bind=True, acks_late=True)
-def provision_instance(self, instance_id: str) -> str:
+def provision_instance(self: Task, instance_id: str) -> str:
     return _run(self, operations.provision, instance_id)
 
 
 @celery_app.task(name="warmpool.start_instance", bind=True, acks_late=True)
-def start_instance(self, instance_id: str) -> str:
+def start_instance(self: Task, instance_id: str) -> str:
     return _run(self, operations.start, instance_id)
 
 
 @celery_app.task(name="warmpool.stop_instance", bind=True, acks_late=True)
-def stop_instance(self, instance_id: str) -> str:
+def stop_instance(self: Task, instance_id: str) -> str:
     return _run(self, operations.stop, instance_id)
 
 
 @celery_app.task(name="warmpool.delete_instance", bind=True, acks_late=True)
-def delete_instance(self, instance_id: str) -> str:
+def delete_instance(self: Task, instance_id: str) -> str:
     return _run(self, operations.delete, instance_id)
 
 
 @celery_app.task(name="warmpool.delete_instances", bind=True, acks_late=True)
-def delete_instances(self, instance_ids: list[str]) -> int:
+def delete_instances(self: Task, instance_ids: list[str]) -> int:
     """Destroy several instances (the API sends one such task per burst of returned leases), each as
     delete_instance would; one whose provider asks for a retry goes on as its own delete_instance task.
     Returns how many were handled here."""
@@ -71,12 +73,12 @@ def delete_instances(self, instance_ids: list[str]) -> int:
 
 
 @celery_app.task(name="warmpool.recycle_instance", bind=True, acks_late=True)
-def recycle_instance(self, instance_id: str) -> str:
+def recycle_instance(self: Task, instance_id: str) -> str:
     return _run(self, operations.recycle, instance_id)
 
 
 @celery_app.task(name="warmpool.provision_instances", bind=True, acks_late=True)
-def provision_instances(self, instance_ids: list[str]) -> dict[str, int]:
+def provision_instances(self: Task, instance_ids: list[str]) -> dict[str, int]:
     """Many instances with batched provider calls (workers.provisioning), each holding its own
     `provision_instance` dedupe key; a transient failure retries the failed ids only."""
     inflight.mark_running_many("provision_instance", "instance_id", instance_ids)
