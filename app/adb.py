@@ -48,7 +48,7 @@ def enabled() -> bool:
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     # Every statement is prepared on its first run: the lease path is a handful of fixed statements.
     conn.prepare_threshold = 0
-    conn.row_factory = namedtuple_row  # type: ignore[assignment]
+    conn.row_factory = namedtuple_row
 
 
 async def pool() -> AsyncConnectionPool:

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Summarize a py-spy `record -f raw` file (collapsed stacks): the share of samples per layer (inclusive)
 and the hottest frames (self). Usage: python bench/spy_summary.py FILE"""
-import sys, re, collections
+import sys
+import collections
 path = sys.argv[1]
-self_c = collections.Counter(); incl = collections.Counter(); total = 0
+self_c: collections.Counter = collections.Counter()
+incl: collections.Counter = collections.Counter()
+total = 0
 buckets = {
  "uvicorn/h11/httptools": ("uvicorn/",),
  "starlette/fastapi": ("starlette/", "fastapi/"),
@@ -23,16 +26,19 @@ buckets = {
 }
 for line in open(path):
     line = line.rstrip()
-    if not line: continue
+    if not line:
+        continue
     stack, _, n = line.rpartition(" ")
-    n = int(n); total += n
+    n = int(n)
+    total += n
     frames = stack.split(";")
     self_c[frames[-1]] += n
     seen = set()
     for f in frames:
         for b, pats in buckets.items():
             if b not in seen and any(p in f for p in pats):
-                seen.add(b); incl[b] += n
+                seen.add(b)
+                incl[b] += n
 print(f"samples: {total}")
 print("inclusive share by layer:")
 for b, n in incl.most_common():

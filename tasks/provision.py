@@ -63,7 +63,7 @@ def delete_instances(self: Task, instance_ids: list[str]) -> int:
             celery_app.send_task("warmpool.delete_instance", kwargs={"instance_id": instance_id},
                                  countdown=exc.countdown)
             continue
-        except Exception:  # noqa: BLE001 - the others still go; the reconciler kicks a stuck delete again
+        except Exception:
             inflight.release("delete_instance", instance_id=instance_id)
             log.exception("could not delete instance %s", instance_id)
             continue

@@ -70,7 +70,7 @@ def dispatch_burst(effects: list[tuple[str, dict[str, Any]]]) -> None:
             continue
         try:
             enqueue(name, payload)
-        except Exception:  # noqa: BLE001 - one failed send must not drop the rest of the burst
+        except Exception:
             log.warning("could not enqueue %s(%s); the next sweep will pick it up", name, payload, exc_info=True)
     for i in range(0, len(doomed), DESTROYS_PER_TASK):
         chunk = doomed[i:i + DESTROYS_PER_TASK]

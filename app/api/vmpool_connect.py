@@ -219,7 +219,7 @@ def _token_ok(authorization: str | None) -> bool:
 
 
 async def _read(receive: Receive) -> tuple[bytes, list[dict]]:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -50,7 +50,7 @@ def dispatch_burst(effects: list[Effect]) -> None:
         return
     try:
         _batch(effects)
-    except Exception:  # noqa: BLE001 - committed data stands; the sweeps catch up
+    except Exception:
         log.warning("could not dispatch a burst of %d effects; the next sweep will pick them up", len(effects),
                     exc_info=True)
 

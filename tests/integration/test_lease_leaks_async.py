@@ -21,7 +21,7 @@ from tests.leasing import add_ready, make_pool
 pytestmark = [pytest.mark.postgres]
 
 
-async def _until(predicate, timeout: float = 10.0):  # noqa: ANN001
+async def _until(predicate, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := await asyncio.to_thread(predicate):
@@ -30,10 +30,10 @@ async def _until(predicate, timeout: float = 10.0):  # noqa: ANN001
     raise AssertionError("condition not met in time")
 
 
-def _slowed(monkeypatch, entered: asyncio.Event | None = None, delay: float = 0.6) -> None:  # noqa: ANN001
+def _slowed(monkeypatch, entered: asyncio.Event | None = None, delay: float = 0.6) -> None:
     real = leases_async.lease_named
 
-    async def slow(*args, **kwargs):  # noqa: ANN002, ANN003
+    async def slow(*args, **kwargs):
         if entered is not None:
             entered.set()
         await asyncio.sleep(delay)  # a slow database: the claim commits after this

@@ -40,7 +40,7 @@ async def _both(world, requests: list[tuple[str, dict | bytes, dict]]) -> list[t
                        "accept-encoding": "identity", **extra}
             answers = []
             for app in (thin, thin.fallback):
-                async def asgi_app(scope, receive, send, app=app):  # noqa: ANN001
+                async def asgi_app(scope, receive, send, app=app):
                     scope = dict(scope, root_path="/api")
                     await app(scope, receive, send)
 

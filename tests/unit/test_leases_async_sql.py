@@ -51,7 +51,7 @@ def test_the_claim_probes_what_the_sync_claim_probes() -> None:
     assert "instances.lease_id IS NULL" in la.CLAIM_NAMED.split("taken AS", 1)[1]  # set only from NULL
 
 
-def _compiled(stmt) -> str:  # noqa: ANN001
+def _compiled(stmt) -> str:
     return str(stmt.compile(dialect=la._PG, compile_kwargs={"literal_binds": True}))
 
 
