@@ -8,7 +8,7 @@ FLAGS = {"max_pool_size": "largest min/max/stopped size of one pool",
          "max_pools": "live pools of the organization",
          "max_instances": "instances the organization may hold",
          "max_pools_per_request": "pod pools in one openYuanrong create request",
-         "max_creating": "instances being created at once (the organization's share of the provider queue)",
+         "max_creating": "instances being created at once (requested, or provisioning at the provider)",
          "lease_rate": "Lease calls per second (0: no limit)",
          "lease_burst": "Lease calls at once above the rate (0: one second's worth)"}
 

@@ -193,7 +193,7 @@ def instance_room(org_id: str, *, session: Session) -> int:
 
 def creation_room(org_id: str, *, session: Session) -> int:
     """How many more instances the organization may start creating now: `max_creating` minus those
-    still requested or provisioning (its share of the provider queue)."""
+    still requested or provisioning (its share of the provider calls and of the event stream)."""
     creating = session.execute(
         sa.select(sa.func.count()).select_from(Instance)
         .where(Instance.organization_id == org_id,
