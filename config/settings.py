@@ -66,6 +66,8 @@ class EngineSettings(BaseModel):
                                          "nothing pending is a dead applier's and is removed from the group.")
     events_retry_max_seconds: float = Field(5.0, description="Longest backoff of the applier while Redis or the "
                                             "database is unreachable.")
+    events_batch: int = Field(500, ge=1, le=10000, description="Most events the applier reads (XREADGROUP COUNT) and "
+                              "applies in one transaction.")
     broker_visibility_seconds: int = Field(30, description="Redis broker visibility timeout: a task a dead worker "
                                            "held is delivered again this long after it was taken. Every task "
                                            "countdown is kept below it (longer waits live in Postgres columns).")

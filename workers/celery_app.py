@@ -126,6 +126,62 @@ def enqueue_provision(instance_ids: list[str]) -> bool:
     return sent
 
 
+def dispatch_effects(effects: list[tuple[str, dict[str, Any]]]) -> None:
+    """`dispatch_effect` for a whole transaction's effects (the event applier's batches): the wake-ups go in
+    one pipeline and each task's dedupe keys are taken in one, so a batch costs a few round trips, not a
+    few per pool. Like app.domain.effects.dispatch, a failure is logged, never raised."""
+    import logging
+
+    import redis as redis_lib
+
+    from app import events
+
+    log = logging.getLogger(__name__)
+    wakeups = [p for name, p in effects if name == "notify"]
+    if wakeups:
+        try:
+            pipe = events.redis_client().pipeline(transaction=False)
+            for p in wakeups:
+                pipe.publish(p["channel"], p.get("message", ""))
+            pipe.execute()
+        except redis_lib.RedisError:
+            log.warning("could not send %d wake-ups (best effort)", len(wakeups), exc_info=True)
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for name, p in effects:
+        if name != "notify":
+            tasks.setdefault(name, []).append(p)
+    for name, payloads in tasks.items():
+        try:
+            enqueue_many(name, payloads)
+        except Exception:  # noqa: BLE001 - the data is committed; the sweep finds what still needs a pass
+            log.warning("could not enqueue %d %s; the next sweep will pick them up", len(payloads), name, exc_info=True)
+
+
+def enqueue_many(name: str, payloads: list[dict[str, Any]]) -> int:
+    """`enqueue` for many payloads of one effect, their dedupe keys taken in one round trip; how many were sent."""
+    from workers import inflight
+
+    field = inflight.KEYED.get(name)
+    if field is None or not all(p.get(field) for p in payloads):  # not deduplicated by one id: one at a time
+        for p in payloads:
+            dispatch_effect(name, p)
+        return len(payloads)
+    task = EFFECT_TASKS[name]
+    taken = set(inflight.claim_many(name, field, [p[field] for p in payloads],
+                                    behind_running=name == "reconcile_pool"))
+    sent = 0
+    for p in payloads:
+        if p[field] not in taken:
+            continue
+        try:
+            celery_app.send_task(task, kwargs=p)
+        except Exception:
+            inflight.forget(name, **p)  # not sent: the next ask must not be dropped
+            raise
+        sent += 1
+    return sent
+
+
 def enqueue_swept_reconcile(pool_id: str) -> bool:
     """The beat sweep's pass over one pool, on the `sweep` queue: skipped while a pass of the pool is
     queued or running anywhere, one at a time per pool. True if it was sent."""

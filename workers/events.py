@@ -5,6 +5,9 @@ writes observed state to Postgres, acknowledging only after commit. It survives 
   compare-and-set (app.domain.instances) and a stale or duplicate event changes nothing.
 - Entries are validated at decode (app.events.InstanceEvent.from_fields); a malformed one goes to the
   dead letters (`<stream>:dead`) at once.
+- A batch of up to `events_batch` entries (one XREADGROUP) is applied in one transaction in a few
+  statements (app.domain.observations) and acknowledged with one XACK after commit; its after-commit
+  effects (reconciles, wake-ups) are deduplicated per batch and sent after the commit.
 - A batch that fails is retried event by event; an event that fails `events_max_deliveries` times (here,
   or delivered that often to anyone) is dead-lettered and logged, so one poison event holds up nothing.
 - A lost stream or group (FLUSHALL, a Redis restart without persistence) is re-created; a lost
@@ -12,7 +15,8 @@ writes observed state to Postgres, acknowledging only after commit. It survives 
 - Entries a dead consumer left pending longer than `events_claim_idle_ms` are claimed (XAUTOCLAIM), and
   consumers idle longer than `events_dead_consumer_ms` with nothing pending are removed from the group.
 
-The loop is self-contained (start/stop, run_once, health); it predates a shared LoopService base.
+The loop is a workers.loop.LoopService: a failed pass backs off (capped at `events_retry_max_seconds`)
+and the next one first retries what the outage left in our own pending list.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis as redis_lib
@@ -32,6 +36,7 @@ from app import events
 from app.db import session_scope
 from app.domain import effects, epochs, instances
 from config.settings import get_settings
+from workers.loop import LoopService
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +56,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Applier:
-    def __init__(self, client: redis_lib.Redis | None = None, consumer: str | None = None) -> None:
+class Applier(LoopService):
+    backoff_base = 0.1
+
+    def __init__(self, client: redis_lib.Redis | None = None, consumer: str | None = None,
+                 after_commit: Callable[[list[effects.Effect]], None] = effects.dispatch) -> None:
         s = get_settings().engine
+        self.after_commit = after_commit
         self.r = client or redis_lib.Redis.from_url(get_settings().redis_url, socket_connect_timeout=5,
                                                      socket_timeout=30, health_check_interval=10)
         self.stream, self.group = s.events_stream, s.events_group
@@ -61,19 +70,17 @@ class Applier:
         self.max_deliveries = s.events_max_deliveries
         self.claim_idle_ms = s.events_claim_idle_ms
         self.dead_consumer_ms = s.events_dead_consumer_ms
-        self.retry_max = s.events_retry_max_seconds
+        self.retry_max = self.backoff_max = s.events_retry_max_seconds
+        self.batch = s.events_batch
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.stopping = threading.Event()
+        super().__init__(f"applier-{self.consumer}")
         self.applied = 0
         self.dead_lettered = 0
         self.failures: dict[str, int] = {}  # entry id -> failed applies here, while it stays pending
         self.ticks = 0
         self.recheck_own = False  # an outage interrupted a pass: entries may sit in our pending list
         self.lost_events = False  # the stream was lost: runners need a new epoch (see new_epochs)
-        self.delay = 0.0
-        self.last_ok = time.monotonic()
-        self.last_error = ""
-        self._thread: threading.Thread | None = None
+        self.began = time.monotonic()
         try:
             self.ensure_group()
             self.prune_consumers()
@@ -133,7 +140,7 @@ class Applier:
             return True
         key = _text(entry_id)
         try:
-            with session_scope() as session:
+            with session_scope(after_commit=self.after_commit) as session:
                 instances.apply_event(event, session=session)
         except _STORE_DOWN:
             raise
@@ -170,7 +177,7 @@ class Applier:
         if not decoded:
             return 0
         try:
-            with session_scope() as session:
+            with session_scope(after_commit=self.after_commit) as session:
                 instances.apply_events([ev for _, _, ev in decoded], session=session)
         except _STORE_DOWN:
             raise
@@ -213,91 +220,78 @@ class Applier:
             if start in (b"0-0", "0-0") or not claimed:
                 return done
 
-    def poll(self, block_ms: int = 1000, count: int = 200) -> int:
-        """Read new entries once and apply them as one batch; returns how many were applied."""
-        response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+    def poll(self, block_ms: int = 1000, count: int | None = None) -> int:
+        """Read new entries once (at most `events_batch`) and apply them as one batch; returns how many
+        were applied."""
+        response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count or self.batch,
+                                          block=block_ms)
         return sum(self.apply_batch(entries) for _stream, entries in response or [] if entries)
 
     # --- the loop --------------------------------------------------------------------------------
 
     def run_once(self, block_ms: int = 1000) -> int:
-        """One pass: retry our failures, read new entries, and now and then reclaim and prune."""
-        done = 0
-        if self.lost_events:
-            self.new_epochs()
-        if self.failures or self.recheck_own:
-            done += self.retry_own()
-            self.recheck_own = False
-        done += self.poll(block_ms=block_ms)
-        self.ticks += 1
-        if self.ticks % 10 == 1:
-            done += self.reclaim()
-        if self.ticks % 60 == 1:
-            self.prune_consumers()
-        return done
+        """One pass: retry our failures, read new entries, and now and then reclaim and prune. A lost stream
+        or group is re-created at once; anything else propagates, and LoopService backs off."""
+        try:
+            done = 0
+            if self.lost_events:
+                self.new_epochs()
+            if self.failures or self.recheck_own:
+                done += self.retry_own()
+                self.recheck_own = False
+            done += self.poll(block_ms=block_ms)
+            self.ticks += 1
+            if self.ticks % 10 == 1:
+                done += self.reclaim()
+            if self.ticks % 60 == 1:
+                self.prune_consumers()
+            return done
+        except redis_lib.ResponseError as exc:
+            if not _lost_stream(exc):
+                raise
+            log.warning("the event stream or its group is gone (%s): re-creating it", exc)
+            self.failures.clear()  # those entry ids died with the stream
+            self.lost_events = True
+            self.ensure_group()
+            return 0
 
-    def _backoff(self, what: str, exc: BaseException, *, trace: bool = False) -> None:
-        self.delay = min(max(0.1, self.delay * 2), self.retry_max)
-        self.recheck_own = True
-        self.last_error = f"{what}: {exc}"
-        log.warning("%s (%s); retrying in %.1fs", what, exc, self.delay, exc_info=trace)
-        self.stopping.wait(self.delay)
+    def step(self) -> bool:
+        ok = super().step()
+        if not ok:
+            self.recheck_own = True  # an outage may have interrupted a pass after its read
+        return ok
 
-    def run(self) -> None:
-        log.info("event applier %s reading %s (group %s)", self.consumer, self.stream, self.group)
-        while not self.stopping.is_set():
-            try:
-                self.run_once()
-            except _REDIS_DOWN as exc:
-                self._backoff("redis unreachable", exc)
-                continue
-            except redis_lib.ResponseError as exc:
-                if not _lost_stream(exc):
-                    self._backoff("unexpected redis error", exc, trace=True)
-                    continue
-                log.warning("the event stream or its group is gone (%s): re-creating it", exc)
-                self.failures.clear()  # those entry ids died with the stream
-                self.lost_events = True
-                try:
-                    self.ensure_group()
-                except Exception as again:  # noqa: BLE001 - retried on the next pass
-                    self._backoff("could not re-create the group", again)
-                continue
-            except _STORE_DOWN as exc:
-                self._backoff("database unreachable", exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - the applier must outlive any one bug
-                self._backoff("unexpected error in the applier loop", exc, trace=True)
-                continue
-            self.delay = 0.0
-            self.last_ok = time.monotonic()
-            self.last_error = ""
+    def describe(self, exc: BaseException) -> str:
+        if isinstance(exc, _REDIS_DOWN):
+            return f"redis unreachable: {exc}"
+        if isinstance(exc, _STORE_DOWN):
+            return f"database unreachable: {exc}"
+        return super().describe(exc)
+
+    @property
+    def _thread(self) -> Any:  # the name the tests and older callers know
+        return self.thread
 
     def health(self) -> dict[str, Any]:
         """Healthy while a pass succeeded recently; what went wrong last otherwise."""
-        age = time.monotonic() - self.last_ok
-        return {"healthy": age < max(10.0, 2 * self.retry_max), "seconds_since_ok": round(age, 1),
-                "applied": self.applied, "dead_lettered": self.dead_lettered, "last_error": self.last_error}
+        age = time.time() - self.last_ok if self.last_ok is not None else time.monotonic() - self.began
+        return {**super().health(), "healthy": age < max(10.0, 2 * self.retry_max), "seconds_since_ok": round(age, 1),
+                "applied": self.applied, "dead_lettered": self.dead_lettered}
 
-    def start(self) -> Applier:
-        self._thread = threading.Thread(target=self.run, name=f"applier-{self.consumer}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def stop(self, wait: float | None = 5.0) -> None:
+        super().stop(wait)
 
 
 def main() -> None:
-    from workers.celery_app import dispatch_effect
+    from workers.celery_app import dispatch_effect, dispatch_effects
 
     effects.set_dispatcher(dispatch_effect)
-    applier = Applier()
+    applier = Applier(after_commit=dispatch_effects)
+    log.info("event applier %s reading %s (group %s), %d events a batch", applier.consumer, applier.stream,
+             applier.group, applier.batch)
 
     def stop(*_: Any) -> None:
-        applier.stopping.set()
+        applier.stop(wait=None)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

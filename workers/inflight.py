@@ -125,14 +125,15 @@ def forget(name: str, client: redis_lib.Redis | None = None, **payload: Any) -> 
         log.warning("could not drop dedupe key %s; it expires on its own", key, exc_info=True)
 
 
-def claim_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> list[str]:
+def claim_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None, *,
+               behind_running: bool = False) -> list[str]:
     """`claim` for many ids of one kind in one round trip (a batch task holds each id's own key, so a later
     one-instance re-kick is still dropped while the batch runs); returns the ids taken."""
     keys = [key_for(name, {field: i}) for i in ids]
     try:
         pipe = _redis(client).pipeline(transaction=False)
         for key in keys:
-            pipe.eval(_CLAIM, 1, key, QUEUED, _ttl(name), "0")
+            pipe.eval(_CLAIM, 1, key, QUEUED, _ttl(name), "1" if behind_running else "0")
         taken = pipe.execute()
     except redis_lib.RedisError:
         log.warning("dedupe keys of %d %s unavailable; enqueueing anyway (tasks are idempotent)", len(ids), name,

@@ -38,6 +38,10 @@ class LoopService:
     def run_once(self) -> None:
         raise NotImplementedError
 
+    def describe(self, exc: BaseException) -> str:
+        """How a failed step reads in `last_error` and the log."""
+        return f"{type(exc).__name__}: {exc}"
+
     def on_stop(self) -> None:
         """Release what the loop holds; called once, in the loop's thread, after the last step."""
 
@@ -53,7 +57,7 @@ class LoopService:
         except Exception as exc:
             self.errors += 1
             self.consecutive_errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.last_error = self.describe(exc)[:500]
             log.warning("%s: step failed (%d in a row): %s", self.name, self.consecutive_errors, self.last_error,
                         exc_info=self.consecutive_errors == 1)
             return False

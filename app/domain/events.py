@@ -69,6 +69,7 @@ class MalformedEvent(ValueError):
 
 
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+_STATES = frozenset(s.value for s in InstanceState)
 
 
 class _WireEvent(BaseModel):
@@ -93,7 +94,7 @@ class _WireEvent(BaseModel):
     @field_validator("state")
     @classmethod
     def _known_state(cls, value: str) -> str:
-        if value and value not in {s.value for s in InstanceState}:
+        if value and value not in _STATES:
             raise ValueError(f"unknown instance state {value!r}")
         return value
 

@@ -1,5 +1,6 @@
-"""Instances: the event applier's compare-and-set writes of observed state, and the pool status
-derived from them in the same transaction (DESIGN.md flow 4)."""
+"""Instances: observed state and the pool status derived from it in the event applier's transaction
+(DESIGN.md flow 4; the batched compare-and-set writes themselves are app.domain.observations), event
+sequence numbers, desired-state changes, and reads."""
 from __future__ import annotations
 
 import logging
@@ -9,60 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app.domain import effects, epochs, leases, reservations, transitions
-from app.domain.events import pool_channel
-from app.domain.pools import bump_status, request_reconcile
-from app.domain.states import ALIVE, LOST, DesiredState, InstanceState as S, PoolPhase, progresses, reachable
+from app.domain import transitions
+from app.domain.pools import bump_status
+from app.domain.states import ALIVE, DesiredState, InstanceState as S, PoolPhase
 from app.models import Instance, Pool, utcnow
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-
-def observe(
-    instance_id: str, state: str, *, seq: int, session: Session, now: datetime | None = None,
-    ref: str = "", address: str = "", boot_ms: int | None = None, message: str = "", epoch: int | None = None,
-) -> Instance | None:
-    """Apply one provider observation with a compare-and-set. Returns the instance if its state changed,
-    None for a stale, duplicate or impossible observation (which changes nothing but the sequence)."""
-    now = now or utcnow()
-    inst = session.get(Instance, instance_id)
-    if inst is None:
-        return None
-    previous = inst.state
-    stale = seq <= inst.event_seq
-    if stale and not progresses(previous, state):
-        return None  # older than what was applied, and a turn (or nothing): it would undo a newer observation
-    values: dict[str, Any] = {"event_seq": max(seq, inst.event_seq)}
-    if ref:
-        values["provider_ref"] = ref
-    changed = state != previous and reachable(previous, state)
-    if changed:
-        if state == S.RUNNING:
-            values.update(ready_at=now, idle_since=now, address=address or inst.address,
-                          seen_epoch=epochs.stamp_value(inst.pool_id, epoch))
-            if boot_ms is not None:
-                values["boot_ms"] = boot_ms
-        elif state == S.STOPPED:
-            values.update(address="", draining=False, idle_since=None)
-        elif state == S.FAILED:
-            values.update(last_error=message[:2000], failure_count=inst.failure_count + 1)
-    elif state == previous and address:
-        values["address"] = address
-    if not changed and state == previous == S.RUNNING and epoch is not None and epoch > inst.seen_epoch:
-        values["seen_epoch"] = epoch  # seen running again, in a newer epoch (app.domain.epochs)
-    unchanged_since_read = Instance.event_seq == inst.event_seq
-    if changed:
-        moved = transitions.INSTANCE.move(session, inst, state, where=[unchanged_since_read], now=now, **values)
-    else:  # no state change: only the sequence (and the address) move on
-        moved = session.execute(
-            sa.update(Instance).where(Instance.id == instance_id, Instance.state == previous, unchanged_since_read)
-            .values(**values)
-        ).rowcount == 1
-    if not moved:
-        return None  # another applier got there first; its event wins
-    session.refresh(inst)
-    return inst if changed else None
 
 
 def issue_seq(instance_id: str, *, session: Session) -> int | None:
@@ -114,13 +68,27 @@ def note_success(pool: Pool) -> None:
         bump_status(pool)
 
 
-def recount(pool: Pool, *, session: Session) -> bool:
-    """Derive the pool's status counters and phase from its instances; True if the status changed."""
-    rows = session.execute(
-        sa.select(Instance.state, Instance.lease_id.is_not(None), Instance.draining, Instance.desired_state, sa.func.count())
-        .where(Instance.pool_id == pool.id)
-        .group_by(Instance.state, Instance.lease_id.is_not(None), Instance.draining, Instance.desired_state)
-    ).all()
+def state_counts(pool_ids: list[str], *, session: Session) -> dict[str, list[Any]]:
+    """What `recount` derives a pool's status from, for many pools in one query: per pool, rows of
+    (state, leased, draining, desired state, count)."""
+    if not pool_ids:
+        return {}
+    leased = Instance.lease_id.is_not(None)
+    out: dict[str, list[Any]] = {}
+    for pool_id, *row in session.execute(
+        sa.select(Instance.pool_id, Instance.state, leased, Instance.draining, Instance.desired_state, sa.func.count())
+        .where(Instance.pool_id.in_(pool_ids))
+        .group_by(Instance.pool_id, Instance.state, leased, Instance.draining, Instance.desired_state)
+    ).all():
+        out.setdefault(pool_id, []).append(row)
+    return out
+
+
+def recount(pool: Pool, *, session: Session, rows: list[Any] | None = None) -> bool:
+    """Derive the pool's status counters and phase from its instances (`rows` as `state_counts` gives
+    them, read here if not given); True if the status changed."""
+    if rows is None:
+        rows = state_counts([pool.id], session=session).get(pool.id, [])
     ready = running = stopped = leased = alive = 0
     for state, is_leased, draining, desired, count in rows:
         if state in ALIVE:
@@ -170,95 +138,11 @@ def apply_event(event: Any, *, session: Session, now: datetime | None = None) ->
 
 
 def apply_events(batch: list[Any], *, session: Session, now: datetime | None = None) -> int:
-    """Apply a batch of InstanceEvents in one transaction. Idempotent: a duplicate or stale event
-    changes nothing. Each pool is locked once (in id order, so concurrent appliers cannot deadlock)
-    and its status recounted once, however many of its instances moved. Returns how many events
-    changed something."""
-    now = now or utcnow()
-    pool_ids = sorted({e.pool_id for e in batch})
-    locked = {p.id: p for p in session.exec(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update()).all()}
-    changed_pools: set[str] = set()
-    applied = 0
-    for event in batch:
-        pool = locked.get(event.pool_id)
-        if pool is not None and _apply_one(event, pool, session=session, now=now):
-            applied += 1
-            changed_pools.add(pool.id)
-    for pool_id, pool in locked.items():
-        if recount(pool, session=session) or pool_id in changed_pools:
-            effects.defer(session, "notify", channel=pool_channel(pool.organization_id, pool.id), message=pool.phase)
-    return applied
+    """Apply a batch of InstanceEvents in one transaction, in a few statements (app.domain.observations);
+    returns how many changed something."""
+    from app.domain import observations  # it builds on this module
 
-
-# Observed states after which the planner may have something new to do.
-_REPLAN = frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.DELETED})
-
-
-def _apply_one(event: Any, pool: Pool, *, session: Session, now: datetime) -> bool:
-    from app.domain import events as ev
-
-    if event.kind == ev.KIND_STATE:
-        inst = observe(event.instance_id, event.state, seq=event.seq, session=session, now=now, ref=event.ref,
-                       address=event.address, boot_ms=event.boot_ms, message=event.message, epoch=event.epoch)
-        if inst is None:
-            return False
-        if inst.state in (S.RUNNING, S.STOPPED):
-            note_success(pool)
-        if inst.state == S.RUNNING:
-            _learn_refill(pool, inst, now)
-            if inst.lease_id is None and not inst.draining and inst.desired_state == DesiredState.RUNNING:
-                _serve_reservations(inst.id, session=session)
-        if inst.state == S.FAILED and inst.ready_at is None:
-            # It never came up (an image that does not boot): a failed creation, backed off like a failed
-            # call, or the planner would replace it at once, forever.
-            note_failure(pool, event.message or "instance failed before it was ready", now=now)
-        elif inst.state == S.FAILED:
-            pool.failure_message = (event.message or "instance failed")[:2000]
-            bump_status(pool)
-        if inst.state in LOST and inst.lease_id is not None:
-            leases.end_for_lost_instance(inst.id, session=session, now=now)
-        if inst.state in _REPLAN:
-            request_reconcile(pool, session=session)
-        return True
-    if event.kind == ev.KIND_SEEN:
-        if event.epoch is None or not epochs.confirm(event.instance_id, event.epoch, session=session):
-            return False
-        _serve_reservations(event.instance_id, session=session)  # claimable again: a waiter may take it
-        return True
-    if event.kind == ev.KIND_FAILURE:
-        note_failure(pool, event.message or "provider call failed", now=now)
-        return True
-    if event.kind == ev.KIND_SUCCESS:
-        note_success(pool)
-        return True
-    if event.kind == ev.KIND_RECYCLED:
-        return _back_in_service(event.instance_id, pool, session=session, now=now)
-    if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
-        request_reconcile(pool, session=session)  # backfill what was taken, recycle what came back
-        return True
-    return event.kind == ev.KIND_POOL
-
-
-def _back_in_service(instance_id: str, pool: Pool, *, session: Session, now: datetime) -> bool:
-    """A returned instance of a `reuse` pool was reset by its provider: only now is it ready again
-    (compare-and-set on the recycling marks leases.end left: draining, free, wanted running, running)."""
-    back = session.execute(
-        sa.update(Instance).where(
-            Instance.id == instance_id, Instance.draining == sa.true(), Instance.lease_id.is_(None),
-            Instance.desired_state == str(DesiredState.RUNNING), Instance.state == str(S.RUNNING),
-        ).values(draining=False, idle_since=now)
-    ).rowcount
-    if back:
-        _serve_reservations(instance_id, session=session)
-        request_reconcile(pool, session=session)
-    return bool(back)
-
-
-def _learn_refill(pool: Pool, inst: Instance, now: datetime) -> None:
-    """Exponentially weighted refill time (request or start -> running), the autoscaler's input."""
-    began = inst.requested_at if inst.boot_ms is None else now - timedelta(milliseconds=inst.boot_ms)
-    seconds = max((now - began).total_seconds(), 0.0)
-    pool.refill_seconds = seconds if pool.refill_seconds <= 0 else 0.7 * pool.refill_seconds + 0.3 * seconds
+    return observations.apply(batch, session=session, now=now)
 
 
 def set_desired(instance_id: str, desired: DesiredState, *, session: Session, expect: str | None = None,
@@ -273,11 +157,6 @@ def set_desired(instance_id: str, desired: DesiredState, *, session: Session, ex
     if drain:
         values["draining"] = True
     return session.execute(stmt.values(**values)).rowcount == 1
-
-
-def _serve_reservations(instance_id: str, *, session: Session) -> None:
-    """Hand a newly ready instance to the oldest waiting reservation of its pool, if any."""
-    reservations.assign_ready_instance(instance_id, session=session)
 
 
 def note_missing(pool_ids: list[str], present_refs: set[str], *, session: Session) -> list[Instance]:

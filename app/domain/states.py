@@ -5,6 +5,7 @@ the sources a table allows."""
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
 
 class InstanceState(StrEnum):
@@ -56,6 +57,7 @@ LOST = frozenset({S.FAILED, S.DELETING, S.DELETED})
 """Instances that can serve no lease any more: one that reaches these states ends the lease it held."""
 
 
+@cache  # the table is fixed: the event applier asks this for every event
 def reachable(current: InstanceState | str, new: InstanceState | str) -> bool:
     """True when `new` can be reached from `current` along the table without passing through
     DELETED or FAILED, nor DELETING unless `new` is DELETED. Events from different consumers may
@@ -94,6 +96,7 @@ def _walk(current: InstanceState, new: InstanceState, skip: frozenset[tuple[Inst
 _TURNS = frozenset({(S.RUNNING, S.STOPPING), (S.STOPPED, S.STARTING), (S.STARTING, S.STOPPING)})
 
 
+@cache
 def progresses(current: InstanceState | str, new: InstanceState | str) -> bool:
     """True when `new` follows `current` within one leg of the lifecycle (provisioning -> running,
     starting -> running, stopping -> stopped, anything -> failed/deleting/deleted), never turning it

@@ -6,16 +6,20 @@ app.domain.states. `Machine.move` asks for a move to `to`; a request no source c
 UPDATE then runs `WHERE id = :id AND <state> IN (allowed sources) [AND extra conditions]`, stamps the
 change time, and returns whether the row moved: False means another writer changed it first (the
 caller lost a race, which is an answer, not an error), unless `strict`, which raises instead.
+`Machine.move_many` makes many such compare-and-sets at once (the event applier's batches), each row
+with its own expected state, in one statement per shape of change.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
@@ -28,6 +32,18 @@ class InvalidTransition(DomainError):
     """A move the state machine does not allow: a bug in the caller, or a row another writer moved."""
 
     code = "failed_precondition"
+
+
+@dataclass(frozen=True)
+class Move:
+    """One row's compare-and-set in a `Machine.move_many`: from `expect` (the state the caller read) to `to`
+    (None: the state stays, only `values` change), if the columns in `where` still hold those values."""
+
+    id: str
+    expect: Any
+    to: Any = None
+    where: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,77 @@ class Machine:
             for k, v in changes.items():  # the row object shows the move without writing it again
                 set_committed_value(row, k, v)
         return count
+
+    def move_many(self, session: Session, moves: list[Move], *, now: datetime | None = None,
+                  returning: Iterable[Any] = ()) -> dict[str, Any]:
+        """Many compare-and-sets in few statements: each row moves only from its own `expect` (which the
+        table must allow as a source of its `to`, else InvalidTransition before anything is written) and
+        only if its `where` columns still hold their values. Rows changing the same columns share one
+        UPDATE on PostgreSQL (`UPDATE … FROM jsonb_to_recordset(…)`); SQLite, whose BEGIN IMMEDIATE already holds the
+        whole database, runs one in-process UPDATE per row. Returns {id: row of `returning` columns, read
+        after the write} for the rows that moved; a missing id lost its race."""
+        sources: dict[Any, frozenset[Any]] = {}
+        for m in moves:
+            if m.to is not None and m.to not in sources:
+                sources[m.to] = self.sources(m.to)
+            if m.to is not None and self.states(m.expect) not in sources[m.to]:
+                raise InvalidTransition(f"{self.name} {m.id}: {m.expect} -> {m.to} is not a move the lifecycle allows")
+        now = now or utcnow()
+        table = self.model.__table__
+        returning = [table.c.id, *[table.c[c.key] for c in returning]]
+        shapes: dict[tuple, list[Move]] = {}
+        for m in moves:
+            shapes.setdefault((m.to is None, tuple(sorted(m.where)), tuple(sorted(m.values))), []).append(m)
+        moved: dict[str, Any] = {}
+        for (stays, where_cols, _), group in shapes.items():
+            def changes(m: Move) -> dict[str, Any]:
+                return m.values if stays else {self.column: str(self.states(m.to)), self.stamp: now, **m.values}
+
+            if session.get_bind().dialect.name != "postgresql":  # SQLite: one in-process UPDATE per row
+                for m in group:
+                    stmt = (sa.update(table).where(table.c.id == m.id, table.c[self.column] == str(m.expect),
+                                                   *[table.c[k] == v for k, v in m.where.items()])
+                            .values(**changes(m)).returning(*returning))
+                    row = session.execute(stmt).first()
+                    if row is not None:
+                        moved[row.id] = row
+                continue
+            rows = [changes(m) for m in group]
+            set_cols = tuple(rows[0])
+            data = [{"id": m.id, "expect": str(m.expect), **{f"w_{k}": m.where[k] for k in where_cols},
+                     **{f"s_{k}": r[k] for k in set_cols}} for m, r in zip(group, rows)]
+            stmt = self._update_from_json(where_cols, set_cols, tuple(returning))
+            moved.update((row.id, row) for row in session.execute(stmt, {"p_rows": _json(data)}))
+        return moved
+
+    def _update_from_json(self, where_cols: tuple[str, ...], set_cols: tuple[str, ...], returning: tuple) -> Any:
+        """PostgreSQL: `UPDATE … FROM jsonb_to_recordset(:rows) AS v(id …, expect …, …)`: the rows travel as one
+        JSON document, typed by the column list, so the statement's text is the same whatever their number
+        (compiled and prepared once) and no driver-side array is built value by value."""
+        table = self.model.__table__
+        cols = [sa.column("id", table.c.id.type), sa.column("expect", table.c[self.column].type),
+                *[sa.column(f"w_{k}", table.c[k].type) for k in where_cols],
+                *[sa.column(f"s_{k}", table.c[k].type) for k in set_cols]]
+        v = (sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("p_rows", type_=sa.String), JSONB))
+             .table_valued(*cols).render_derived(name="v", with_types=True))
+        return (sa.update(table)
+                .where(table.c.id == v.c.id, table.c[self.column] == v.c.expect,
+                       *[table.c[k] == v.c[f"w_{k}"] for k in where_cols])
+                .values({k: v.c[f"s_{k}"] for k in set_cols})
+                .returning(*returning))
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    """Rows as a JSON document PostgreSQL reads back with their types (times as ISO 8601 with their offset;
+    a batch's rows mostly share one time, so each is formatted once)."""
+    seen: dict[Any, str] = {}
+
+    def text(v: Any) -> str:
+        if v not in seen:
+            seen[v] = v.isoformat() if isinstance(v, datetime) else str(v)
+        return seen[v]
+
+    return json.dumps(rows, default=text, separators=(",", ":"))
 
 
 INSTANCE = Machine("instance", Instance, "state", st.InstanceState, st.INSTANCE_TRANSITIONS, "state_changed_at",

@@ -90,3 +90,25 @@ def test_a_list_of_ids_moves_together(session, pool):
     session.flush()
     assert t.RESERVATION.move(session, [rows[0].id], R.CANCELLED) == 1
     assert t.RESERVATION.move(session, [r.id for r in rows], R.EXPIRED, expect=[R.WAITING]) == 2
+
+
+def test_many_moves_each_compare_with_their_own_state_and_columns(session, pool):
+    rows = [Instance(pool_id=pool.id, organization_id=pool.organization_id, state=st, event_seq=5)
+            for st in ("requested", "provisioning", "running")]
+    session.add_all(rows)
+    session.flush()
+    a, b, c = (r.id for r in rows)
+    moved = t.INSTANCE.move_many(session, [
+        t.Move(a, expect=S.REQUESTED, to=S.RUNNING, where={"event_seq": 5}, values={"event_seq": 6}),
+        t.Move(b, expect=S.PROVISIONING, to=S.RUNNING, where={"event_seq": 4}),  # its sequence moved on: lost
+        t.Move(c, expect=S.RUNNING, where={"event_seq": 5}, values={"address": "10.0.0.1"}),  # no state change
+    ], returning=[Instance.state, Instance.lease_id])
+    assert set(moved) == {a, c} and moved[a].state == "running" and moved[a].lease_id is None
+    session.expire_all()
+    got = {i.id: (i.state, i.event_seq, i.address) for i in session.query(Instance)}
+    assert got == {a: ("running", 6, ""), b: ("provisioning", 5, ""), c: ("running", 5, "10.0.0.1")}
+    with pytest.raises(t.InvalidTransition):  # running -> requested: refused before anything is written
+        t.INSTANCE.move_many(session, [t.Move(b, expect=S.PROVISIONING, to=S.STOPPED),
+                                       t.Move(c, expect=S.RUNNING, to=S.REQUESTED)])
+    session.expire_all()
+    assert session.get(Instance, b).state == "provisioning"
