@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from app.db import get_engine, session_scope
     from app.domain import effects, pools, tenancy
     from app.domain.states import PoolKind
-    from app.events import InstanceEvent, publish
+    from app.events import InstanceEvent
     from app.migrate import upgrade
     from app.models import Instance, Pool
     from config.settings import get_settings

@@ -153,7 +153,7 @@ def dispatch_effects(effects: list[tuple[str, dict[str, Any]]]) -> None:
     for name, payloads in tasks.items():
         try:
             enqueue_many(name, payloads)
-        except Exception:  # noqa: BLE001 - the data is committed; the sweep finds what still needs a pass
+        except Exception:  # the data is committed; the sweep finds what still needs a pass
             log.warning("could not enqueue %d %s; the next sweep will pick them up", len(payloads), name, exc_info=True)
 
 

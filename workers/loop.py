@@ -35,7 +35,7 @@ class LoopService:
         self.last_ok: float | None = None
 
     # ---- to implement ------------------------------------------------------------------------
-    def run_once(self) -> None:
+    def run_once(self) -> object:  # what it returns (the applier: how many events) is the caller's, not the loop's
         raise NotImplementedError
 
     def describe(self, exc: BaseException) -> str:

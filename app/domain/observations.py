@@ -126,7 +126,7 @@ class _Batch:
             return
         row = self.rows.get(event.instance_id)
         decision = decide(row, event, self.now) if row is not None else None
-        if decision is None:
+        if row is None or decision is None:
             return
         to, values = decision
         k = self.depth.get(event.instance_id, 0)

@@ -117,9 +117,10 @@ class Machine:
         for m in moves:
             shapes.setdefault((m.to is None, tuple(sorted(m.where)), tuple(sorted(m.values))), []).append(m)
         moved: dict[str, Any] = {}
-        for (stays, where_cols, _), group in shapes.items():
-            def changes(m: Move) -> dict[str, Any]:
-                return m.values if stays else {self.column: str(self.states(m.to)), self.stamp: now, **m.values}
+        def changes(m: Move) -> dict[str, Any]:
+            return m.values if m.to is None else {self.column: str(self.states(m.to)), self.stamp: now, **m.values}
+
+        for (_, where_cols, _), group in shapes.items():
 
             if session.get_bind().dialect.name != "postgresql":  # SQLite: one in-process UPDATE per row
                 for m in group:

@@ -33,7 +33,7 @@ def make_pool(org_id: str, name: str, size: int) -> tuple[str, list[str]]:
         s.add(pool)
         s.flush()
         ids = []
-        for i in range(size):
+        for _ in range(size):
             inst = Instance(pool_id=pool.id, organization_id=org_id, provider="fake", requested_at=utcnow())
             s.add(inst)
             ids.append(inst.id)
