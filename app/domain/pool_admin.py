@@ -53,7 +53,7 @@ PODPOOL_OWNED = {"template": "a pod pool's template is its pod-pool spec (POST /
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):  # fullmatch: `$` alone would let a trailing newline through
         raise InvalidArgument(f"pool name {name[:80]!r} must be 1-63 letters, digits, '.', '_' or '-', starting "
                               "with a letter or digit (it is what the lease service leases the pool by)")
     return name
@@ -64,8 +64,10 @@ def check_knobs(changes: dict[str, Any], current: Pool | None = None) -> None:
     for key, value in changes.items():
         if key in KNOBS:
             low, high = KNOBS[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                raise InvalidArgument(f"{key} must be a number from {low:g} to {high:g}, got {value!r}")
+            kind = (int, float) if key in AUTOSCALE else (int,)
+            if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+                what = "a number" if key in AUTOSCALE else "a whole number"
+                raise InvalidArgument(f"{key} must be {what} from {low:g} to {high:g}, got {value!r}")
     if "empty_policy" in changes and changes["empty_policy"] not in set(EmptyPoolPolicy):
         raise InvalidArgument(f"empty_policy must be one of {', '.join(EmptyPoolPolicy)}, got {changes['empty_policy']!r}")
     default = changes.get("lease_default_seconds", current.lease_default_seconds if current else None)
