@@ -54,7 +54,9 @@ def test_scale_up_and_down_while_booting_applier_killed_and_cloud_lost(stack, ow
         assert len(rows) - before == sum(1 for g in granted if g), "a lease granted without its row, or the reverse"
 
         # 3. the cloud loses every instance (its keys flushed, the engine's Redis intact) under active leases.
-        assert lease(stack, world, timeout_ms=3000), f"no lease before the cloud loss: {LEASE_ERRORS[-3:]}"
+        # A precondition, not the property under test: on a loaded machine one call may miss its deadline.
+        assert any(lease(stack, world, timeout_ms=3000) for _ in range(3)), \
+            f"no lease before the cloud loss: {LEASE_ERRORS[-3:]}"
         work.take(own_redis.url, world)
         for key in client.scan_iter(f"warmpool:fake:{world.namespace}:*"):
             client.delete(key)
