@@ -6,8 +6,10 @@ instance made twice by the fake cloud."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis
 import sqlalchemy as sa
@@ -24,6 +26,28 @@ def leases_taken(pool_id: str) -> list[str]:
 
     with session_scope() as s:
         return list(s.execute(sa.select(Lease.instance_id).where(Lease.pool_id == pool_id)).scalars())
+
+
+def applier_up(stack, redis_url: str) -> Future:
+    """When the replacement applier first reads the stream (its consumer appears in the group), in the background."""
+    from config.settings import get_settings
+
+    consumer = f"{socket.gethostname()}-{stack.procs['events'].pid}"
+    e = get_settings().engine
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+
+    def poll() -> float:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if any(c["name"].decode() == consumer for c in client.xinfo_consumers(e.events_stream, e.events_group)):
+                    return time.monotonic()
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the replacement applier {consumer} never read the stream")
+
+    return ThreadPoolExecutor(1).submit(poll)
 
 
 def test_scale_up_and_down_while_booting_applier_killed_and_cloud_lost(stack, own_redis):
@@ -47,9 +71,12 @@ def test_scale_up_and_down_while_booting_applier_killed_and_cloud_lost(stack, ow
         taker.start()
         stack.kill("events", signal.SIGKILL)
         stack.start("events", "events")
+        up = applier_up(stack, own_redis.url)
         taker.join(30)
         ended = time.monotonic()
-        applier.append(assert_converges(stack, own_redis.url, world, 3, ended, f"applier SIGKILL #{i}"))
+        # As for a worker: with one applier nothing is applied until the replacement reads (timed from then).
+        ends = None if stack.replicas > 1 else (lambda: up.result(timeout=60))
+        applier.append(assert_converges(stack, own_redis.url, world, 3, ended, f"applier SIGKILL #{i}", ends=ends))
         rows = leases_taken(world.pool_id)
         assert len(rows) - before == sum(1 for g in granted if g), "a lease granted without its row, or the reverse"
 

@@ -159,6 +159,13 @@ class FakeCloud:
         Kept in the cloud's own Redis, so it dies with the cloud (a flush is a new cloud)."""
         self.r.hincrby(self.calls_key, f"{op}:{key}", 1)
 
+    def count_many(self, op: str, keys: list[str]) -> None:
+        if keys:
+            pipe = self.r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hincrby(self.calls_key, f"{op}:{key}", 1)
+            pipe.execute()
+
     def calls(self, op: str) -> dict[str, int]:
         """How many times the cloud did `op`, by key (instance id for create, ref for delete)."""
         prefix = f"{op}:"
@@ -293,6 +300,7 @@ class FakeProvider(Provider):
             except ProviderError as exc:
                 out.append(exc)
         self.cloud.put_many(made, batch=("create", len(specs)))
+        self.cloud.count_many("create", [record["tags"][INSTANCE_TAG] for record in made.values()])
         return out
 
     def start(self, ref: str) -> Observed:
@@ -361,6 +369,8 @@ class FakeProvider(Provider):
             due = self.cloud.next_due()
             wait_ms = 1000 if due is None else min(1000, max(int(due - time.time() * 1000), 1))
             response = self.cloud.r.xread({self.cloud.changes: position}, count=1000, block=wait_ms)
+            if not response and position != "0-0" and not self.cloud.r.exists(self.cloud.changes):
+                return  # the cloud lost its state (flushed): the watch ends, like a real one's "gone", and is re-listed
             changed: dict[str, Observed] = {}  # by ref, the last change of each: one batch says where each ended
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
