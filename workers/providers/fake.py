@@ -159,13 +159,6 @@ class FakeCloud:
         Kept in the cloud's own Redis, so it dies with the cloud (a flush is a new cloud)."""
         self.r.hincrby(self.calls_key, f"{op}:{key}", 1)
 
-    def count_many(self, op: str, keys: list[str]) -> None:
-        if keys:
-            pipe = self.r.pipeline(transaction=False)
-            for key in keys:
-                pipe.hincrby(self.calls_key, f"{op}:{key}", 1)
-            pipe.execute()
-
     def calls(self, op: str) -> dict[str, int]:
         """How many times the cloud did `op`, by key (instance id for create, ref for delete)."""
         prefix = f"{op}:"
@@ -300,7 +293,6 @@ class FakeProvider(Provider):
             except ProviderError as exc:
                 out.append(exc)
         self.cloud.put_many(made, batch=("create", len(specs)))
-        self.cloud.count_many("create", [record["tags"][INSTANCE_TAG] for record in made.values()])
         return out
 
     def start(self, ref: str) -> Observed:
