@@ -361,8 +361,6 @@ class FakeProvider(Provider):
             due = self.cloud.next_due()
             wait_ms = 1000 if due is None else min(1000, max(int(due - time.time() * 1000), 1))
             response = self.cloud.r.xread({self.cloud.changes: position}, count=1000, block=wait_ms)
-            if not response and position != "0-0" and not self.cloud.r.exists(self.cloud.changes):
-                return  # the cloud lost its state (flushed): the watch ends, like a real one's "gone", and is re-listed
             changed: dict[str, Observed] = {}  # by ref, the last change of each: one batch says where each ended
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
