@@ -66,7 +66,8 @@ def fill_pod_pool(org_id: str, token: str, port: int, size: int, logdir: Path) -
                                                             "stop_ms": 5, "delete_ms": 5}, session=s)
     name = "bench-pods"
     status, body = _post(f"http://127.0.0.1:{port}/serverless/v1/podpools", token, {"pools": [
-        {"id": name, "group": "default", "size": size, "max_size": size, "reuse": False}]})
+        {"id": name, "group": "default", "size": size, "max_size": size, "reuse": False,
+         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]})
     if status != 200 or body.get("code") not in (None, 0):
         raise SystemExit(f"could not create the pod pool: {status} {body}")
     import sqlalchemy as sa
