@@ -80,7 +80,11 @@ class LeaseCall:
 
 
 def _failure(error: BaseException | None) -> str:
+    from app.domain.errors import RateLimited
+
     code = getattr(error, "code", "")
+    if isinstance(error, RateLimited):
+        return "rate_limited"  # the organization's rate, not an exhausted pool
     if code == "resource_exhausted":
         return "rejected"
     if code == "unavailable":

@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from app.domain.errors import ResourceExhausted
+from app.domain.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,13 @@ def forget() -> None:
         _limits.clear()
 
 
-def refusal(org_id: str, rate: int, wait_ms: int) -> ResourceExhausted:
+def refusal(org_id: str, rate: int, wait_ms: int) -> RateLimited:
     wait = max(1, math.ceil(wait_ms / 1000))
-    return ResourceExhausted(f"this organization is over its lease rate of {rate}/s; retry in {wait} s",
-                             retry_after=wait)
+    return RateLimited(f"this organization is over its lease rate of {rate}/s; retry in {wait} s", retry_after=wait)
 
 
 def check(org_id: str, client: Any) -> None:
-    """Take a token for one Lease call of `org_id`, or raise ResourceExhausted with the wait. Blocking."""
+    """Take a token for one Lease call of `org_id`, or raise RateLimited with the wait. Blocking."""
     rate, burst = limits_of(org_id)
     if rate <= 0:
         return
@@ -118,3 +117,31 @@ async def check_async(org_id: str, client: Any, limits: tuple[int, int]) -> None
         return
     if not int(allowed):
         raise refusal(org_id, rate, int(wait_ms))
+
+
+_async_clients: dict[Any, Any] = {}  # event loop -> redis.asyncio client (a client belongs to one loop)
+
+
+def _async_client() -> Any:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from config.settings import get_settings
+
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = aioredis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2,
+                                                                socket_timeout=2)
+    return client
+
+
+async def admit(org_id: str) -> None:
+    """The lease path's check, on the event loop: nothing at all for an organization without a rate (its
+    limits cached), else one Redis call; RateLimited with the wait when the bucket is empty."""
+    import asyncio
+
+    limits = cached_limits(org_id) or await asyncio.to_thread(limits_of, org_id)
+    if limits[0] > 0:
+        await check_async(org_id, _async_client(), limits)

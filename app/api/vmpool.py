@@ -17,19 +17,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from app import adb, auth, metrics
+from app import adb, auth, metrics, ratelimit
 from app.api.connect_common import remaining_seconds
 from app.api.core import connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import run_in_transaction
 from app.domain import effects, leases, leases_async, reservations
-from app.domain.errors import InvalidArgument, Unavailable
+from app.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from app.domain.tokens import Scope
 from app.events import reservation_channel
 from config.settings import get_settings
@@ -246,6 +247,7 @@ class LeaseService:
         if req.HasField("reservation_id"):
             reservation_id = text(req.reservation_id, "reservation_id", limit=MAX_RESERVATION_ID, required=True)
         wished = wished_time(req, "expires")
+        await ratelimit.admit(await _org_of(authorization))  # the organization's Lease rate (app.ratelimit)
         # An automatic reservation lives no longer than its caller (its deadline, or the longest this call
         # waits), even if this process dies before withdrawing it.
         caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
@@ -425,6 +427,8 @@ class VMPoolLeaseConnect:
         try:
             return await method(ctx.request_headers.get("authorization"), req, remaining)
         except Exception as exc:  # noqa: BLE001 - every outcome is a Connect answer (app.api.core's table)
+            if isinstance(exc, ResourceExhausted) and exc.retry_after is not None:
+                ctx.response_headers["retry-after"] = str(math.ceil(exc.retry_after))
             raise connect_error(exc, what=f"VMPoolLeaseService/{ctx.method.name}") from None
 
     async def ping(self, req: Any, ctx: Any) -> pb.PingResponse:

@@ -203,7 +203,7 @@ class LeaseConnectJSON:
         except Exception as exc:  # noqa: BLE001 - every outcome is a Connect error (app.api.core's table)
             refusal = map_error(exc, CONNECT, what=f"VMPoolLeaseService/{scope['path'].rsplit('/', 1)[-1]}")
             code = refusal.code.value
-            await _answer(send, HTTP_STATUS[code], error_body(code, refusal.message))
+            await _answer(send, HTTP_STATUS[code], error_body(code, refusal.message), extra=refusal.headers())
             return
         await _answer(send, 200, response_json(response), ok=True)
 
@@ -245,7 +245,8 @@ _OK_HEADERS = [(b"content-type", b"application/json"), (b"content-encoding", b"i
 _ERROR_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def _answer(send: Send, status: int, body: bytes, ok: bool = False) -> None:
-    headers = [*(_OK_HEADERS if ok else _ERROR_HEADERS), (b"content-length", str(len(body)).encode())]
+async def _answer(send: Send, status: int, body: bytes, ok: bool = False, extra: dict[str, str] | None = None) -> None:
+    headers = [*(_OK_HEADERS if ok else _ERROR_HEADERS), (b"content-length", str(len(body)).encode()),
+               *((k.lower().encode(), v.encode()) for k, v in (extra or {}).items())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -48,6 +48,10 @@ class ResourceExhausted(DomainError):
         self.retry_after = retry_after
 
 
+class RateLimited(ResourceExhausted):
+    """The caller's organization is over its request rate (not a pool out of instances)."""
+
+
 class Unavailable(DomainError):
     code = "unavailable"
 

@@ -43,6 +43,8 @@ CASES = [
      (409, "failed_precondition"), (500, 4104, "not now. check input parameters")),
     (errors.ResourceExhausted("full"), Code.RESOURCE_EXHAUSTED, SC.RESOURCE_EXHAUSTED, (429, "resource_exhausted"),
      (500, 4104, "full. check input parameters")),
+    (errors.RateLimited("slow down"), Code.RESOURCE_EXHAUSTED, SC.RESOURCE_EXHAUSTED, (429, "resource_exhausted"),
+     (500, 4104, "slow down. check input parameters")),
     (errors.Aborted("lost"), Code.ABORTED, SC.ABORTED, (409, "aborted"), (500, 4104, "lost. check input parameters")),
     (errors.PermissionDenied("scope"), Code.PERMISSION_DENIED, SC.PERMISSION_DENIED, (403, "permission_denied"),
      (403, 121049, "scope")),
@@ -70,6 +72,16 @@ def test_every_domain_error_class_has_a_row():
                if isinstance(c, type) and issubclass(c, errors.DomainError) and c is not errors.DomainError]
     assert {c.code for c in classes} <= set(core.TABLE)
     assert {type(exc) for exc, *_ in CASES} == set(classes)
+
+
+def test_a_retry_hint_goes_out_as_retry_after_and_grpc_trailers():
+    exc = errors.RateLimited("slow down", retry_after=2.2)
+    for wire in (core.CONNECT, core.NATIVE, core.PODPOOLS):
+        assert core.map_error(exc, wire).headers()["Retry-After"] == "3", wire
+    grpc_refusal = core.map_error(exc, core.GRPC)
+    assert grpc_refusal.headers() == {} and dict(grpc_refusal.trailers()) == {
+        "retry-after": "3", "grpc-retry-pushback-ms": "3000"}
+    assert core.map_error(errors.ResourceExhausted("full"), core.CONNECT).headers() == {}, "no hint, no header"
 
 
 def test_only_native_401_asks_for_a_bearer_token():
