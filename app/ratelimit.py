@@ -142,6 +142,8 @@ async def admit(org_id: str) -> None:
     limits cached), else one Redis call; RateLimited with the wait when the bucket is empty."""
     import asyncio
 
-    limits = cached_limits(org_id) or await asyncio.to_thread(limits_of, org_id)
+    limits = cached_limits(org_id)
+    if limits is None:
+        limits = await asyncio.to_thread(limits_of, org_id)
     if limits[0] > 0:
         await check_async(org_id, _async_client(), limits)
