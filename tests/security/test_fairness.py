@@ -139,11 +139,16 @@ def test_a_tenant_with_5000_pools_and_a_maximal_pool_cannot_delay_another_tenant
     print(f"victim's backfill: {took:.2f}s (alone: {alone:.2f}s); sweep queue after 5 sweeps {backlog}, longest "
           f"sweep queue {longest_sweep}, longest reconcile queue {longest_reconcile}")
     assert took < 2.0, f"the victim's backfill took {took:.2f}s behind the hog"
-    # The hog's swept passes stayed about one sweep's share of an organization, however often beat ran:
-    # at most the share, the victim's pool, and passes that ended while a sweep was enqueueing (the
-    # sweep read them as still flagged), at most one per worker thread.
+    # The hog's swept passes stayed about one sweep's share of an organization, however often beat ran
+    # (without the in-flight dedupe, 5 sweeps queue 5 shares): at most the share, the victim's pool, and
+    # passes that ended between two sweeps and were queued again, at most what the worker holds at once
+    # (its threads times its prefetch). A loaded machine (the whole suite in CI) slows the sweeps down
+    # and lets more passes end between them: 36-38 were seen there against 24 alone.
     per_org = get_settings().engine.sweep_per_org
-    assert max(backlog, longest_sweep) <= per_org + 1 + WORKER_THREADS, (backlog, longest_sweep)
+    from workers.celery_app import celery_app
+
+    held = WORKER_THREADS * celery_app.conf.worker_prefetch_multiplier
+    assert max(backlog, longest_sweep) <= per_org + 1 + held < 5 * per_org, (backlog, longest_sweep)
     assert longest_reconcile <= 3, longest_reconcile  # one queued pass per pool: the hog's huge one, the victim's
 
 
