@@ -28,6 +28,7 @@ from google.protobuf import json_format
 from app import auth
 from app.api.connect_common import LEASE_SERVICE
 from app.api.core import CONNECT, map_error
+from app.api.edge import read_body, replaying
 from app.api.hygiene import BadInput, check_message
 from app.api.vmpool import LeaseService, default_service
 from app.domain.errors import DomainError
@@ -180,7 +181,7 @@ class LeaseConnectJSON:
         if not accepts(scope):
             await self.fallback(scope, receive, send)
             return
-        body, after = await _read(receive)
+        body, after = await read_body(receive, get_settings().input.max_body_bytes)  # the InputGuard in front already held it to this
         try:
             headers = _headers(scope)
             remaining = _remaining(headers, arrived)
@@ -196,7 +197,7 @@ class LeaseConnectJSON:
             except BadInput:
                 raise NotMine from None
         except NotMine:
-            await self.fallback(scope, _replay(body, after, receive), send)
+            await self.fallback(scope, replaying(body, after, receive), send)
             return
         try:
             response = await getattr(self.service, attr)(authorization, request, remaining)
@@ -216,28 +217,6 @@ def _token_ok(authorization: str | None) -> bool:
     except DomainError:
         return False
     return caller is not None and caller.allows(Scope.LEASE)
-
-
-async def _read(receive: Receive) -> tuple[bytes, list[dict]]:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), [message]
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks), []
-
-
-def _replay(body: bytes, after: list[dict], receive: Receive) -> Receive:
-    pending = [{"type": "http.request", "body": body, "more_body": False}, *after]
-
-    async def replay() -> dict:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 _OK_HEADERS = [(b"content-type", b"application/json"), (b"content-encoding", b"identity"),

@@ -37,11 +37,12 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
 
     if pool.deleted_at is None:
         _autoscale(pool, now, session=session)
-    limit = rollouts.reconcile_pass(pool, rows, now) if pool.deleted_at is None else None
+    policy = rollouts.policy_of(pool)
+    limit = rollouts.reconcile_pass(pool, rows, now, policy) if pool.deleted_at is None else None
     view = planner.PoolView(
         target=pool.desired_size, max_size=pool.max_size, stopped_size=pool.stopped_size, snapshot_id=pool.snapshot_id,
         surge=pool.rotation_max_surge, reuse=pool.reuse, deleting=pool.deleted_at is not None,
-        max_unavailable=rollouts.policy_of(pool).max_unavailable if limit else 0,
+        max_unavailable=policy.max_unavailable if limit else 0,
         fresh_cap=limit.fresh_cap if limit else None,
         creation_allowed=pool.next_attempt_at is None or pool.next_attempt_at <= now,
         idle_recycle_reserved=pool.idle_recycle_reserved, idle_recycle_scaled=pool.idle_recycle_scaled,

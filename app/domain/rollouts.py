@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from app.domain import rollout
 from app.domain.errors import FailedPrecondition, NotFound
-from app.domain.pools import bump_spec, bump_status, request_reconcile, set_snapshot
+from app.domain.pools import bump_spec, bump_status, get_pool, request_reconcile, set_snapshot
 from app.domain.states import DesiredState, InstanceState as S
 from app.models import Instance, Pool, utcnow
 
@@ -40,10 +40,10 @@ def counts(pool: Pool, rows: Iterable[Instance]) -> rollout.Counts:
     return rollout.Counts(want=want, stale_live=stale, fresh_ready=fresh_ready, fresh_live=fresh_live)
 
 
-def reconcile_pass(pool: Pool, rows: list[Instance], now: datetime) -> rollout.Decision:
+def reconcile_pass(pool: Pool, rows: list[Instance], now: datetime, policy: rollout.Policy) -> rollout.Decision:
     """Advance the pool's rollout for this reconcile (the pool row is locked by the caller) and store
     what changed; a stall becomes the pool's failure message (its phase turns DEGRADED on recount)."""
-    decision = rollout.step(policy_of(pool), pool.rollout_state, snapshot_id=pool.snapshot_id,
+    decision = rollout.step(policy, pool.rollout_state, snapshot_id=pool.snapshot_id,
                             counts=counts(pool, rows), now=now)
     if decision.changed:
         was_stalled = bool((pool.rollout_state or {}).get("stalled"))
@@ -57,18 +57,14 @@ def reconcile_pass(pool: Pool, rows: list[Instance], now: datetime) -> rollout.D
 
 
 def _locked(pool_id: str, org_id: str, *, session: Session) -> Pool:
-    pool = session.exec(select(Pool).where(Pool.id == pool_id, Pool.organization_id == org_id,
-                                           Pool.deleted_at.is_(None)).with_for_update()).first()
-    if pool is None:
-        raise NotFound(f"pool '{pool_id}' not found")
+    pool = get_pool(org_id, pool_id, session=session, for_update=True)
+    if pool.deleted_at is not None:
+        raise NotFound(f"pool {pool_id} not found")
     return pool
 
 
 def get_status(pool_id: str, org_id: str, *, session: Session) -> dict[str, Any]:
-    pool = session.exec(select(Pool).where(Pool.id == pool_id, Pool.organization_id == org_id)).first()
-    if pool is None:
-        raise NotFound(f"pool '{pool_id}' not found")
-    return status(pool)
+    return status(get_pool(org_id, pool_id, session=session))
 
 
 def status(pool: Pool) -> dict[str, Any]:
