@@ -76,6 +76,11 @@ class EngineSettings(BaseModel):
     sweep_batch: int = Field(500, description="Most pools one reconcile sweep enqueues.")
     sweep_per_org: int = Field(25, description="Most pools of one organization a reconcile sweep enqueues, so one "
                                "tenant's many pools cannot crowd out another's.")
+    sweep_backstop_seconds: float = Field(600.0, description="The reconcile sweep passes over pools that need work "
+                                          "(app.domain.sweep); a pool not reconciled for this long gets a pass "
+                                          "anyway, the level-triggered backstop.")
+    sweep_backstop_batch: int = Field(50, description="Most backstop passes (pools chosen only for their age) one "
+                                      "reconcile sweep enqueues, the oldest first.")
     inflight_reconcile_seconds: float = Field(60.0, description="How long a queued reconcile_pool holds its pool's "
                                               "dedupe key (no second one is enqueued meanwhile); a lost task delays "
                                               "the sweep's re-enqueue this long at most.")

@@ -182,20 +182,21 @@ def enqueue_many(name: str, payloads: list[dict[str, Any]]) -> int:
     return sent
 
 
-def enqueue_swept_reconcile(pool_id: str) -> bool:
-    """The beat sweep's pass over one pool, on the `sweep` queue: skipped while a pass of the pool is
-    queued or running anywhere, one at a time per pool. True if it was sent."""
+def enqueue_swept_reconciles(pool_ids: list[str]) -> int:
+    """The beat sweep's passes, on the `sweep` queue, in a few Redis round trips: a pool is skipped while
+    a pass of it is queued or running anywhere, one at a time per pool. Returns how many were sent."""
     from config.celery import SWEEP_QUEUE
     from workers import inflight
 
-    if inflight.busy("reconcile_pool", {"pool_id": pool_id}) or not inflight.claim("swept_reconcile", {"pool_id": pool_id}):
-        return False
-    try:
-        celery_app.send_task("warmpool.reconcile_pool", kwargs={"pool_id": pool_id, "swept": True}, queue=SWEEP_QUEUE)
-    except Exception:
-        inflight.forget("swept_reconcile", pool_id=pool_id)
-        raise
-    return True
+    idle = [p for p, busy in zip(pool_ids, inflight.busy_many("reconcile_pool", "pool_id", pool_ids)) if not busy]
+    taken = inflight.claim_many("swept_reconcile", "pool_id", idle)
+    for n, pool_id in enumerate(taken):
+        try:
+            celery_app.send_task("warmpool.reconcile_pool", kwargs={"pool_id": pool_id, "swept": True}, queue=SWEEP_QUEUE)
+        except Exception:
+            inflight.forget_many("swept_reconcile", "pool_id", taken[n:])
+            raise
+    return len(taken)
 
 
 @worker_init.connect

@@ -92,6 +92,19 @@ def busy(name: str, payload: dict[str, Any], client: redis_lib.Redis | None = No
         return False
 
 
+def busy_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> list[bool]:
+    """`busy` for many ids of one kind in one round trip."""
+    if not ids:
+        return []
+    try:
+        pipe = _redis(client).pipeline(transaction=False)
+        for i in ids:
+            pipe.exists(key_for(name, {field: i}))
+        return [bool(n) for n in pipe.execute()]
+    except redis_lib.RedisError:
+        return [False] * len(ids)
+
+
 def mark_running(name: str, extra_seconds: float = 0.0, client: redis_lib.Redis | None = None, **payload: Any) -> None:
     """The task is running (or about to retry in `extra_seconds`): hold the key for another TTL."""
     key = key_for(name, payload)
@@ -129,6 +142,8 @@ def claim_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | 
                behind_running: bool = False) -> list[str]:
     """`claim` for many ids of one kind in one round trip (a batch task holds each id's own key, so a later
     one-instance re-kick is still dropped while the batch runs); returns the ids taken."""
+    if not ids:
+        return []
     keys = [key_for(name, {field: i}) for i in ids]
     try:
         pipe = _redis(client).pipeline(transaction=False)
@@ -167,6 +182,8 @@ def release_many(name: str, field: str, ids: list[str], client: redis_lib.Redis 
 
 def forget_many(name: str, field: str, ids: list[str], client: redis_lib.Redis | None = None) -> None:
     """`forget` for many ids in one round trip."""
+    if not ids:
+        return
     try:
         _redis(client).delete(*[key_for(name, {field: i}) for i in ids])
     except redis_lib.RedisError:

@@ -255,24 +255,3 @@ def pools_of_pair(project_id: str, environment_class_id: str, *, session: Sessio
             Pool.deleted_at.is_(None),
         )
     ).all())
-
-
-def pools_to_sweep(limit: int, *, session: Session, per_org: int | None = None) -> list[str]:
-    """Bounded, read-only: ids of the live pools the reconcile sweep enqueues, flagged ones first,
-    then the least recently reconciled (level-triggered: every pool gets a pass now and then). With
-    `per_org`, at most that many of any one organization, so a tenant with thousands of pools takes
-    its turn beside the others instead of filling the batch."""
-    order = (Pool.needs_reconcile.desc(), Pool.reconciled_at.asc().nulls_first(), Pool.id)
-    live = Pool.phase != str(PoolPhase.DELETED)
-    if per_org is None:
-        return list(session.exec(select(Pool.id).where(live).order_by(*order).limit(limit)).all())
-    ranked = (
-        sa.select(Pool.id, Pool.needs_reconcile, Pool.reconciled_at,
-                  sa.func.row_number().over(partition_by=Pool.organization_id, order_by=order).label("rank"))
-        .where(live).subquery()
-    )
-    return list(session.execute(
-        sa.select(ranked.c.id).where(ranked.c.rank <= per_org)
-        .order_by(ranked.c.needs_reconcile.desc(), ranked.c.reconciled_at.asc().nulls_first(), ranked.c.id)
-        .limit(limit)
-    ).scalars().all())
