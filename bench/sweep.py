@@ -16,7 +16,9 @@ Same-run baselines:
     (each is "steady"), so the worker time the old sweep's 500 passes cost every sweep;
   - raw GROUP BY: `SELECT pool_id, count(*) FROM instances GROUP BY pool_id`, the floor of any
     set-based look at every pool's instances.
-Usage: python bench/sweep.py [--pools 10000] [--running 3] [--repeat 5] [--need 1000] [--passes 100]   (target: <= 2 s)
+Also timed: the sweep once every pool's last pass is older than the backstop's age (it then enqueues the
+backstop's batch, the steady state of a fleet too big for one round per backstop period).
+Usage: python bench/sweep.py [--pools 10000] [--running 3] [--repeat 5] [--need 1000] [--passes 100] [--explain]   (target: <= 2 s)
 """
 from __future__ import annotations
 
@@ -132,6 +134,24 @@ def raw_group_by() -> int:
         return len(s.execute(sa.text("SELECT pool_id, count(*) FROM instances GROUP BY pool_id")).all())
 
 
+def explain() -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of the sweep's query with the deployment's settings."""
+    from app.db import session_scope
+    from app.domain import sweep
+    from app.models import utcnow
+    from config.settings import get_settings
+
+    e = get_settings().engine
+    with session_scope() as s:
+        dialect = s.get_bind().dialect
+        compiled = sweep.statement(dialect.name, now=utcnow(), limit=e.sweep_batch, per_org=e.sweep_per_org,
+                                   stuck_after=e.stuck_after_seconds, backstop_after=e.sweep_backstop_seconds,
+                                   backstop_limit=e.sweep_backstop_batch).compile(
+                                       dialect=dialect, compile_kwargs={"render_postcompile": True})
+        plan = s.connection().exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), compiled.params)
+        print("\n".join("    " + row[0] for row in plan))
+
+
 def timed(fn: Any, repeat: int, between: Any = None) -> tuple[float, list[float], Any]:
     """Median seconds of `repeat` calls (after one warm-up call), each call's, and the last result."""
     result = fn()
@@ -157,6 +177,7 @@ def main() -> int:
     ap.add_argument("--history", type=int, default=2, help="deleted instance rows per pool (kept as history)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--passes", type=int, default=100, help="old sweep's passes run in-process to time them")
+    ap.add_argument("--explain", action="store_true", help="print the sweep query's EXPLAIN ANALYZE")
     ap.add_argument("--need", type=int, default=1000, help="pools that then need a pass (one running instance gone)")
     args = ap.parse_args()
 
@@ -165,7 +186,7 @@ def main() -> int:
 
         from app.db import session_scope
         from app.domain import sweep
-        from app.models import Instance, utcnow
+        from app.models import Instance, Pool, utcnow
         from config.settings import get_settings
         from tasks.reconcile import reconcile_pool, reconcile_sweep
 
@@ -203,6 +224,18 @@ def main() -> int:
         print(f"  baseline: the old sweep's passes: {len(sample)} over converged pools, {per_pass * 1000:.1f} ms each "
               f"({outcomes.count('steady')} steady): ~{per_pass * e.sweep_batch:.1f} s of worker time per old sweep, "
               f"none now")
+
+        if args.explain:
+            explain()
+
+        with session_scope() as s:  # every pool past the backstop's age: the steady state of a large fleet
+            s.execute(sa.update(Pool).values(reconciled_at=utcnow() - timedelta(seconds=e.sweep_backstop_seconds + 60)))
+        print(f"no-op sweep with every pool last reconciled more than {e.sweep_backstop_seconds:.0f}s ago (the backstop):")
+        due, due_runs, due_sent = timed(reconcile_sweep, args.repeat, between=clear_queue)
+        show("reconcile_sweep (query + enqueues)", due, due_runs, f"  enqueued {due_sent}")
+        clear_queue()
+        with session_scope() as s:
+            s.execute(sa.update(Pool).values(reconciled_at=utcnow() - timedelta(minutes=1)))
 
         need = min(args.need, len(ids))
         with session_scope() as s:  # one running instance of each of `need` pools gone: each is short

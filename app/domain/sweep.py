@@ -37,7 +37,8 @@ def _older_than(ts: sa.ColumnElement, seconds: sa.ColumnElement, now: datetime, 
     """`ts <= now - seconds` with `seconds` a column: per-row interval arithmetic differs by backend."""
     if dialect == "sqlite":  # timestamps are stored as ISO text; julianday() reads it
         return sa.func.julianday(ts) <= sa.func.julianday(sa.literal(now, UTCDateTime())) - seconds / 86400.0
-    return ts <= sa.literal(now, UTCDateTime()) - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    zero: sa.ColumnElement[int] = sa.literal_column("0")  # make_interval(years, months, weeks, days, hours, mins, secs)
+    return ts <= sa.literal(now, UTCDateTime()) - sa.func.make_interval(zero, zero, zero, zero, zero, zero, seconds)
 
 
 def _count(cond: sa.ColumnElement) -> sa.ColumnElement:
@@ -48,7 +49,14 @@ def choose(*, session: Session, now: datetime, limit: int, per_org: int, stuck_a
            backstop_after: float, backstop_limit: int) -> list[str]:
     """Ids of the pools the sweep gives a pass: those that need one (flagged first, then the least
     recently reconciled), then the backstop's; at most `per_org` of one organization, `limit` in all."""
-    dialect = session.get_bind().dialect.name
+    stmt = statement(session.get_bind().dialect.name, now=now, limit=limit, per_org=per_org, stuck_after=stuck_after,
+                     backstop_after=backstop_after, backstop_limit=backstop_limit)
+    return list(session.execute(stmt).scalars().all())
+
+
+def statement(dialect: str, *, now: datetime, limit: int, per_org: int, stuck_after: float, backstop_after: float,
+              backstop_limit: int) -> sa.Select:
+    """The query behind `choose` (bench/sweep.py --explain shows its plan)."""
     i, p = Instance, Pool
     live = sa.and_(i.desired_state != D.DELETED, i.state.not_in((S.DELETED, S.DELETING, S.FAILED)))
     free = i.lease_id.is_(None)
@@ -125,8 +133,6 @@ def choose(*, session: Session, now: datetime, limit: int, per_org: int, stuck_a
     shared = (sa.select(b.id, b.needs, b.needs_reconcile, b.reconciled_at, org_rank)
               .where(sa.or_(b.needs, b.backstop_rank <= backstop_limit)).subquery("shared"))
     s = shared.c
-    return list(session.execute(
-        sa.select(s.id).where(s.org_rank <= per_org)
-        .order_by(s.needs.desc(), s.needs_reconcile.desc(), s.reconciled_at.asc().nulls_first(), s.id)
-        .limit(limit)
-    ).scalars().all())
+    return (sa.select(s.id).where(s.org_rank <= per_org)
+            .order_by(s.needs.desc(), s.needs_reconcile.desc(), s.reconciled_at.asc().nulls_first(), s.id)
+            .limit(limit))
