@@ -280,7 +280,7 @@ class LeaseService:
                                                  wished_expiry=wished, now=utcnow())
             return got, effects.take(unit)
 
-        work = asyncio.ensure_future(_committed(adb.transaction(claim)))
+        work = asyncio.ensure_future(_committed(adb.one_statement(claim)))
         work.add_done_callback(_retrieved)
         try:
             done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))
@@ -339,7 +339,7 @@ class LeaseService:
         instance = text(req.instance, "instance", required=True)
         if self.fast:
             org_id = await _org_of(authorization)
-            found = await adb.transaction(lambda conn: leases_async.get_lease(org_id, instance, conn=conn, now=utcnow()))
+            found = await adb.one_statement(lambda conn: leases_async.get_lease(org_id, instance, conn=conn, now=utcnow()))
         else:
             found = await self._run(authorization, leases.get_lease, instance)
         return pb.GetLeaseResponse(lease=lease_message(found))
@@ -372,7 +372,7 @@ class LeaseService:
             await leases_async.return_lease(org_id, instance, conn=conn, unit=unit, service_tag=tag, now=utcnow())
             return None, effects.take(unit)
 
-        await _committed(adb.transaction(give_back))
+        await _committed(adb.one_statement(give_back))
         return pb.ReturnResponse()
 
 

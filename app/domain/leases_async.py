@@ -11,8 +11,10 @@ Same rules, same errors, same guarantees as the sync functions (which SQLite and
   answers None and the caller takes the sync path (app.domain.leases.lease), which queues, rejects or
   creates cold by the pool's policy.
 
-Each function takes `*, conn` (an open transaction it never commits) and `unit` (whose `info` collects
-the after-commit effects, as a Session's does: app.domain.effects.defer works on it).
+Each function takes `*, conn` (a connection it never commits) and `unit` (whose `info` collects the
+after-commit effects, as a Session's does: app.domain.effects.defer works on it). lease_named, get_lease
+and return_lease write at most once, in one statement, so their callers run them as a statement of
+their own (app.adb.one_statement: no BEGIN/COMMIT round trips); extend_to needs a transaction.
 """
 from __future__ import annotations
 
@@ -137,12 +139,19 @@ async def lease_named(
 
 # ---- one lease, named by its instance ----------------------------------------------------------
 
+# An instance's leases, found by ix_leases_instance alone. The statements are prepared once, often while
+# the tables are still empty, and a generic plan built then outlives the statistics: left to itself it
+# intersects with ix_leases_organization_id (every lease the organization ever had) or walks
+# ix_leases_active_expiry (every live lease). OFFSET 0 keeps the organization's filter (an instance
+# belongs to one) above the probe, and rows are changed by primary key.
+OF_INSTANCE = "(SELECT * FROM leases WHERE instance_id = %(instance_id)s OFFSET 0) AS leases"
+
 # leases._latest: the instance's active lease, else its newest; with its pool and instance for the view.
 _LATEST = f"""
 SELECT l.id, l.instance_id, l.pool_id, l.service_tag, l.state, l.created_at, l.expires_at, l.ended_at,
        l.end_reason, p.name AS pool_name, p.lease_max_seconds, p.reuse, p.deleted_at AS pool_deleted_at,
        i.zone, i.address
-FROM (SELECT * FROM leases WHERE instance_id = %(instance_id)s AND organization_id = %(org_id)s
+FROM (SELECT * FROM {OF_INSTANCE} WHERE organization_id = %(org_id)s
       ORDER BY CASE WHEN {ACTIVE_SQL} THEN 0 ELSE 1 END, created_at DESC LIMIT 1 {{lock}}) AS l
 LEFT JOIN pools p ON p.id = l.pool_id LEFT JOIN instances i ON i.id = l.instance_id
 """
@@ -198,18 +207,26 @@ async def extend_to(
     return _view(row, expires_at=new)
 
 
-# leases.end for a Return, in one statement: the compare-and-set of the locked latest lease (from
-# RETURN_FROM, only while it is live and the caller's), then the release of its instance (only if it holds
-# that lease), destroyed or, on a live `reuse` pool, kept out of the ready set until its provider reset it.
+# leases.end for a Return, in one statement (it runs as its own transaction: adb.one_statement): the
+# latest lease locked, then its instance locked while it holds that lease; the compare-and-set of the lease
+# (from RETURN_FROM, only while it is live and the caller's, and only with its instance held, so the two
+# changes happen together or not at all), then the release of the instance, destroyed or, on a live
+# `reuse` pool, kept out of the ready set until its provider reset it.
 RETURN = f"""
 WITH latest AS (
-    SELECT id, instance_id, pool_id FROM leases
-    WHERE instance_id = %(instance_id)s AND organization_id = %(org_id)s
-    ORDER BY CASE WHEN {ACTIVE_SQL} THEN 0 ELSE 1 END, created_at DESC LIMIT 1 FOR UPDATE
+    SELECT leases.id, leases.instance_id, leases.pool_id,
+           leases.service_tag = %(service_tag)s AND leases.expires_at > %(now)s
+               AND leases.end_reason <> '{leases.LOST}' AS returnable
+    FROM {OF_INSTANCE} WHERE leases.organization_id = %(org_id)s
+    ORDER BY CASE WHEN {ACTIVE_SQL} THEN 0 ELSE 1 END, leases.created_at DESC LIMIT 1 FOR UPDATE
+), holder AS (
+    SELECT instances.id FROM instances
+    WHERE instances.id = (SELECT instance_id FROM latest) AND instances.lease_id = (SELECT id FROM latest)
+    FOR UPDATE
 ), ended AS (
     UPDATE leases SET state = '{LeaseState.RETURNED}', ended_at = %(now)s, end_reason = '{LeaseState.RETURNED}'
-    WHERE leases.id = (SELECT id FROM latest) AND leases.state IN {_in(RETURN_FROM)} AND leases.service_tag = %(service_tag)s
-      AND leases.expires_at > %(now)s AND leases.end_reason <> '{leases.LOST}'
+    WHERE leases.id = (SELECT id FROM latest WHERE returnable) AND leases.state IN {_in(RETURN_FROM)}
+      AND EXISTS (SELECT 1 FROM holder)
     RETURNING leases.id, leases.instance_id, leases.pool_id
 ), pool AS (
     SELECT p.id, (p.reuse AND p.deleted_at IS NULL) AS recycle FROM pools p WHERE p.id = (SELECT pool_id FROM ended)
@@ -218,30 +235,36 @@ WITH latest AS (
         idle_since = CASE WHEN pool.recycle THEN NULL ELSE instances.idle_since END,
         desired_state = CASE WHEN pool.recycle THEN instances.desired_state ELSE '{DesiredState.DELETED}' END
     FROM ended, pool
-    WHERE instances.id = (SELECT instance_id FROM ended) AND instances.lease_id = ended.id
+    WHERE instances.id = (SELECT id FROM holder) AND instances.lease_id = ended.id
     RETURNING instances.id
 )
-SELECT latest.id, latest.pool_id, ended.id AS ended, freed.id AS freed, pool.recycle
-FROM latest LEFT JOIN ended ON ended.id = latest.id LEFT JOIN pool ON true LEFT JOIN freed ON true
+SELECT latest.id, latest.pool_id, holder.id AS holder, ended.id AS ended, freed.id AS freed, pool.recycle
+FROM latest LEFT JOIN holder ON true LEFT JOIN ended ON ended.id = latest.id LEFT JOIN pool ON true
+LEFT JOIN freed ON true
 """
 
 
 async def return_lease(org_id: str, instance_id: str, *, conn: Any, unit: Unit, service_tag: str, now: datetime) -> None:
     """leases.return_lease: end the instance's lease (returned); the instance is destroyed (recycled on a
     live `reuse` pool) and the pool backfills, after commit. A lease its instance's loss already ended
-    returns successfully and changes nothing; the errors are the sync function's."""
+    returns successfully and changes nothing; the errors are the sync function's. RETURN is the only
+    write: run it as a statement of its own (adb.one_statement)."""
     cur = await conn.execute(RETURN, {"org_id": org_id, "instance_id": instance_id, "service_tag": service_tag,
                                       "now": now})
     done = await cur.fetchone()
-    if done is None or done.ended is None:
-        # Nothing changed: say why, in the sync path's words (the lease row is locked by now).
-        row = await _latest(conn, org_id, instance_id, lock=True)
+    if done is None:
+        raise NotFound(f"instance {instance_id!r} not found (or it was never leased)")
+    if done.ended is None:
+        # Nothing changed: say why, in the sync path's words, from the lease as it is now.
+        row = await _latest(conn, org_id, instance_id, lock=False)
         leases._check_tag(row, service_tag)
         if row.end_reason == leases.LOST:
             return
         leases._check_live(row, now)
+        if done.holder is None and row.id == done.id:
+            raise Aborted(f"lease {done.id} was active but instance {instance_id} did not hold it")
         raise FailedPrecondition(f"the lease of instance {instance_id} ended meanwhile")
-    if done.freed is None:
+    if done.freed is None:  # the instance was locked while it held the lease: a bug, say so
         raise Aborted(f"lease {done.ended} was active but instance {instance_id} did not hold it")
     effects.defer(unit, "recycle_instance" if done.recycle else "delete_instance", instance_id=instance_id)
     claims.announce(instance_id, done.pool_id, ev.KIND_RETURNED, session=unit)
