@@ -118,7 +118,7 @@ class RunnerObserver(LoopService):
         listed = set()
         for obs in sighting.observed:
             listed.add(obs.ref)
-            out += self._one(obs)
+            out += self._one(obs, full=sighting.full)
             if confirm and obs.state == S.RUNNING and self.epoch is not None:
                 out += self._confirm(obs)
         if sighting.full:
@@ -132,8 +132,11 @@ class RunnerObserver(LoopService):
         self.published += len(out)
         return len(out)
 
-    def _one(self, obs: Observed) -> list[events.InstanceEvent]:
-        """The state event this observation calls for (none if nothing changed), not numbered yet."""
+    def _one(self, obs: Observed, full: bool = True) -> list[events.InstanceEvent]:
+        """The state event this observation calls for (none if nothing changed), not numbered yet. A watch's
+        first sight of a resource still `provisioning` is only noted: the create call that made it publishes
+        that itself (with the reference), and the watch's next change (running, failed, gone) is published.
+        A full listing publishes it (it re-checks what the database believes, which a lost publish left behind)."""
         before = self.known.get(obs.ref)
         instance_id = obs.instance_id or (before.instance_id if before else None)
         pool_id = obs.pool_id or (before.pool_id if before else None)
@@ -148,6 +151,8 @@ class RunnerObserver(LoopService):
             if before == now:
                 return []
             self.known[obs.ref] = now
+            if before is None and not full and obs.state == S.PROVISIONING:
+                return []
         message = obs.message or ("the provider resource vanished" if obs.state == S.DELETED and before else "")
         return [events.InstanceEvent(
             instance_id=instance_id, pool_id=pool_id, state=obs.state, ref=obs.ref if obs.state != S.DELETED else "",

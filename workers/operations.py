@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    instance: Instance
+    instance: Any
+    """The Instance, or a row of the columns a batched create reads (workers.provisioning)."""
     pool: Pool
     provider: Provider
 

@@ -34,14 +34,27 @@ from workers.providers.registry import provider_for
 log = logging.getLogger(__name__)
 
 
+# What a create needs of an instance (a batch reads these columns, not model objects: building a model
+# object per row cost more than the create).
+_COLUMNS = (Instance.id, Instance.pool_id, Instance.state, Instance.desired_state, Instance.snapshot_id,
+            Instance.provider_ref)
+
+
 def load_many(instance_ids: list[str]) -> dict[str, Target]:
-    """The instances with their pools and runners' adapters, in one query; ids whose row, pool or runner is
-    gone are missing."""
+    """The instances with their pools and runners' adapters (the instances as rows of `_COLUMNS`, each pool
+    and runner read once); ids whose row, pool or runner is gone are missing."""
     with session_scope() as s:
-        rows = s.exec(select(Instance, Pool, Runner).join(Pool, Pool.id == Instance.pool_id)
-                      .join(Runner, Runner.id == Pool.runner_id).where(Instance.id.in_(instance_ids))).all()
-        return {inst.id: Target(inst, pool, provider_for(runner.provider, runner.settings, key=runner.id))
-                for inst, pool, runner in rows}
+        rows = s.execute(sa.select(*_COLUMNS).where(Instance.id.in_(instance_ids))).all()
+        pools = {p.id: p for p in s.exec(select(Pool).where(Pool.id.in_({r.pool_id for r in rows}))).all()}
+        runners = {r.id: r for r in s.exec(select(Runner).where(
+            Runner.id.in_({p.runner_id for p in pools.values() if p.runner_id}))).all()}
+    providers = {r.id: provider_for(r.provider, r.settings, key=r.id) for r in runners.values()}
+    out: dict[str, Target] = {}
+    for row in rows:
+        pool = pools.get(row.pool_id)
+        if pool is not None and pool.runner_id in providers:
+            out[row.id] = Target(row, pool, providers[pool.runner_id])
+    return out
 
 
 def _event(target: Target, state: str, obs: Observed | None = None, message: str = "") -> events.InstanceEvent:

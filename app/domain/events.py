@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,7 +49,8 @@ class InstanceEvent:
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_fields(self) -> dict[str, str]:
-        return {"data": json.dumps(asdict(self), separators=(",", ":"))}
+        # The fields are plain values: the instance's own dict is what asdict() would deep-copy.
+        return {"data": json.dumps(vars(self), separators=(",", ":"))}
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> InstanceEvent:

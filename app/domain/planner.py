@@ -27,8 +27,9 @@ from datetime import datetime, timedelta
 from app.domain.states import DesiredState, InstanceState as S
 
 # Creations one pass decides; a bigger pool fills over several passes (each landing asks for the next).
-# They go out as batched provider calls, so a pass's cost is its INSERT, not its provider round trips.
-MAX_CREATES_PER_PASS = 1000
+# They go out as batched provider calls and one multi-row INSERT, so a pass's cost is that INSERT; a pool of
+# a few thousand is made in one pass (organization quotas, `max_creating`, bound it for tenants).
+MAX_CREATES_PER_PASS = 5000
 
 
 @dataclass(frozen=True)

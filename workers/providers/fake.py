@@ -38,6 +38,9 @@ from workers.providers.base import (
 from workers.providers.models import FakeSettings, FakeTemplate
 
 DEFAULTS = {"boot_ms": 200, "start_ms": 100, "stop_ms": 50, "delete_ms": 20, "snapshot_ms": 100}
+# Redis times out a blocked read on its own timer (hz 10 by default): up to about 100 ms after the time asked
+# for. The watch never blocks past a due move by more than that margin, and waits out the rest itself.
+_REDIS_TIMER_MS = 110
 
 
 class FakeCloud:
@@ -75,16 +78,23 @@ class FakeCloud:
     def put_many(self, records: dict[str, dict[str, Any]], batch: tuple[str, int] | None = None) -> None:
         """`put` for many records in one round trip; `batch` (operation, size) records a batch call (`batches`)
         and, for `create`, counts each record made (`calls`)."""
+        # One encoding per record, and one command per kind of write rather than per record, but still one
+        # change-feed entry per record (what a watch reports).
+        encoded = {ref: json.dumps(record, separators=(",", ":")) for ref, record in records.items()}
+        due = {ref: record["next"]["at"] for ref, record in records.items() if record.get("next")}
+        settled = [ref for ref, record in records.items() if not record.get("next")]
         pipe = self.r.pipeline(transaction=False)
-        for ref, record in records.items():
-            if batch and batch[0] == "create":
+        if batch and batch[0] == "create":
+            for record in records.values():
                 pipe.hincrby(self.calls_key, f"create:{record['tags'][INSTANCE_TAG]}", 1)
-            pipe.hset(self.resources, ref, json.dumps(record))
-            if record.get("next"):
-                pipe.zadd(self.due, {ref: record["next"]["at"]})
-            else:
-                pipe.zrem(self.due, ref)
-            pipe.xadd(self.changes, {"ref": ref, "record": json.dumps(record)}, maxlen=100_000, approximate=True)
+        if encoded:
+            pipe.hset(self.resources, mapping=encoded)
+        if due:
+            pipe.zadd(self.due, due)
+        if settled:
+            pipe.zrem(self.due, *settled)
+        for ref, raw in encoded.items():
+            pipe.xadd(self.changes, {"ref": ref, "record": raw}, maxlen=100_000, approximate=True)
         if batch:
             pipe.rpush(self.batch_log, f"{batch[0]}:{batch[1]}")
             pipe.ltrim(self.batch_log, -1000, -1)
@@ -360,7 +370,12 @@ class FakeProvider(Provider):
             self.cloud.advance()
             due = self.cloud.next_due()
             wait_ms = 1000 if due is None else min(1000, max(int(due - time.time() * 1000), 1))
-            response = self.cloud.r.xread({self.cloud.changes: position}, count=1000, block=wait_ms)
+            if wait_ms > _REDIS_TIMER_MS:  # woken by a change at once, by the timeout up to _REDIS_TIMER_MS late
+                response = self.cloud.r.xread({self.cloud.changes: position}, count=1000,
+                                              block=wait_ms - _REDIS_TIMER_MS if due is not None else wait_ms)
+            else:  # a move falls due sooner than Redis would time out: keep the cloud's clock here
+                stop.wait(min(wait_ms, 10) / 1000)
+                response = self.cloud.r.xread({self.cloud.changes: position}, count=1000)
             changed: dict[str, Observed] = {}  # by ref, the last change of each: one batch says where each ended
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
