@@ -3,12 +3,13 @@ reservation wake-up latency (instance ready -> the waiting Lease call's answer).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SERVICE = "intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService"
 
@@ -82,15 +83,14 @@ def fill_pod_pool(org_id: str, token: str, port: int, size: int, logdir: Path) -
 
 
 def time_wakeups(org_id: str, token: str, port: int, n: int) -> dict:
-    """`n` times: a Lease call waits on its reservation on an empty pool; an instance becomes ready and the
-    applier's step hands it over (reservations.assign_ready_instance in one transaction, the wake-up
-    published after commit, as workers/events.py does); measured from the start of that step to the
-    waiting call's answer (one clock: same machine)."""
+    """`n` times: a Lease call waits on its reservation on an empty pool; a starting instance is observed
+    running and the applier's step for that event hands it over (app.domain.instances.apply_event: the
+    compare-and-set to running and reservations.assign_ready_instance in one transaction, the wake-up
+    published after commit, as workers/events.py does for an event); measured from the start of that step
+    to the waiting call's answer (one clock: same machine)."""
     from app.db import session_scope
-    from app.domain import effects, pools, reservations
+    from app.domain import effects, pools
     from app.domain.states import PoolKind
-    from app.models import Reservation
-    from tests.leasing import add_ready
     from workers.celery_app import dispatch_effect, reconfigure
 
     reconfigure()
@@ -99,36 +99,72 @@ def time_wakeups(org_id: str, token: str, port: int, n: int) -> dict:
         pool = pools.insert_pool(pools.new_pool(org_id, kind=PoolKind.NAMED, name="bench-wake", min_size=0,
                                                 max_size=n, empty_policy="reserve"), session=s, conflict="exists")
     url = f"http://127.0.0.1:{port}/api/{SERVICE}/Lease"
+    # The waiting caller is a process of its own, as a client is: in this one, its answer would queue for
+    # the interpreter behind the applier's own after-commit work. Both read the same clock (CLOCK_MONOTONIC).
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    caller = ctx.Process(target=_wake_caller, args=(theirs, url, token), daemon=True)
+    caller.start()
     waits: list[float] = []
-    for i in range(n + 2):  # the first two warm the server's wake-up path and are not counted
-        rid = f"wake-{i}"
-        answered: dict = {}
-
-        def call(rid: str = rid, answered: dict = answered) -> None:
-            answered["status"], _ = _post(url, token, {"pool": "bench-wake", "reservationId": rid})
-            answered["at"] = time.perf_counter()
-
-        t = threading.Thread(target=call)
-        t.start()
-        deadline = time.monotonic() + 10
-        while True:  # the call is waiting once its reservation is queued
-            with session_scope() as s:
-                res = s.query(Reservation).filter_by(organization_id=org_id, client_id=rid).first()
-                if res is not None and res.state == "waiting":
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"reservation {rid} never queued")
-            time.sleep(0.01)
-        time.sleep(0.05)  # the server is in its wait, not still answering the first unit of work
-        began = time.perf_counter()
-        (iid,) = add_ready(pool, 1)
-        with session_scope() as s:
-            reservations.assign_ready_instance(iid, session=s)
-        t.join(15)
-        if answered.get("status") != 200:
-            raise SystemExit(f"wake-up call {rid} answered {answered.get('status')}")
-        if i >= 2:
-            waits.append((answered["at"] - began) * 1000)
+    steps: list[float] = []  # of which the applier's transaction, to its commit
+    try:
+        for i in range(n + 2):  # the first two warm the server's wake-up path and are not counted
+            wait = _one_wakeup(ours, org_id, pool, f"wake-{i}")
+            if i >= 2:
+                waits.append(wait[0])
+                steps.append(wait[1])
+    finally:
+        ours.send(None)
+        caller.join(10)
     waits.sort()
     return {"p50": statistics.median(waits), "p99": waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))],
-            "max": waits[-1]}
+            "max": waits[-1], "step_p50": statistics.median(steps), "step_max": max(steps)}
+
+
+def _wake_caller(conn: Any, url: str, token: str) -> None:
+    """The waiting client: for each reservation id it is sent, one Lease call; it answers (status, the
+    monotonic time the answer arrived)."""
+    while (rid := conn.recv()) is not None:
+        status, _ = _post(url, token, {"pool": "bench-wake", "reservationId": rid})
+        conn.send((status, time.monotonic()))
+
+
+def _one_wakeup(caller: Any, org_id: str, pool: Any, rid: str) -> tuple[float, float]:
+    """(ms from the applier's step to the answer, ms of that step's transaction) for one waiting call."""
+    from app.db import session_scope
+    from app.domain import instances
+    from app.domain.events import InstanceEvent
+    from app.models import Instance, Reservation
+    from workers.celery_app import dispatch_effects
+
+    caller.send(rid)
+    deadline = time.monotonic() + 10
+    while True:  # the call is waiting once its reservation is queued
+        with session_scope() as s:
+            res = s.query(Reservation).filter_by(organization_id=org_id, client_id=rid).first()
+            if res is not None and res.state == "waiting":
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"reservation {rid} never queued")
+        time.sleep(0.01)
+    with session_scope() as s:  # booting: not ready yet, and not on the clock
+        inst = Instance(pool_id=pool.id, organization_id=org_id, provider="fake", state="starting",
+                        desired_state="running")
+        s.add(inst)
+    ready = InstanceEvent(instance_id=inst.id, pool_id=pool.id, state="running")
+    time.sleep(0.05)  # the server is in its wait, not still answering the first unit of work
+    committed: list[float] = []
+
+    def after_commit(done: list) -> None:
+        committed.append(time.monotonic())
+        dispatch_effects(done)  # as the applier sends them: the wake-ups first, in one pipeline
+
+    began = time.monotonic()
+    with session_scope(after_commit=after_commit) as s:
+        instances.apply_event(ready, session=s)
+    if not caller.poll(15):
+        raise SystemExit(f"wake-up call {rid} did not answer")
+    status, at = caller.recv()
+    if status != 200:
+        raise SystemExit(f"wake-up call {rid} answered {status}")
+    return (at - began) * 1000, (committed[0] - began) * 1000

@@ -29,7 +29,7 @@ from app.api.core import connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
 from app.db import run_in_transaction
-from app.domain import effects, leases, leases_async, reservations
+from app.domain import effects, leases, leases_async, reservations, reservations_async
 from app.domain.errors import InvalidArgument, ResourceExhausted, Unavailable
 from app.domain.tokens import Scope
 from app.events import reservation_channel
@@ -253,9 +253,9 @@ class LeaseService:
         caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
         wait_until = datetime.now(UTC) + timedelta(seconds=caller_left)
         result: Any = None
-        if pool and reservation_id is None and self.fast:
-            # The common case on PostgreSQL, on this loop: a named pool with a ready instance.
-            result = await self._lease_fast(authorization, answer_by, pool, tag, wished)
+        if reservation_id is None and self.fast:
+            # On PostgreSQL, on this loop: a ready instance, a refusal, or an automatic reservation queued.
+            result = await self._lease_fast(authorization, answer_by, pool, tag, wished, wait_until)
         if result is None:
             result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
                                            service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
@@ -267,17 +267,30 @@ class LeaseService:
         return pb.LeaseResponse(lease=lease_message(result))
 
     async def _lease_fast(self, authorization: str | None, answer_by: float, pool: str, tag: str,
-                          wished: datetime | None) -> leases.LeaseView | None:
-        """leases_async.lease_named in one async unit of work, answered by `answer_by`; None: the pool has
-        no ready instance (the sync path applies its policy). As `_run_until`: a lease made for a call that
-        went away or ran out of time is given back, never left to nobody."""
+                          wished: datetime | None, wait_until: datetime) -> leases.LeaseView | leases.Queued | None:
+        """A Lease without a reservation id in one async unit of work, answered by `answer_by`: the named pool's
+        (or, unnamed, the fullest pool's) ready instance (leases_async.lease_named, reservations_async.lease_any),
+        else the pool's empty-pool policy in the same transaction (reservations_async.empty_pool: a refusal,
+        or an automatic reservation to wait on); None: the `cold` policy, which the sync path applies. As
+        `_run_until`: what a call that went away or ran out of time got is undone, never left to nobody."""
         org_id = await _org_of(authorization)
         loop = asyncio.get_running_loop()
 
-        async def claim(conn: Any) -> tuple[leases.LeaseView | None, list]:
+        async def claim(conn: Any) -> tuple[leases.LeaseView | leases.Queued | None, list]:
             unit = leases_async.Unit()
-            got = await leases_async.lease_named(org_id, pool, conn=conn, unit=unit, service_tag=tag,
-                                                 wished_expiry=wished, now=utcnow())
+            now = utcnow()
+            got: leases.LeaseView | leases.Queued | None
+            if pool:
+                got = await leases_async.lease_named(org_id, pool, conn=conn, unit=unit, service_tag=tag,
+                                                     wished_expiry=wished, now=now)
+                chosen = ""
+            else:
+                got, chosen = await reservations_async.lease_any(org_id, conn=conn, unit=unit, service_tag=tag,
+                                                                 wished_expiry=wished, now=now)
+            if got is None:
+                got = await reservations_async.empty_pool(org_id, conn=conn, pool_name=pool, pool_id=chosen,
+                                                          service_tag=tag, wished_expiry=wished, now=now,
+                                                          wait_until=wait_until)
             return got, effects.take(unit)
 
         work = asyncio.ensure_future(_committed(adb.one_statement(claim)))
@@ -285,22 +298,37 @@ class LeaseService:
         try:
             done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))
         except asyncio.CancelledError:
-            self._give_back_when_done(work, authorization)
+            self._undo_fast_when_done(work, authorization)
             raise
         if not done:
-            self._give_back_when_done(work, authorization)
+            self._undo_fast_when_done(work, authorization)
             raise TooLate("the server could not answer before the call's deadline; retry")
         return work.result()
 
-    def _give_back_when_done(self, work: asyncio.Future, authorization: str | None) -> None:
+    def _undo_fast_when_done(self, work: asyncio.Future, authorization: str | None) -> None:
+        undo = _unanswered(None)
+
         def done(finished: asyncio.Future) -> None:
             if finished.cancelled() or finished.exception() is not None:
                 return
-            got = finished.result()
-            if got is not None:
-                self._in_background(authorization, leases.give_back, got.lease_id)
+            if (step := undo(finished.result())) is not None:
+                self._in_background(authorization, *step)
 
         work.add_done_callback(done)
+
+    async def _outcome(self, authorization: str | None, reservation_id: str, answer_by: float) -> leases.LeaseView | None:
+        """reservations.outcome by `answer_by` (TooLate after): on this loop on PostgreSQL, one statement."""
+        if not self.fast:
+            return await self._run_until(answer_by, lambda _: None, authorization, reservations.outcome, reservation_id)
+        org_id = await _org_of(authorization)
+        loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(adb.transaction(
+            lambda conn: reservations_async.outcome(org_id, reservation_id, conn=conn, now=utcnow())))
+        work.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))
+        if not done:  # a read: nothing to undo (and not cancelled mid-statement, which would cost the connection)
+            raise TooLate("the server could not answer before the call's deadline; retry")
+        return work.result()
 
     async def _wait(self, authorization: str | None, queued: leases.Queued, answer_by: float) -> leases.LeaseView:
         loop = asyncio.get_running_loop()
@@ -310,8 +338,7 @@ class LeaseService:
                 while True:
                     # Checked after the watch is registered, so a wake-up between the two is not lost.
                     try:
-                        served = await self._run_until(answer_by, lambda _: None, authorization,
-                                                       reservations.outcome, queued.reservation_id)
+                        served = await self._outcome(authorization, queued.reservation_id, answer_by)
                     except TooLate:
                         break
                     if served is not None:
@@ -398,7 +425,7 @@ async def warm_up() -> None:
                    for _ in range(service.executor._max_workers)]
         work = [asyncio.to_thread(sync_side), *threads]
         if adb.enabled():
-            work.append(adb.warm(leases_async.warm_statements(utcnow())))
+            work.append(adb.warm(leases_async.warm_statements(utcnow()) + reservations_async.warm_statements(utcnow())))
         await asyncio.wait_for(asyncio.gather(*work), WARM_SECONDS)
     except Exception as exc:  # noqa: BLE001 - start anyway; the first calls open what is missing
         log.warning("lease service warm-up did not finish (%s); the first calls may be slow", exc)

@@ -21,13 +21,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from app.domain import events as ev
 from app.domain import claims, effects, transitions
 from app.domain.claims import LeaseView, Queued
-from app.domain.errors import FailedPrecondition, NotFound, Unavailable
-from app.domain.states import ReservationState as R
+from app.domain.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from app.domain.states import LeaseState, ReservationState as R
 from app.models import Instance, Lease, Pool, Reservation, new_id, utcnow
 
 AUTOMATIC_PREFIX = "auto-"
@@ -165,8 +167,12 @@ def cancel_waiting(org_id: str, reservation_id: str, *, session: Session, now: d
 
 def assign_ready_instance(instance_id: str, *, session: Session, now: datetime | None = None) -> str | None:
     """Give a running, free instance to the oldest waiting, unexpired reservation of its pool, in the
-    caller's transaction. Returns the new lease's id, or None (instance taken, or nobody waiting)."""
+    caller's transaction. Returns the new lease's id, or None (instance taken, or nobody waiting).
+    On PostgreSQL the steps are one statement (ASSIGN: one round trip on the event applier's path, which a
+    waiting Lease call's wake-up waits for)."""
     now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        return _assign_in_one(instance_id, session=session, now=now)
     inst = session.execute(
         sa.select(Instance.id, Instance.pool_id, Instance.zone)
         .where(Instance.id == instance_id, claims.READY).with_for_update(skip_locked=True)
@@ -187,6 +193,83 @@ def assign_ready_instance(instance_id: str, *, session: Session, now: datetime |
                           expires_at=claims.grant_expiry(pool, res.requested_expires_at, now), session=session, now=now)
     mark_fulfilled(res, granted, session=session, now=now)
     return granted.lease_id
+
+
+def _pg(expr: Any) -> str:
+    return str(expr.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+_FULFILL_FROM = sorted(str(s) for s in transitions.RESERVATION.sources(R.FULFILLED) if s == R.WAITING)
+"""mark_fulfilled's compare-and-set (from waiting, which the machine must allow; checked at import)."""
+assert _FULFILL_FROM == [str(R.WAITING)], "the reservation machine no longer lets a waiting reservation be fulfilled"
+
+# The sync steps above in one statement: the instance (ready, locked, skipped if another holds it), its
+# live pool, the pool's oldest waiting unexpired reservation (locked, skip locked), the expiry granted as
+# claims.grant_expiry does, the instance pointed at the lease only from NULL (claims.bind), the lease row
+# (active; uq_leases_active_instance allows one per instance), and the reservation's compare-and-set to
+# fulfilled (mark_fulfilled). The last SELECT says which steps happened, so the caller raises as they would.
+ASSIGN = sa.text(f"""
+WITH inst AS (
+    {_pg(sa.select(Instance.id, Instance.pool_id, Instance.zone)
+         .where(Instance.id == sa.literal_column(":instance_id"), claims.READY).with_for_update(skip_locked=True))}
+), pool AS (
+    SELECT id, organization_id, lease_default_seconds, lease_max_seconds FROM pools
+    WHERE id = (SELECT pool_id FROM inst) AND deleted_at IS NULL
+), res AS (
+    {_pg(sa.select(Reservation.id, Reservation.client_id, Reservation.service_tag, Reservation.requested_expires_at)
+         .where(Reservation.pool_id == sa.literal_column("(SELECT id FROM pool)"), WAITING,
+                Reservation.expires_at > sa.literal_column(":now"))
+         .order_by(Reservation.created_at, Reservation.id).limit(1).with_for_update(skip_locked=True))}
+), granted AS (
+    SELECT CASE WHEN res.requested_expires_at IS NULL OR res.requested_expires_at <= :now
+        THEN :now + make_interval(secs => LEAST(GREATEST(pool.lease_default_seconds, 1),
+                                                GREATEST(pool.lease_max_seconds, 1)))
+        ELSE LEAST(res.requested_expires_at, :now + make_interval(secs => GREATEST(pool.lease_max_seconds, 1)))
+    END AS expires_at FROM pool, res
+), taken AS (
+    UPDATE instances SET lease_id = :lease_id, idle_since = NULL
+    WHERE instances.id = (SELECT id FROM inst) AND instances.lease_id IS NULL AND EXISTS (SELECT 1 FROM granted)
+    RETURNING instances.id
+), made AS (
+    INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, reservation_id,
+                        created_at, expires_at, ended_at, end_reason)
+    SELECT :lease_id, pool.organization_id, pool.id, taken.id, res.service_tag, '{LeaseState.ACTIVE}', res.client_id,
+           :now, granted.expires_at, NULL, '' FROM taken, pool, res, granted
+    RETURNING id, expires_at
+), served AS (
+    UPDATE reservations SET state = '{R.FULFILLED}', state_changed_at = :now, lease_id = :lease_id,
+        instance_id = (SELECT id FROM taken)
+    WHERE reservations.id = (SELECT id FROM res) AND reservations.state IN ('{"', '".join(_FULFILL_FROM)}')
+      AND EXISTS (SELECT 1 FROM made)
+    RETURNING reservations.id
+)
+SELECT inst.id AS inst, inst.pool_id, res.id AS res, granted.expires_at AS granted, taken.id AS taken,
+       made.id AS made, served.id AS served
+FROM inst LEFT JOIN pool ON true LEFT JOIN res ON true LEFT JOIN granted ON true LEFT JOIN taken ON true
+LEFT JOIN made ON true LEFT JOIN served ON true
+""").bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+
+
+def _assign_in_one(instance_id: str, *, session: Session, now: datetime) -> str | None:
+    lease_id = new_id()
+    row = session.execute(ASSIGN, {"instance_id": instance_id, "now": now, "lease_id": lease_id}).first()
+    if row is None or row.res is None or row.granted is None:  # not ready, nobody waiting, or the pool is gone
+        return None
+    if row.taken is None or row.made is None:
+        raise Aborted(f"instance {instance_id} was leased concurrently; retry")
+    if row.served is None:  # the reservation row is locked by this statement: a bug, never a silent half
+        raise transitions.InvalidTransition(f"reservation {row.res}: could not move to {R.FULFILLED}")
+    # Objects this session already holds show the change (as the ORM updates of the sync steps would).
+    for model, key, values in ((Instance, instance_id, dict(lease_id=lease_id, idle_since=None)),
+                               (Reservation, row.res, dict(state=str(R.FULFILLED), state_changed_at=now,
+                                                           lease_id=lease_id, instance_id=instance_id))):
+        held = session.identity_map.get(identity_key(model, key))
+        if held is not None:
+            for k, v in values.items():
+                set_committed_value(held, k, v)
+    claims.announce(instance_id, row.pool_id, ev.KIND_LEASED, session=session)
+    effects.defer(session, "notify", channel=ev.reservation_channel(row.res), message=instance_id)
+    return lease_id
 
 
 def expire_due(now: datetime, limit: int, *, session: Session) -> int:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from app import events
+from app import adb, events
 from app.api.vmpool import LeaseService, ReservationWaiter
 from app.db import session_scope
 from app.domain import effects, instances, leases, reservations
@@ -94,9 +94,16 @@ def test_the_event_applier_hands_a_newly_running_instance_to_the_oldest_reservat
 def run_lease(svc: LeaseService, token: str, req: pb.LeaseRequest, remaining: float) -> dict:
     out: dict = {}
 
+    async def call() -> pb.LeaseResponse:
+        try:
+            return await svc.lease(f"Bearer {token}", req, remaining)
+        finally:
+            if adb.enabled():
+                await adb.close()  # this loop's async pool (PostgreSQL) ends with the loop
+
     def target() -> None:
         try:
-            out["response"] = asyncio.run(svc.lease(f"Bearer {token}", req, remaining))
+            out["response"] = asyncio.run(call())
         except Exception as exc:  # noqa: BLE001 - the test checks it
             out["error"] = exc
         out["at"] = time.perf_counter()
@@ -231,3 +238,29 @@ def test_a_reservation_belongs_to_its_pool(org, pushed):
         lease(org.org_id, "pool-b", reservation_id="mine")
     # Without a pool name the reservation's own pool is used.
     assert isinstance(lease(org.org_id, "", reservation_id="mine"), leases.Queued)
+
+
+def test_instances_ready_at_once_serve_the_oldest_reservations_once_each(any_org, backend):
+    """Appliers racing to hand out instances that turned ready together (the one-statement hand-over on
+    PostgreSQL, the sync steps under BEGIN IMMEDIATE on SQLite): every instance goes to at most one
+    reservation, every reservation gets at most one instance, and the oldest ones are served. Checked in
+    the database."""
+    from tests.integration.test_lease_invariant import assert_invariant, in_session, race
+
+    pool = make_pool(any_org.org_id)
+    t0 = utcnow()
+    waiting = [f"r{i:02d}" for i in range(12)]
+    for i, rid in enumerate(waiting):
+        lease(any_org.org_id, reservation_id=rid, now=t0 + timedelta(milliseconds=i))
+    ready = add_ready(pool, 8)
+    # Each instance offered twice at once, as two appliers that both saw it ready would.
+    got = race([in_session(reservations.assign_ready_instance, iid) for iid in ready + ready])
+    assert not [g for g in got if isinstance(g, Exception)], got
+    assert len({g for g in got if g}) == 8
+    with session_scope() as s:
+        rows = s.query(Reservation).filter(Reservation.pool_id == pool.id).all()
+        served = sorted(r.client_id for r in rows if r.state == "fulfilled")
+        assert served == waiting[:8]  # FIFO: the eight oldest
+        assert len({r.instance_id for r in rows if r.state == "fulfilled"}) == 8
+        assert all(s.get(Instance, r.instance_id).lease_id == r.lease_id for r in rows if r.state == "fulfilled")
+    assert_invariant(pool.id)
