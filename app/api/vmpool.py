@@ -270,8 +270,8 @@ class LeaseService:
                           wished: datetime | None, wait_until: datetime) -> leases.LeaseView | leases.Queued | None:
         """A Lease without a reservation id in one async unit of work, answered by `answer_by`: the named pool's
         (or, unnamed, the fullest pool's) ready instance (leases_async.lease_named, reservations_async.lease_any),
-        else the pool's empty-pool policy in the same transaction (reservations_async.empty_pool: a refusal,
-        or an automatic reservation to wait on); None: the `cold` policy, which the sync path applies. As
+        else the pool's empty-pool policy (reservations_async.empty_pool: a refusal, or an automatic reservation
+        to wait on; each path writes in one statement); None: the `cold` policy, which the sync path applies. As
         `_run_until`: what a call that went away or ran out of time got is undone, never left to nobody."""
         org_id = await _org_of(authorization)
         loop = asyncio.get_running_loop()
@@ -322,7 +322,7 @@ class LeaseService:
             return await self._run_until(answer_by, lambda _: None, authorization, reservations.outcome, reservation_id)
         org_id = await _org_of(authorization)
         loop = asyncio.get_running_loop()
-        work = asyncio.ensure_future(adb.transaction(
+        work = asyncio.ensure_future(adb.one_statement(
             lambda conn: reservations_async.outcome(org_id, reservation_id, conn=conn, now=utcnow())))
         work.add_done_callback(_retrieved)
         done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))

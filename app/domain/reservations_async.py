@@ -8,14 +8,16 @@ that gave up (leases.give_back, leases.withdraw).
 - the pool-less claim chooses the pool as leases.choose_pool does (the caller's live pool with the most
   ready instances, ties: the oldest, then the name), compiled from the same expressions, then claims as
   app.domain.leases_async.CLAIM_NAMED does (the same statement with that pool);
-- an empty pool is read in the claim's transaction: `reject` raises ResourceExhausted with the pool's
-  backpressure hint (app.domain.backpressure); `reserve` queues an automatic reservation (state
+- an empty pool is read after the claim found nothing (each path writes at most one statement, so it
+  runs as app.adb.one_statement; under READ COMMITTED the sync path's one transaction holds no more):
+  `reject` raises ResourceExhausted with the pool's backpressure hint (app.domain.backpressure);
+  `reserve` queues an automatic reservation (state
   `waiting`, the FIFO queue's order is its `created_at`) that expires at the caller's deadline if that
   comes before the pool's reservation TTL, as reservations.take does;
 - `outcome` reads a reservation, its lease, pool and instance in one statement.
 
-Each function takes `*, conn` (an open transaction it never commits); those that write take `unit` too
-(app.domain.leases_async.Unit).
+Each function takes `*, conn` (a connection it never commits on); those that announce effects take `unit`
+too (app.domain.leases_async.Unit).
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ async def empty_pool(
     org_id: str, *, conn: Any, pool_name: str = "", pool_id: str = "", service_tag: str,
     wished_expiry: datetime | None, now: datetime, wait_until: datetime | None,
 ) -> Queued | None:
-    """The caller's pool (by name, or by id) had no ready instance in this transaction: apply its empty-pool
+    """The caller's pool (by name, or by id) had no ready instance just now: apply its empty-pool
     policy as leases.lease does. `reject`: ResourceExhausted with a retry hint; `reserve`: an automatic
     reservation queued at the back, expiring at `wait_until` at the latest (the caller waits on it);
     `cold`: None (the sync path creates the instance). Pool gone meanwhile: NotFound."""
