@@ -221,11 +221,17 @@ class Applier(LoopService):
                 return done
 
     def poll(self, block_ms: int = 1000, count: int | None = None) -> int:
-        """Read new entries once (at most `events_batch`) and apply them as one batch; returns how many
-        were applied."""
-        response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count or self.batch,
-                                          block=block_ms)
-        return sum(self.apply_batch(entries) for _stream, entries in response or [] if entries)
+        """Read new entries (at most `events_batch`: a blocking read, then at once what else has come in)
+        and apply them as one batch; returns how many were applied."""
+        count = count or self.batch
+        response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        entries = [e for _stream, got in response or [] for e in got]
+        if entries and len(entries) < count:
+            # Woken by the first entry of a burst (a publisher's pipeline is read by Redis a buffer at a time):
+            # what came in meanwhile joins this batch rather than waiting for the next transaction.
+            more: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count - len(entries))
+            entries += [e for _stream, got in more or [] for e in got]
+        return self.apply_batch(entries) if entries else 0
 
     # --- the loop --------------------------------------------------------------------------------
 

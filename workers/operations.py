@@ -58,7 +58,8 @@ def next_seq(instance_id: str) -> int:
 def next_seqs(instance_ids: list[str]) -> list[int]:
     """`next_seq` for each id in order (an id listed twice gets two increasing numbers): a batch of
     observations is numbered in one short transaction, not one per event. Rows the applier holds are
-    numbered one at a time after it (instances.issue_seqs says why)."""
+    skipped (instances.issue_seqs says why): the first of them is numbered alone, which waits for the
+    applier's commit, then the others together again; what is still held after that, one at a time."""
     out: list[int] = [0] * len(instance_ids)
     pending = list(range(len(instance_ids)))
     while pending:
@@ -67,6 +68,12 @@ def next_seqs(instance_ids: list[str]) -> list[int]:
             first.setdefault(instance_ids[n], n)
         with session_scope() as session:
             seqs = instances.issue_seqs(list(first), session=session)
+        held = [i for i in first if i not in seqs]
+        if held:
+            seqs[held[0]] = next_seq(held[0])  # waits for the holder (one transaction, usually all of them)
+        if len(held) > 1:
+            with session_scope() as session:
+                seqs.update(instances.issue_seqs(held[1:], session=session))
         for instance_id, n in first.items():
             out[n] = seqs[instance_id] if instance_id in seqs else next_seq(instance_id)
         pending = [n for n in pending if first[instance_ids[n]] != n]

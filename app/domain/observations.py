@@ -43,6 +43,8 @@ _AFTER = (Instance.state, Instance.lease_id, Instance.draining, Instance.desired
           Instance.requested_at, Instance.ready_at)
 # Observed states after which the planner may have something new to do.
 _REPLAN = frozenset({S.RUNNING, S.STOPPED, S.FAILED, S.DELETED})
+# Instances on their way to running or stopped: each will land (or fail) with an event of its own.
+_IN_FLIGHT = frozenset({S.REQUESTED, S.PROVISIONING, S.STARTING})
 
 
 def decide(row: dict[str, Any], event: Any, now: datetime) -> tuple[str | None, dict[str, Any]] | None:
@@ -92,6 +94,8 @@ class _Batch:
         self.ready: list[tuple[str, Pool]] = []  # instances that became ready and free: reservations may want them
         self.changed: set[str] = set()
         self.replan: dict[str, Pool] = {}  # pools the planner may have something new for: asked once per batch
+        # per pool, each state change in stream order: (change in instances in flight, whether it came up running)
+        self.flight: dict[str, list[tuple[int, bool]]] = {}
         self.applied = 0
 
     def load(self, instance_ids: set[str]) -> None:
@@ -158,7 +162,10 @@ class _Batch:
                     self.changed.add(pool.id)
                 continue
             after = written[k].get(event.instance_id)
-            if after is not None and rounds[k][event.instance_id].to is not None:
+            move = rounds[k][event.instance_id]
+            if after is not None and move.to is not None:
+                self.flight.setdefault(pool.id, []).append(
+                    (int(move.to in _IN_FLIGHT) - int(move.expect in _IN_FLIGHT), move.to == S.RUNNING))
                 self._moved(event, pool, after)
                 self.applied += 1
                 self.changed.add(pool.id)
@@ -180,7 +187,7 @@ class _Batch:
             bump_status(pool)
         if inst.state in LOST and inst.lease_id is not None:
             leases.end_for_lost_instance(event.instance_id, session=self.session, now=self.now)
-        if inst.state in _REPLAN:
+        if inst.state in _REPLAN and inst.state != S.RUNNING:  # coming up running: see _landing_asks
             self.replan[pool.id] = pool
 
     def serve_reservations(self) -> None:
@@ -212,16 +219,40 @@ def apply(batch: list[Any], *, session: Session, now: datetime | None = None) ->
             run.add(event)
         run.flush()
         run.serve_reservations()
-        for pool in run.replan.values():
-            request_reconcile(pool, session=session)
         # Only pools an event changed: their counters cannot have moved otherwise (a lease or a reconcile
         # that changes them publishes an event of its own, which recounts the pool when it is applied).
         counts = state_counts(sorted(run.changed), session=session)
+        for pool_id, changes in run.flight.items():
+            if _landing_asks(locked[pool_id], changes, counts.get(pool_id, [])):
+                run.replan[pool_id] = locked[pool_id]
+        for pool in run.replan.values():
+            request_reconcile(pool, session=session)
         for pool_id in sorted(run.changed):
             recount(locked[pool_id], session=session, rows=counts.get(pool_id, []))
             pool = locked[pool_id]
             effects.defer(session, "notify", channel=pool_channel(pool.organization_id, pool_id), message=pool.phase)
     return run.applied
+
+
+def _landing_asks(pool: Pool, changes: list[tuple[int, bool]], rows: list[Any]) -> bool:
+    """Whether instances coming up running ask the planner for a pass: each landing of a fill would otherwise
+    ask for one, and a pass reads the whole pool (a pool of thousands filled with a pass per applier batch).
+    A landing asks when nothing else of the pool is in flight right after it (the last of a wave: the planner
+    sees what the wave left), when the pool is flagged (a pass is owed: the reconciler flags a pool its quota,
+    its per-pass cap or a creation backoff held back, so each landing of a throttled fill asks for the next
+    wave, as before), or when the pool is being deleted. In flight right after each change is counted back from
+    `rows` (app.domain.instances.state_counts, after the batch), so any split of the events into batches asks
+    as applying them one at a time would. Failures, stops and deletions always ask (`_moved`)."""
+    if not any(running for _, running in changes):
+        return False
+    if pool.needs_reconcile or pool.deleted_at is not None:
+        return True
+    in_flight = sum(count for state, *_, count in rows if state in _IN_FLIGHT)
+    for delta, running in reversed(changes):
+        if running and in_flight == 0:
+            return True
+        in_flight -= delta
+    return False
 
 
 def _pool_event(event: Any, pool: Pool, *, session: Session, now: datetime) -> bool:

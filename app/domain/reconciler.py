@@ -56,25 +56,30 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
         for iid, state, desired, lease_id, snapshot_id, draining, idle_since, ready_at, changed_at in rows
     ]
     plan = planner.plan(view, views, now)
-    _within_quota(pool, plan, session=session)
+    held_back = _within_quota(pool, plan, session=session)
     _apply(pool, plan, session=session)
     # A rotation under way is time-driven too (bake time, progress deadline): it stays flagged, so every
-    # sweep gives it a pass even when no instance moves.
-    pool.needs_reconcile = bool(limit and limit.state.get("stage") not in (None, rollout.COMPLETE))
+    # sweep gives it a pass even when no instance moves. So does a pool whose creations were held back (the
+    # organization's quota, the per-pass cap, a creation backoff): its landings ask for the next pass each
+    # (app.domain.observations._landing_asks), where an unflagged pool's ask only once nothing is in flight.
+    held_back = (held_back or plan.create_running + plan.create_stopped >= planner.MAX_CREATES_PER_PASS
+                 or (not view.creation_allowed and pool.ready_instances < pool.desired_size))
+    pool.needs_reconcile = held_back or bool(limit and limit.state.get("stage") not in (None, rollout.COMPLETE))
     pool.reconciled_at = now
     inst_domain.recount(pool, session=session)
     session.add(pool)
     return plan
 
 
-def _within_quota(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
+def _within_quota(pool: Pool, plan: planner.Plan, *, session: Session) -> bool:
     """Trim the plan's creations to the organization's instance quota (surges, cold leases and a lowered
     quota can otherwise take it past max_instances) and to its share of creations in flight (each
     landing asks for the next pass, so a big pool fills at a steady pace and another tenant's backfill
-    queues behind a few of its provider calls, not hundreds); running instances come first."""
+    queues behind a few of its provider calls, not hundreds); running instances come first. True if it
+    trimmed anything."""
     wanted = plan.create_running + plan.create_stopped
     if not wanted:
-        return
+        return False
     room = quotas.instance_room(pool.organization_id, session=session)
     if wanted > room:
         log.warning("pool %s: %d instances wanted, %d allowed by the organization's max_instances quota",
@@ -82,6 +87,7 @@ def _within_quota(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
     room = min(room, quotas.creation_room(pool.organization_id, session=session))
     plan.create_running = min(plan.create_running, room)
     plan.create_stopped = min(plan.create_stopped, room - plan.create_running)
+    return wanted > room
 
 
 def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
