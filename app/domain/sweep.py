@@ -3,8 +3,8 @@ backstop of pools not reconciled for a long while. Read-only; the sweep task enq
 
 A pool is chosen when the planner (app.domain.planner), the autoscaler or the rollout would act on it,
 judged from per-pool counts of its instances (one GROUP BY over `instances` joined to `pools`):
-- it is flagged (`needs_reconcile`: a write asked for a pass, or a rollout is under way and keeps the
-  flag set because it is time-driven) or being deleted;
+- it is flagged (`needs_reconcile`: a write asked for a pass; the reconciler keeps it set while a rollout,
+  which is time-driven, is under way, and while creations are held back) or being deleted;
 - one of its instances is failed, lags its desired state past `stuck_after` (the planner re-kicks it),
   or should run and is observed stopped; a free one is stale (another snapshot, or a base instance
   idle past `idle_recycle_reserved`);
