@@ -54,24 +54,26 @@ DESTROYS_PER_TASK = 50
 def dispatch_burst(effects: list[tuple[str, dict[str, Any]]]) -> None:
     """A burst of committed effects (the lease path's after-commit thread): the events and wake-ups in one
     Redis pipeline, the destroys of returned instances in one warmpool.delete_instances task per 50 (each
-    deduplicated as its own delete_instance would be), every other effect as `dispatch_effect` sends it."""
+    deduplicated as its own delete_instance would be, all in one round trip), every other effect as
+    `dispatch_effect` sends it."""
     from app import events
     from workers import inflight
 
     events.publish_many([events.InstanceEvent(**p) for n, p in effects if n == "publish_event"],
                         notices=[(p["channel"], p.get("message", "")) for n, p in effects if n == "notify"])
-    doomed: list[str] = []
+    asked: list[str] = []
     for name, payload in effects:
         if name in ("publish_event", "notify"):
             continue
         if name == "delete_instance":
-            if inflight.claim(name, payload):
-                doomed.append(payload["instance_id"])
+            if payload.get("instance_id"):
+                asked.append(payload["instance_id"])
             continue
         try:
             enqueue(name, payload)
         except Exception:
             log.warning("could not enqueue %s(%s); the next sweep will pick it up", name, payload, exc_info=True)
+    doomed = inflight.claim_many("delete_instance", "instance_id", list(dict.fromkeys(asked)))
     for i in range(0, len(doomed), DESTROYS_PER_TASK):
         chunk = doomed[i:i + DESTROYS_PER_TASK]
         try:

@@ -30,8 +30,12 @@ class AfterCommit:
 
     COALESCED = frozenset({"reconcile_pool"})
 
-    def __init__(self, delay: float = 0.05) -> None:
+    def __init__(self, delay: float = 0.05, gather: float = 0.005) -> None:
         self.delay = delay
+        # After the first effect of a burst, wait this long for the commits right behind it: at a thousand
+        # leases a second, one pipeline (and one wake-up of this thread, which takes the GIL from the
+        # event loop) carries several leases' events instead of one each.
+        self.gather = gather
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held: dict[tuple, tuple[float, str, dict]] = {}
         self._lock = threading.Lock()
@@ -80,6 +84,7 @@ class AfterCommit:
         while True:
             try:
                 items = [self._queue.get(timeout=wait)]
+                time.sleep(self.gather)
             except queue.Empty:
                 items = []
             while True:  # whatever else is queued already goes out with it: one pipeline per burst

@@ -47,3 +47,13 @@ def test_a_burst_goes_out_in_one_pipeline_and_one_destroy_task(sent, redis_clien
     assert all(len(chunk) <= 50 for chunk in destroys) and len(destroys) < 20
     assert not [name for name, _ in sent if name == "warmpool.delete_instance"]
     assert [kw for name, kw in sent if name == "warmpool.reconcile_pool"] == [{"pool_id": "p1"}]
+
+
+def test_a_destroy_already_in_flight_is_not_sent_again(sent, redis_client):
+    after = AfterCommit(delay=0.01)
+    after.submit([("delete_instance", {"instance_id": "i-a"}), ("delete_instance", {"instance_id": "i-b"})])
+    assert after.flush(10)
+    after.submit([("delete_instance", {"instance_id": "i-b"}), ("delete_instance", {"instance_id": "i-c"})])
+    assert after.flush(10)
+    destroys = [i for name, kw in sent if name == "warmpool.delete_instances" for i in kw["instance_ids"]]
+    assert sorted(destroys) == ["i-a", "i-b", "i-c"]  # i-b's second ask found its key taken
