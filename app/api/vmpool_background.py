@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 
 class AfterCommit:
     """Hands committed effects to the process's dispatcher (app.domain.effects) on one background
-    thread. Events go out in commit order, at once, everything queued meanwhile in one burst (one Redis
-    pipeline, one task for the destroys: workers.celery_app.dispatch_burst). A `reconcile_pool` waits `delay` seconds and
-    absorbs every identical one committed meanwhile: a burst of leases on a pool asks for one backfill
+    thread. Events go out in commit order within `gather` seconds, everything queued meanwhile in one
+    burst (one Redis pipeline: workers.celery_app.dispatch_burst). A `reconcile_pool` waits `delay` seconds
+    and absorbs every identical one committed meanwhile: a burst of leases on a pool asks for one backfill
     reconcile, not one Celery task per lease (reconcile is level-triggered, so the one sent after the
-    burst's commits sees all of them)."""
+    burst's commits sees all of them). Destroys wait up to `delay` too, to leave in tasks of 50."""
 
     COALESCED = frozenset({"reconcile_pool"})
+    BATCHED = frozenset({"delete_instance"})
+    """Held like a reconcile, but together: the destroys asked within `delay` of the first go out as one
+    burst (one task per 50), not one small task per gather window."""
 
     def __init__(self, delay: float = 0.05, gather: float = 0.005) -> None:
         self.delay = delay
@@ -38,6 +41,7 @@ class AfterCommit:
         self.gather = gather
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held: dict[tuple, tuple[float, str, dict]] = {}
+        self._batch_due = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -46,12 +50,18 @@ class AfterCommit:
             return
         self._start()
         for name, payload in committed:
-            if name in self.COALESCED:
+            if name in self.COALESCED or name in self.BATCHED:
                 key = (name, tuple(sorted(payload.items())))
                 with self._lock:
                     if key not in self._held:
-                        self._held[key] = (time.monotonic() + self.delay, name, payload)
-                        self._queue.put(None)  # wake the thread so it knows the new due time
+                        now = time.monotonic()
+                        due, joined = now + self.delay, False
+                        if name in self.BATCHED:
+                            joined = self._batch_due > now  # the open batch's due time
+                            due = self._batch_due = self._batch_due if joined else due
+                        self._held[key] = (due, name, payload)
+                        if not joined:
+                            self._queue.put(None)  # wake the thread so it knows the new due time
             else:
                 self._queue.put((name, payload))
 
