@@ -3,6 +3,7 @@ lifespan of every worker (app.main.WarmpoolASGI)."""
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 
@@ -20,7 +21,16 @@ def worker_app():  # type: ignore[no-untyped-def]
 
     metrics.process_started()  # counted live until it exits (or a scrape finds it dead)
     atexit.register(metrics.process_stopped)
-    return create_asgi(reuse_port=True)
+    return _frozen(create_asgi(reuse_port=True))
+
+
+def _frozen(app):  # type: ignore[no-untyped-def]
+    """`app`, with everything the process imported and built so far moved out of the cyclic collector's
+    reach (gc.freeze): the start-up heap (~170,000 objects) is never garbage, and a full collection that
+    walks it pauses every request in flight for 50-150 ms, a lease's p99 on its own."""
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def default_workers(settings: Settings) -> int:
@@ -52,4 +62,4 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int | None =
     from app.main import create_asgi
 
     metrics.process_started()
-    uvicorn.run(create_asgi(), **common)
+    uvicorn.run(_frozen(create_asgi()), **common)

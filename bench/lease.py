@@ -278,7 +278,8 @@ def main() -> int:
                     help="`warmpool api --workers N` (default 2: one per core; --profile needs 1)")
     ap.add_argument("--clients", default="8")
     ap.add_argument("--runs", type=int, default=3, help="measurements of each row; the medians are printed")
-    ap.add_argument("--seed", type=int, default=6000, help="ready instances per measured pool and run")
+    ap.add_argument("--seed", type=int, default=6000, help="ready instances per measured pool and run, at least "
+                    "2,500 a second of measurement (pgbench's pools: three times as many, at least 6,000 a second)")
     ap.add_argument("--pods", type=int, default=0, help="also lease from a pod pool of this size that the "
                     "engine (worker, events, observe, fake cloud) filled; 0: skip")
     ap.add_argument("--wakeups", type=int, default=0, help="also time this many reservation wake-ups; 0: skip")
@@ -354,16 +355,19 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     org_id = org.id
     levels = [int(c) for c in args.clients.split(",")]
     names = [f"{kind}-{c}-r{run}" for run in range(args.runs) for c in levels for kind in ("pgbench", "connect", "grpc")]
+    # Room for the whole measurement: a pool that runs dry turns the rest of the run into refusals (pgbench
+    # claims about 4,000/s on two quiet cores, so 3 x 6,000 lasted under 5 s).
+    seeded = {"pgbench": max(3 * args.seed, round(6000 * args.seconds)), "other": max(args.seed, round(2500 * args.seconds))}
     with session_scope() as s:  # the operator's override: the seeded pools are far above the default quota
-        quotas.set_quota(org_id, max_pool_size=max(args.seed, args.pods), max_instances=args.seed * 3 * len(names) + args.wakeups
-                         + 2 * args.pods, session=s)
+        quotas.set_quota(org_id, max_pool_size=max(seeded["pgbench"], args.pods),
+                         max_instances=seeded["pgbench"] * len(names) + args.wakeups + 2 * args.pods, session=s)
     for name in names:
+        size = seeded["pgbench" if name.startswith("pgbench") else "other"]
         with session_scope() as s:
-            pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=0, max_size=args.seed,
+            pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=0, max_size=size,
                                   empty_policy="reject")
             pools.insert_pool(pool, session=s, conflict=name)
-        # pgbench claims several times faster than the server: give it room for the whole run.
-        add_ready_bulk(pool.id, org_id, args.seed * (3 if name.startswith("pgbench") else 1))
+        add_ready_bulk(pool.id, org_id, size)
     with session_scope() as s:
         s.execute(sa.text("ANALYZE"))
 
@@ -393,7 +397,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     lease = run_workers("connect", f"127.0.0.1:{port}", token, name, c, args.seconds)
                 elif use_h2load:
                     # A fixed count (h2load cannot tell gRPC errors): about as many calls as Connect answered.
-                    sent = min(args.seed, max(200, round(rows[(c, "Connect JSON Lease")][-1]["rps"] * args.seconds)))
+                    sent = min(seeded["other"], max(200, round(rows[(c, "Connect JSON Lease")][-1]["rps"] * args.seconds)))
                     lease = run_h2load_grpc(f"127.0.0.1:{grpc_port}", token, name, c, sent)
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
