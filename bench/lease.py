@@ -408,7 +408,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     lease.update(ok=len(ids), errors=lease["sent"] - len(ids), rps=len(ids) / lease["elapsed"])
                 ids_file = logdir / f"{name}.ids"
                 ids_file.write_text("\n".join(ids))
-                back_seconds = max(1.0, args.seconds / 2)
+                # A third of the Lease's time: Return may run up to three times as fast before wrk runs out of
+                # leased ids (and counts the refusals of "exhausted" as errors).
+                back_seconds = max(1.0, args.seconds / 3)
                 if kind == "connect" and use_wrk:
                     ret = run_wrk(f"{base}/Return", WRK_RETURN % {"token": token, "ids": ids_file,
                                                                   "threads": min(c, 2)}, c, back_seconds)
