@@ -16,9 +16,12 @@ provider's reference, comes a moment later and halves the events a fill costs th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import select
 
 from app import events
@@ -40,20 +43,29 @@ _COLUMNS = (Instance.id, Instance.pool_id, Instance.state, Instance.desired_stat
             Instance.provider_ref)
 
 
+def _ids_in(session: Any, instance_ids: list[str]) -> Any:
+    """`Instance.id IN (…)`; on PostgreSQL the ids travel as one JSON parameter (one prepared statement
+    whatever their number, no per-id bind parameter to render)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Instance.id.in_(sa.select(sa.func.jsonb_array_elements_text(
+            sa.cast(sa.bindparam("ids", json.dumps(sorted(set(instance_ids))), type_=sa.String), JSONB))).scalar_subquery())
+    return Instance.id.in_(instance_ids)
+
+
 def load_many(instance_ids: list[str]) -> dict[str, Target]:
     """The instances with their pools and runners' adapters (the instances as rows of `_COLUMNS`, each pool
-    and runner read once); ids whose row, pool or runner is gone are missing."""
+    with its runner read once); ids whose row, pool or runner is gone are missing."""
     with session_scope() as s:
-        rows = s.execute(sa.select(*_COLUMNS).where(Instance.id.in_(instance_ids))).all()
-        pools = {p.id: p for p in s.exec(select(Pool).where(Pool.id.in_({r.pool_id for r in rows}))).all()}
-        runners = {r.id: r for r in s.exec(select(Runner).where(
-            Runner.id.in_({p.runner_id for p in pools.values() if p.runner_id}))).all()}
-    providers = {r.id: provider_for(r.provider, r.settings, key=r.id) for r in runners.values()}
+        rows = s.execute(sa.select(*_COLUMNS).where(_ids_in(s, instance_ids))).all()
+        pools = {pool.id: (pool, runner) for pool, runner in s.exec(
+            select(Pool, Runner).join(Runner, Runner.id == Pool.runner_id)
+            .where(Pool.id.in_({r.pool_id for r in rows}))).all()}
+    providers = {runner.id: provider_for(runner.provider, runner.settings, key=runner.id) for _, runner in pools.values()}
     out: dict[str, Target] = {}
     for row in rows:
-        pool = pools.get(row.pool_id)
-        if pool is not None and pool.runner_id in providers:
-            out[row.id] = Target(row, pool, providers[pool.runner_id])
+        if row.pool_id in pools:
+            pool, runner = pools[row.pool_id]
+            out[row.id] = Target(row, pool, providers[runner.id])
     return out
 
 
@@ -75,7 +87,7 @@ def _still_wanted(instance_ids: list[str]) -> dict[str, str]:
     if not instance_ids:
         return {}
     with session_scope() as s:
-        return dict(s.execute(sa.select(Instance.id, Instance.desired_state).where(Instance.id.in_(instance_ids))).all())
+        return dict(s.execute(sa.select(Instance.id, Instance.desired_state).where(_ids_in(s, instance_ids))).all())
 
 
 def provision_many(instance_ids: list[str], retries: int = 0) -> dict[str, str]:
