@@ -206,3 +206,125 @@ def test_a_waiting_call_learns_what_the_sync_outcome_says(org) -> None:
     assert seen == {"NoneType", "LeaseView", "NotFound", "FailedPrecondition", "Unavailable"}
     with session_scope() as s:
         assert s.get(Reservation, ids["a"]).state == "fulfilled"
+
+
+# ---- a Lease that names its reservation ------------------------------------------------------------
+
+def _shape(got: Any) -> Any:
+    """An answer without its generated ids: what must match between the two paths."""
+    if isinstance(got, leases.LeaseView):
+        return ("lease", got.pool_name, got.zone, got.service_tag, got.expires_at, got.how)
+    if isinstance(got, leases.Queued):
+        return ("queued", got.client_id, got.pool_name, got.expires_at, got.automatic)
+    return got
+
+
+def _row(org_id: str, client_id: str) -> Any:
+    with session_scope() as s:
+        r = s.query(Reservation).filter_by(organization_id=org_id, client_id=client_id).one_or_none()
+        if r is None:
+            return None
+        pool = s.get(Pool, r.pool_id)
+        lease_tag = None if r.lease_id is None else leases.get_lease(org_id, r.instance_id, session=s).service_tag
+        return (r.state, pool.name, r.service_tag, r.requested_expires_at, r.created_at, r.expires_at,
+                r.lease_id is not None, lease_tag)
+
+
+def test_a_lease_naming_its_reservation_answers_as_the_sync_path(org) -> None:
+    from tests.conftest import make_org
+
+    worlds = {"sync": org, "async": make_org("twin")}
+    pools_of = {k: {n: make_pool(w.org_id, n, reservation_ttl_seconds=90) for n in ("a", "b")}
+                for k, w in worlds.items()}
+    t0 = utcnow()
+
+    def both(label: str, pool_name: str, rid: str, *, at: Any, tag: str = "svc", wished: Any = None,
+             ready: str = "") -> None:
+        answers, rows, woken = {}, {}, {}
+        for kind, world in worlds.items():
+            if ready:
+                add_ready(pools_of[kind][ready], 1)
+            if kind == "sync":
+                seen: list = []
+                with session_scope(after_commit=seen.extend) as s:
+                    answers[kind] = answer(lambda: leases.lease(world.org_id, pool_name, session=s, service_tag=tag,
+                                                                wished_expiry=wished, reservation_id=rid, now=at))
+            else:
+                unit = Unit()
+                answers[kind] = answer(lambda: run_async(lambda conn: ra.lease_reserved(
+                    world.org_id, pool_name, rid, conn=conn, unit=unit, service_tag=tag, wished_expiry=wished,
+                    now=at), keep=True))
+                seen = list(unit.info.get("effects", []))
+            rows[kind] = _row(world.org_id, rid)
+            woken[kind] = sorted(name for name, _ in seen if name == "notify")
+        assert _shape(answers["async"]) == _shape(answers["sync"]), label
+        assert rows["async"] == rows["sync"], label
+        assert woken["async"] == woken["sync"], label
+
+    both("new id, a ready instance: leased at once", "a", "r1", at=t0, ready="a")
+    both("the same id again: the same lease", "a", "r1", at=t0 + timedelta(seconds=1))
+    both("the same id, without the pool name", "", "r1", at=t0 + timedelta(seconds=2))
+    both("new id, empty pool: queued", "a", "r2", at=t0 + timedelta(seconds=3), wished=t0 + timedelta(hours=1))
+    both("again: expiry deferred, place kept", "a", "r2", at=t0 + timedelta(seconds=30), tag="svc2")
+    both("lapsed before the sweep: to the back", "a", "r2", at=t0 + timedelta(seconds=200))
+    both("waiting, and an instance is ready: served, waiters woken", "a", "r2", at=t0 + timedelta(seconds=201),
+         ready="a")
+    both("another pool's reservation", "b", "r2", at=t0 + timedelta(seconds=202))
+    both("an unknown pool", "nope", "r3", at=t0 + timedelta(seconds=203))
+    both("new id in the other pool", "b", "r3", at=t0 + timedelta(seconds=204))
+
+
+def test_the_rarer_reservation_cases_are_left_to_the_sync_path(org) -> None:
+    pool = make_pool(org.org_id)
+    now = utcnow()
+
+    def via_async(pool_name: str, rid: str) -> Any:
+        return run_async(lambda conn: ra.lease_reserved(org.org_id, pool_name, rid, conn=conn, unit=Unit(),
+                                                        service_tag="", wished_expiry=None, now=now))
+
+    assert via_async("", "new") is None  # a pool-less call naming a new reservation chooses a pool: sync
+    queued = sync(leases.lease, org.org_id, "pool-a", reservation_id="gone")
+    sync(reservations.cancel_waiting, org.org_id, queued.reservation_id)
+    assert via_async("pool-a", "gone") is None  # cancelled: the sync path queues it again
+    [iid] = add_ready(pool, 1)
+    sync(reservations.assign_ready_instance, iid)
+    assert reservation(org.org_id, "gone").state == "cancelled"  # a cancelled one is never served
+
+
+def test_racing_calls_naming_one_new_reservation_get_one_lease(org) -> None:
+    """Through the service on the async path: calls racing with one new reservation id all get the same
+    instance, and the database holds one lease and one fulfilled reservation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.api.vmpool import LeaseService
+    from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
+    from tests.conftest import token_for
+    from tests.integration.test_lease_leaks import SilentWaiter
+    from tests.integration.test_lease_invariant import assert_invariant
+
+    pool = make_pool(org.org_id)
+    add_ready(pool, 5)
+    token = token_for(org, "lease")
+    svc = LeaseService(executor=ThreadPoolExecutor(max_workers=2), waiter=SilentWaiter())
+    assert svc.fast
+
+    async def crowd() -> list[Any]:
+        try:
+            return await asyncio.gather(*[svc.lease(f"Bearer {token}", pb.LeaseRequest(
+                pool="pool-a", reservation_id="once", service_tag=f"c{i}"), 10.0) for i in range(12)],
+                return_exceptions=True)
+        finally:
+            await adb.close()
+
+    try:
+        got = asyncio.run(crowd())
+    finally:
+        svc.executor.shutdown(wait=True)
+    assert not [g for g in got if isinstance(g, BaseException)], got
+    assert len({g.lease.instance for g in got}) == 1
+    with session_scope() as s:
+        [res] = s.query(Reservation).filter_by(organization_id=org.org_id, client_id="once").all()
+        assert res.state == "fulfilled"
+        n = s.execute(sa.select(sa.func.count()).select_from(leases.Lease).where(leases.Lease.pool_id == pool.id))
+        assert n.scalar_one() == 1
+    assert_invariant(pool.id)
