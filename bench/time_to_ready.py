@@ -10,7 +10,8 @@ for pools of 20, 200 and 1,000 instances (boot latency L of the fake cloud):
     (POST /serverless/v1/podpools);
   - for Gitpod pools, backfill: an instance is taken (leased), time until the pool is back to its target,
     as a multiple of the start latency S (the stopped tier is started, not a new instance provisioned).
-Baseline in the same run: L itself, the floor (an instance cannot be ready before it booted).
+Baseline in the same run: L itself, the floor (an instance cannot be ready before it booted). A warm pool
+of 20 is filled first and not counted (the processes just started).
 The bench's organization may create max_pool_size instances at once (its max_creating quota is set to it).
 Each size is measured --repeat times; medians are printed. Usage: python bench/time_to_ready.py [--boot-ms 500]
 """
