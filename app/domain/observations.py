@@ -211,7 +211,8 @@ def apply(batch: list[Any], *, session: Session, now: datetime | None = None) ->
     now = now or utcnow()
     pool_ids = sorted({e.pool_id for e in batch})
     locked = {p.id: p for p in session.exec(
-        select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update()).all()}
+        # NO KEY UPDATE: the applier's lock must not hold up the foreign-key checks of leases on these pools.
+        select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update(key_share=True)).all()}
     run = _Batch(session, locked, now)
     with session.no_autoflush:  # the pools are written once, at commit
         run.load({e.instance_id for e in batch if e.kind == ev.KIND_STATE and e.pool_id in locked})

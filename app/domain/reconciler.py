@@ -23,7 +23,9 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
     """One level-triggered pass over one pool. Returns the plan it applied (None if the pool is gone)."""
     now = now or utcnow()
     # The row lock is the per-pool lock: a duplicate reconcile waits here, then sees this one's result.
-    pool = session.exec(select(Pool).where(Pool.id == pool_id).with_for_update()).first()
+    # FOR NO KEY UPDATE, not FOR UPDATE: the foreign-key check of every lease made meanwhile (KEY SHARE on
+    # the pool) must not queue behind a pass (a whole pass, at a thousand leases a second on the pool).
+    pool = session.exec(select(Pool).where(Pool.id == pool_id).with_for_update(key_share=True)).first()
     if pool is None or pool.phase == PoolPhase.DELETED:
         return None
     # Only the columns the planner reads, as plain rows: a pass over a pool of thousands costs its query,
