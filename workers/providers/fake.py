@@ -69,7 +69,12 @@ class FakeCloud:
         self.r.delete(self.config_key)
 
     def config(self) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.config_key).items()}
+        return self.decoded(self.r.hgetall(self.config_key))
+
+    @staticmethod
+    def decoded(raw: dict[Any, Any]) -> dict[str, str]:
+        """The config hash as HGETALL returns it, as text."""
+        return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
 
     def put(self, ref: str, record: dict[str, Any]) -> None:
         """Store the record and announce it on the change feed; a pending move (record["next"]) gets its due time."""
@@ -197,9 +202,10 @@ class FakeProvider(Provider):
         self.cloud = FakeCloud(client, str(self.settings.get("namespace", "default")))
 
     # ---- behaviour -----------------------------------------------------------------------
-    def _behaviour(self) -> dict[str, Any]:
-        """The cloud's behaviour for one operation: defaults, runner settings, then live changes (one read)."""
-        return {**DEFAULTS, **self.settings, **self.cloud.config()}
+    def _behaviour(self, live: dict[str, str] | None = None) -> dict[str, Any]:
+        """The cloud's behaviour for one operation: defaults, runner settings, then live changes (one read, or
+        `live` as the caller read it)."""
+        return {**DEFAULTS, **self.settings, **(self.cloud.config() if live is None else live)}
 
     @staticmethod
     def _pause(op: str, conf: dict[str, Any]) -> None:
@@ -278,16 +284,22 @@ class FakeProvider(Provider):
 
     def create_many(self, specs: list[InstanceSpec], start: bool) -> list[Observed | ProviderError]:
         """The fake cloud's batch endpoint: one round trip finds which already exist (our instance id is the
-        key, as for `create`), one stores the new ones, whatever the batch's size; failures are drawn per
-        instance as for `create`. Each call is recorded (`FakeCloud.batches`)."""
+        key, as for `create`) with the cloud's behaviour and its broken snapshots, one stores the new ones,
+        whatever the batch's size; failures are drawn per instance as for `create`. Each call is recorded
+        (`FakeCloud.batches`)."""
         if not specs:
             return []
         refs = [f"fake-{spec.instance_id}" for spec in specs]
-        existing = dict(zip(refs, self.cloud.r.hmget(self.cloud.resources, refs)))
-        snapshots = sorted({spec.snapshot_id for spec in specs if spec.snapshot_id})
-        broken = {snap for snap, bad in zip(snapshots, self.cloud.r.smismember(self.cloud.broken, snapshots)) if bad} \
-            if start and snapshots else set()
-        conf = self._behaviour()
+        snapshots = sorted({spec.snapshot_id for spec in specs if spec.snapshot_id}) if start else []
+        pipe = self.cloud.r.pipeline(transaction=False)
+        pipe.hmget(self.cloud.resources, refs)
+        pipe.hgetall(self.cloud.config_key)
+        if snapshots:
+            pipe.smismember(self.cloud.broken, snapshots)
+        found, live, *bad = pipe.execute()
+        existing = dict(zip(refs, found))
+        broken = {snap for snap, is_bad in zip(snapshots, bad[0]) if is_bad} if snapshots else set()
+        conf = self._behaviour(FakeCloud.decoded(live))
         made: dict[str, dict[str, Any]] = {}
         out: list[Observed | ProviderError] = []
         for spec, ref in zip(specs, refs):
