@@ -92,6 +92,16 @@ async def _set_health(checks: health.aio.HealthServicer, ok: bool) -> None:
         await checks.set(name, status)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed, as uvicorn's `auto` picks it: grpc.aio costs about a sixth less CPU per call
+    on it than on asyncio's own loop, and so do the async driver's waits."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class GrpcServer:
     """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
 
@@ -126,7 +136,7 @@ class GrpcServer:
         self._thread.join(self.grace + 5)
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
