@@ -63,7 +63,9 @@ async def pool() -> AsyncConnectionPool:
     found = _pools.get(key)
     if found is None:
         for gone in [k for k in _pools if k[0].is_closed()]:  # loops that ended without close() (tests)
-            _parked.pop(_pools.pop(gone), None)
+            dropped = _pools.pop(gone)
+            _parked.pop(dropped, None)
+            _waiting.pop(dropped, None)
         # Each transaction is one or two short statements, so a few connections carry a loop's load; the
         # rest open on demand. Several loops and `--workers` multiply this against max_connections.
         size = max(2, get_settings().db_pool_size)
@@ -96,6 +98,7 @@ async def close() -> None:
     loop = asyncio.get_running_loop()
     for key in [k for k in _pools if k[0] is loop]:
         p = _pools.pop(key)
+        _waiting.pop(p, None)
         for conn in _parked.pop(p, []):
             await p.putconn(conn)
         await p.close()
@@ -144,18 +147,32 @@ RECYCLE_EVERY = 1000
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
+_waiting: dict[AsyncConnectionPool, int] = {}
+"""Units of work of this loop waiting for the pool to hand them a connection: while there are any, a
+finished unit's connection goes back to the pool (which hands it to the first of them), never on the
+stack, where no waiter would see it."""
+
+
 async def _once(p: AsyncConnectionPool, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], explicit: bool) -> T:
     parked = _parked.get(p)
     if parked is None:
         parked = _parked[p] = []
-    conn = parked.pop() if parked else await p.getconn()
+    if parked:
+        conn = parked.pop()
+    else:
+        _waiting[p] = _waiting.get(p, 0) + 1
+        try:
+            conn = await p.getconn()
+        finally:
+            _waiting[p] = _waiting.get(p, 1) - 1
     try:
         if not explicit:
             return await fn(conn)
         async with conn.transaction():
             return await fn(conn)
     finally:
-        if conn.info.transaction_status == _IDLE and not p.closed and random.random() * RECYCLE_EVERY >= 1:
+        if (conn.info.transaction_status == _IDLE and not _waiting.get(p) and not p.closed
+                and random.random() * RECYCLE_EVERY >= 1):
             parked.append(conn)
         else:
             await p.putconn(conn)

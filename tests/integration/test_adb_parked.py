@@ -65,3 +65,17 @@ def test_a_broken_connection_goes_back_to_the_pool_and_the_next_unit_works(setti
         await asyncio.wait_for(adb.close(), 10)
 
     asyncio.run(scenario())
+
+
+def test_more_units_than_connections_all_finish(settings_env) -> None:
+    # Units waiting for the pool get the connections of the ones that finish, not a stack they never see.
+    async def scenario() -> None:
+        p = await adb.pool()
+
+        async def briefly(conn):
+            await conn.execute("SELECT pg_sleep(0.05)")
+
+        await asyncio.wait_for(asyncio.gather(*[adb.one_statement(briefly) for _ in range(6 * p.max_size)]), 30)
+        await adb.close()
+
+    asyncio.run(scenario())
