@@ -88,7 +88,11 @@ class FakeCloud:
         encoded = {ref: json.dumps(record, separators=(",", ":")) for ref, record in records.items()}
         due = {ref: record["next"]["at"] for ref, record in records.items() if record.get("next")}
         settled = [ref for ref, record in records.items() if not record.get("next")]
-        pipe = self.r.pipeline(transaction=False)
+        # MULTI/EXEC: the record, its due time and its feed entry land together. Without it another process's
+        # `advance` could claim the due move between the ZADD and the XADD and announce `running` before this
+        # announces `provisioning`: a watch then ends on `provisioning` for a resource that runs, and the
+        # instance never becomes ready (seen in tests/e2e/test_lease_race.py with 0 ms boots).
+        pipe = self.r.pipeline(transaction=True)
         if batch and batch[0] == "create":
             for record in records.values():
                 pipe.hincrby(self.calls_key, f"create:{record['tags'][INSTANCE_TAG]}", 1)
