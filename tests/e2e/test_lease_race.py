@@ -230,10 +230,19 @@ def test_a_waiting_lease_whose_client_leaves_ends_with_one_outcome(stack, world)
             p.min_size = p.max_size = p.desired_size = 2
             pools.request_reconcile(p, session=s)
         wait_ready(stack, pool, 2)
-        assert active(pool.id) == []
+        # A call the server took after its caller left may still claim one of them (its first unit of work
+        # ran late on a loaded machine): the server gives it back once it sees the answer time has passed.
+        assert_nothing_leased(pool.id)
         assert_no_waiting_reservation(pool.id)
     finally:
         crowd.close()
+
+
+def assert_nothing_leased(pool_id: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := active(pool_id)) != []:
+        assert time.monotonic() < deadline, f"leased to nobody: {left}"
+        time.sleep(0.05)
 
 
 def assert_no_waiting_reservation(pool_id: str, timeout: float = 10) -> None:
