@@ -26,10 +26,11 @@ POOL_COLUMNS = ("phase", "ready_instances", "running_instances", "stopped_instan
                 "failure_message", "needs_reconcile")
 
 
-def make_pool(org_id: str, name: str, size: int) -> tuple[str, list[str]]:
+def make_pool(org_id: str, name: str, size: int, *, flagged: bool = False) -> tuple[str, list[str]]:
+    """A named pool of `size` instances just requested (not provisioned yet), flagged for a pass or not."""
     with session_scope() as s:
         pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=name, min_size=size, max_size=size)
-        pool.needs_reconcile = False
+        pool.needs_reconcile = flagged
         s.add(pool)
         s.flush()
         ids = []

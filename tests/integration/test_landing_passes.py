@@ -12,21 +12,12 @@ from app import events as ev
 from app.db import session_scope
 from app.domain import instances, pools, quotas, reconciler
 from app.domain.states import InstanceState as S, PoolKind
-from app.models import Instance, Pool, utcnow
+from app.models import Instance, Pool
+from tests.integration import test_batched_apply as batched_apply
 
 
 def make_pool(org_id: str, size: int, *, flagged: bool = False) -> tuple[str, list[str]]:
-    with session_scope() as s:
-        pool = pools.new_pool(org_id, kind=PoolKind.NAMED, name=f"p{size}{flagged}", min_size=size, max_size=size)
-        pool.needs_reconcile = flagged
-        s.add(pool)
-        s.flush()
-        ids = []
-        for _ in range(size):
-            inst = Instance(pool_id=pool.id, organization_id=org_id, provider="fake", requested_at=utcnow())
-            s.add(inst)
-            ids.append(inst.id)
-        return pool.id, ids
+    return batched_apply.make_pool(org_id, f"p{size}{flagged}", size, flagged=flagged)
 
 
 def apply(pool_id: str, *evs: tuple[str, str, int]) -> None:
