@@ -82,5 +82,6 @@ def test_observe_reports_a_killed_process_at_once_not_at_the_next_list(provider,
     took = time.monotonic() - killed
     stop.set()
     get_settings.cache_clear()
-    assert got and [(o.ref, o.state) for o in got[0].observed] == [(running.ref, "failed")]
-    assert took < 2, f"the exit was seen after {took:.2f}s"
+    # Seen within the reader's 5 s, with the periodic list at 30 s: the exit itself woke it (no tighter
+    # wall-clock bound: that would measure the machine's load).
+    assert got and [(o.ref, o.state) for o in got[0].observed] == [(running.ref, "failed")], f"not seen in {took:.2f}s"

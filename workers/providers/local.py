@@ -265,8 +265,11 @@ class LocalProvider(Provider):
         interval = get_settings().observer.local_list_seconds
         while not stop.is_set():
             metas = [m for m in self._metas() if (m.get("tags") or {}).get(OWNER_TAG) == owner]
-            yield Sighting([self._observed(m) for m in metas], full=True)
-            pids = [m["pid"] for m in metas if m.get("state") == "running" and m.get("pid") and _alive(m["pid"])]
+            listed = [self._observed(m) for m in metas]
+            yield Sighting(listed, full=True)
+            # The processes this listing reported running, alive or not by now: one that exited since the
+            # listing (while the consumer held the generator) makes the wait return at once, not at the next list.
+            pids = [m["pid"] for m, o in zip(metas, listed, strict=True) if o.state == "running" and m.get("pid")]
             if not _wait_for_exit(pids, interval):
                 stop.wait(interval)
 
