@@ -160,8 +160,8 @@ def test_past_the_deadline_the_call_is_unavailable_and_the_reservation_keeps_its
     assert isinstance(call.get("error"), Unavailable) and "same reservation_id" in str(call["error"])
     # It waited for a push instead of answering at once, and gave up by itself. The exact margin it keeps
     # before the caller's deadline is tested without a clock (test_wait_budget_answers_before_the_callers_
-    # deadline); wall-clock time here also counts thread and event-loop start-up on a loaded machine.
-    assert 0.3 < elapsed < 2.0
+    # deadline); an upper bound on wall-clock time here would measure the machine's load, not the server.
+    assert elapsed > 0.3
     assert reservation(org.org_id, "keep").state == "waiting"
 
 

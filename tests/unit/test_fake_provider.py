@@ -81,12 +81,12 @@ def test_snapshot_and_leak(client):
 
 def test_calls_return_at_once_and_the_cloud_boots_after_boot_ms(client):
     p = FakeProvider({**FAST, "boot_ms": 300, "start_ms": 300, "stop_ms": 300}, client=client)
-    began = time.monotonic()
+    before = time.time()
     obs = p.create(spec(), start=True)
-    assert obs.state == "provisioning" and time.monotonic() - began < 0.2  # no boot inside the call
+    assert obs.state == "provisioning"  # no boot inside the call: it returns before the boot, whatever the load
     assert p.get(obs.ref).state == "provisioning"
     due = FakeCloud(client).next_due() / 1000
-    assert due - time.time() > 0.1
+    assert due >= before + 0.299  # boot_ms after the call (the cloud's clock has millisecond steps)
     while time.time() < due + 2 and p.get(obs.ref).state != "running":
         time.sleep(0.02)
     running = p.get(obs.ref)
