@@ -50,6 +50,10 @@ class Stack:
     http: str
     grpc: str
     logs: list[Path] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def dead(self) -> list[str]:
+        return [p.name for p, proc in zip(self.logs, self.procs, strict=True) if proc.poll() is not None]
 
     def tail(self) -> str:
         return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]) for p in self.logs)
@@ -100,7 +104,7 @@ def stack(request, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
     commands = {"api": ["api", "--host", "127.0.0.1", "--port", str(http)],
                 "worker": ["worker", "--concurrency", "8"], "events": ["events"],
                 "observe": ["observe"]}  # the fake cloud boots on its own; the observer reports it
-    procs = []
+    procs = s.procs
     try:
         for name, args in commands.items():
             log = tmp / f"{name}.log"
@@ -135,6 +139,8 @@ def world(stack: Stack, monkeypatch) -> Iterator[World]:
     from config.settings import get_settings
     from workers.celery_app import dispatch_effect, reconfigure
 
+    # A stack a failed test left without one of its processes fails the next test here, not 60 s later.
+    assert not stack.dead(), f"{stack.dead()} exited:\n{stack.tail()}"
     monkeypatch.setenv("WARMPOOL_DATABASE_URL", stack.database_url)
     monkeypatch.setenv("WARMPOOL_REDIS_URL", stack.redis_url)
     get_settings.cache_clear()
@@ -167,11 +173,21 @@ def ready_count(pool_id: str) -> int:
             Instance.draining == sa.false())).scalar_one()
 
 
-def wait_ready(stack: Stack, pool: Pool, n: int, timeout: float = 60) -> None:
+def census(pool_id: str) -> Counter:
+    """The pool's instances by (state, desired state, draining, leased): what a failed wait_ready saw."""
+    with session_scope() as s:
+        rows = s.execute(sa.select(Instance.state, Instance.desired_state, Instance.draining, Instance.lease_id)
+                         .where(Instance.pool_id == pool_id)).all()
+    return Counter((r.state, r.desired_state, "draining" if r.draining else "", "leased" if r.lease_id else "")
+                   for r in rows)
+
+
+def wait_ready(stack: Stack, pool: Pool, n: int, timeout: float = 60, when: str = "") -> None:
     deadline = time.monotonic() + timeout
     while ready_count(pool.id) < n:
         if time.monotonic() > deadline:
-            pytest.fail(f"pool never had {n} ready instances (has {ready_count(pool.id)}):\n{stack.tail()}")
+            pytest.fail(f"pool never had {n} ready instances {when}(has {ready_count(pool.id)}; instances by state: "
+                        f"{dict(census(pool.id))}; exited: {stack.dead()}):\n{stack.tail()}")
         time.sleep(0.05)
 
 
@@ -198,7 +214,7 @@ def test_64_clients_race_for_n_instances_over_grpc_and_connect(stack, world):
     crowd = Crowd(CLIENTS, stack.grpc, stack.http, world.token)
     try:
         for rnd in range(RACE_ROUNDS):
-            wait_ready(stack, pool, n)
+            wait_ready(stack, pool, n, when=f"before round {rnd} ")
             tally = crowd.round(pool.name, timeout=10, give_back=False)
             assert doubles(pool.id) == [], (stack.backend, rnd)
             # The N ready ones all go; the backfill the first claims trigger may serve a few more callers
@@ -238,14 +254,21 @@ def test_a_waiting_lease_whose_client_leaves_ends_with_one_outcome(stack, world)
         crowd.close()
 
 
-def assert_nothing_leased(pool_id: str, timeout: float = 10) -> None:
+def assert_nothing_leased(pool_id: str, timeout: float = 30) -> None:
+    """No active lease on the pool, once the server's give-backs have landed (each waits at most for SQLite's
+    30 s busy timeout). On failure: each lease's tag (client-<even> is gRPC, client-<odd> Connect) and times."""
     deadline = time.monotonic() + timeout
-    while (left := active(pool_id)) != []:
-        assert time.monotonic() < deadline, f"leased to nobody: {left}"
+    while active(pool_id) != []:
+        if time.monotonic() > deadline:
+            with session_scope() as s:
+                left = s.execute(sa.select(Lease.service_tag, Lease.created_at, Lease.reservation_id, Lease.instance_id)
+                                 .where(Lease.pool_id == pool_id, Lease.state == "active")).all()
+                ready = s.execute(sa.select(Instance.id, Instance.ready_at).where(Instance.pool_id == pool_id)).all()
+            pytest.fail(f"leased to nobody: {[tuple(r) for r in left]}; instances ready at {[tuple(r) for r in ready]}")
         time.sleep(0.05)
 
 
-def assert_no_waiting_reservation(pool_id: str, timeout: float = 10) -> None:
+def assert_no_waiting_reservation(pool_id: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with session_scope() as s:
@@ -291,7 +314,7 @@ def test_load_with_short_deadlines_leaves_no_lease_to_nobody(stack, world, reuse
     try:
         for deadline in SOAK_DEADLINES:
             for rnd in range(SOAK_ROUNDS):
-                wait_ready(stack, pool, n)
+                wait_ready(stack, pool, n, when=f"before {deadline} s round {rnd} ")
                 tally: Tally = crowd.round(pool.name, timeout=deadline, give_back=True)
                 seen.update(tally.outcomes)
                 by_transport.update({f"{deadline}s {k}": v for k, v in tally.by_transport.items()})
