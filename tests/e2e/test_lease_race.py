@@ -1,8 +1,9 @@
 """The lease race and the lease load, end to end, on PostgreSQL and on SQLite: a running `warmpool api`
 (gRPC and Connect), a real `warmpool worker`, `events` and `observe` on the fake provider, and 64 clients
-(half gRPC, half Connect) per round. Checked from the database after every round: no instance with two
-active leases, and no lease that no client received (every lease ended by a client's Return is one a
-client got; every other one was given back as `undelivered`); no reservation left waiting.
+(half gRPC, half Connect) per round (WARMPOOL_RACE_ROUNDS rounds of the race, 5 here). Checked from the
+database after every round: no instance with two active leases, and no lease that no client received
+(every lease ended by a client's Return is one a client got; every other one was given back as
+`undelivered`); no reservation left waiting.
 
 The load test runs WARMPOOL_SOAK_ROUNDS rounds per deadline in WARMPOOL_SOAK_DEADLINES (2 rounds at 2.5 s
 here; `make soak` runs 20 rounds at 0.5 s and 2.5 s)."""
@@ -33,7 +34,9 @@ from tests.e2e.lease_crowd import Crowd, Tally
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 CLIENTS = 64
-RACE_ROUNDS = int(os.environ.get("WARMPOOL_RACE_ROUNDS", "20"))
+# The suite's smoke runs the race 5 rounds per backend (each round is a full race of 64 clients; on SQLite a
+# round costs about 2.5 s under load); `make soak` runs 20.
+RACE_ROUNDS = int(os.environ.get("WARMPOOL_RACE_ROUNDS", "5"))
 SOAK_ROUNDS = int(os.environ.get("WARMPOOL_SOAK_ROUNDS", "2"))
 # The suite's smoke uses the 2.5 s deadline only. At 500 ms on a loaded 2-core machine, an answer the
 # server sent in time can still reach its client late (the client then reports deadline_exceeded while
@@ -239,7 +242,10 @@ def test_a_waiting_lease_whose_client_leaves_ends_with_one_outcome(stack, world)
     pool = warm_pool(world, 0, empty_policy="reserve", max_size_override=2)
     crowd = Crowd(8, stack.grpc, stack.http, world.token)
     try:
-        tally = crowd.round(pool.name, timeout=0.3, give_back=False)  # every caller gives up at 300 ms
+        # Every caller gives up at 1 s. Shorter deadlines widen the README's known gap (Known gap, under "make soak"):
+        # a request that reaches a stalled api after its caller left is served as new, and were the pool filled by
+        # then, its lease would be answered to nobody; this test is about the server's own give-backs.
+        tally = crowd.round(pool.name, timeout=1.0, give_back=False)
         assert set(tally.outcomes) <= {"unavailable", "deadline_exceeded"}, tally.outcomes
         with session_scope() as s:
             p = s.get(Pool, pool.id)
