@@ -49,6 +49,9 @@ PROVIDER_ERRORS = Counter("warmpool_provider_errors_total", "Provider adapter ca
                           "(transient, permanent, unexpected)", ["provider", "operation", "kind"])
 API_PROCESSES = Gauge("warmpool_api_processes", "Live processes of `warmpool api` whose metrics this scrape sums",
                       multiprocess_mode="livesum")
+GRPC_CONNECTIONS = Gauge("warmpool_grpc_connections", "Open gRPC connections, per api process serving gRPC; "
+                         "listener: shared (the workers of `warmpool api --workers N` take turns accepting from "
+                         "one socket) or own", ["listener"], multiprocess_mode="liveall")
 
 
 # ---- the lease path -------------------------------------------------------------------------------

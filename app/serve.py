@@ -1,11 +1,13 @@
 """Serving the API process: uvicorn for HTTP, with the gRPC server started and drained in the ASGI
-lifespan of every worker (app.main.WarmpoolASGI)."""
+lifespan of every worker (app.main.WarmpoolASGI). With several workers the parent binds the gRPC port
+once and every worker accepts from that one socket, as they do from uvicorn's HTTP socket."""
 from __future__ import annotations
 
 import atexit
 import gc
 import logging
 import os
+import socket
 
 import uvicorn
 
@@ -21,7 +23,28 @@ def worker_app():  # type: ignore[no-untyped-def]
 
     metrics.process_started()  # counted live until it exits (or a scrape finds it dead)
     atexit.register(metrics.process_stopped)
-    return _frozen(create_asgi(reuse_port=True))
+    return _frozen(create_asgi(grpc_socket=_grpc_socket))
+
+
+_grpc_socket: socket.socket | None = None  # in a worker: the gRPC listener the parent bound
+
+
+def _adopt(sock: socket.socket) -> GrpcListener:
+    global _grpc_socket
+    _grpc_socket = sock
+    return GrpcListener(sock)
+
+
+class GrpcListener:
+    """The gRPC listening socket, carried to each spawned worker inside uvicorn's Config, which uvicorn
+    pickles for every worker it starts (restarts included): multiprocessing passes the descriptor, and
+    unpickling in the worker stores the socket for `worker_app`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return _adopt, (self.sock,)
 
 
 def _frozen(app):  # type: ignore[no-untyped-def]
@@ -56,7 +79,16 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int | None =
 
         # Every worker writes its metrics there and /metrics sums them: a scrape sees the whole server.
         prepare_multiprocess(settings.data_dir / "metrics-api")
-        uvicorn.run("app.serve:worker_app", factory=True, workers=workers, **common)
+        from uvicorn.supervisors import Multiprocess
+
+        from app.api.vmpool_grpc import listen
+
+        config = uvicorn.Config("app.serve:worker_app", factory=True, workers=workers, **common)
+        config.warmpool_grpc_listener = GrpcListener(listen(settings.http_host, settings.grpc_port))
+        try:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        except KeyboardInterrupt:
+            pass
         return
     from app import metrics
     from app.main import create_asgi

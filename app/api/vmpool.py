@@ -247,7 +247,8 @@ class LeaseService:
         if req.HasField("reservation_id"):
             reservation_id = text(req.reservation_id, "reservation_id", limit=MAX_RESERVATION_ID, required=True)
         wished = wished_time(req, "expires")
-        await ratelimit.admit(await _org_of(authorization))  # the organization's Lease rate (app.ratelimit)
+        org_id = await _org_of(authorization)  # once per call: each look-up hashes the token
+        await ratelimit.admit(org_id)  # the organization's Lease rate (app.ratelimit)
         # An automatic reservation lives no longer than its caller (its deadline, or the longest this call
         # waits), even if this process dies before withdrawing it.
         caller_left = budget + MAX_MARGIN if remaining is None else min(remaining, budget + MAX_MARGIN)
@@ -255,9 +256,9 @@ class LeaseService:
         result: Any = None
         if reservation_id is None and self.fast:
             # On PostgreSQL, on this loop: a ready instance, a refusal, or an automatic reservation queued.
-            result = await self._lease_fast(authorization, answer_by, pool, tag, wished, wait_until)
+            result = await self._lease_fast(authorization, org_id, answer_by, pool, tag, wished, wait_until)
         elif self.fast:
-            result = await self._lease_reserved_fast(authorization, answer_by, pool, tag, wished, reservation_id)
+            result = await self._lease_reserved_fast(org_id, answer_by, pool, tag, wished, reservation_id)
         if result is None:
             result = await self._run_until(answer_by, _unanswered(reservation_id), authorization, leases.lease, pool,
                                            service_tag=tag, wished_expiry=wished, reservation_id=reservation_id,
@@ -268,14 +269,13 @@ class LeaseService:
             metrics.lease_step(result)
         return pb.LeaseResponse(lease=lease_message(result))
 
-    async def _lease_fast(self, authorization: str | None, answer_by: float, pool: str, tag: str,
+    async def _lease_fast(self, authorization: str | None, org_id: str, answer_by: float, pool: str, tag: str,
                           wished: datetime | None, wait_until: datetime) -> leases.LeaseView | leases.Queued | None:
         """A Lease without a reservation id in one async unit of work, answered by `answer_by`: the named pool's
         (or, unnamed, the fullest pool's) ready instance (leases_async.lease_named, reservations_async.lease_any),
         else the pool's empty-pool policy (reservations_async.empty_pool: a refusal, or an automatic reservation
         to wait on; each path writes in one statement); None: the `cold` policy, which the sync path applies. As
         `_run_until`: what a call that went away or ran out of time got is undone, never left to nobody."""
-        org_id = await _org_of(authorization)
         loop = asyncio.get_running_loop()
 
         async def claim(conn: Any) -> tuple[leases.LeaseView | leases.Queued | None, list]:
@@ -307,12 +307,11 @@ class LeaseService:
             raise TooLate("the server could not answer before the call's deadline; retry")
         return work.result()
 
-    async def _lease_reserved_fast(self, authorization: str | None, answer_by: float, pool: str, tag: str,
+    async def _lease_reserved_fast(self, org_id: str, answer_by: float, pool: str, tag: str,
                                    wished: datetime | None, reservation_id: str) -> leases.LeaseView | leases.Queued | None:
         """reservations_async.lease_reserved in one async transaction, answered by `answer_by`; None: the sync
         path answers. Nothing is undone for a call that gives up: a named reservation keeps its lease or its
         place for the next call with the same id (_unanswered)."""
-        org_id = await _org_of(authorization)
         loop = asyncio.get_running_loop()
 
         async def reserve(conn: Any) -> tuple[leases.LeaseView | leases.Queued | None, list]:

@@ -1,88 +1,49 @@
-"""The lease service over gRPC: a grpc.aio server on its own thread and event loop beside uvicorn in the
-`warmpool api` process, with the standard health and reflection services. Bearer token from the
-`authorization` metadata; Ping is open. The implementation is app.api.vmpool.LeaseService, shared
-with the Connect transport; this module only maps requests, deadlines and errors."""
+"""The lease service over gRPC, on its own thread and event loop beside uvicorn in the `warmpool api`
+process: the port's HTTP/2 front (app/api/grpc_front.py) answers the lease service's unary calls itself and
+relays every other stream to a grpc.aio server on a private loopback port, which also serves the standard
+health and reflection services. Bearer token from the `authorization` metadata; Ping is open. The
+implementation is app.api.vmpool.LeaseService, shared with the Connect transport; app/api/grpc_unary.py
+maps requests, deadlines and errors for both servers."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import adb, metrics
-from app.api.core import GRPC, map_error
-from app.api.hygiene import BadInput, check_message
+from app.api.grpc_listener import Front
+from app.api.grpc_unary import _Malformed, _parser  # noqa: F401 - re-exported for tests
+from app.api.grpc_unary import METHODS, OPEN_METHODS, PARSERS, SERVICE, Refused, call
 from app.api.ops import follow_readiness
 from app.api.vmpool import LeaseService, default_service, warm_up
 from config.settings import get_settings
-from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-SERVICE = pb.DESCRIPTOR.services_by_name["VMPoolLeaseService"].full_name
-OPEN_METHODS = {"Ping"}
-
-# RPC name -> (LeaseService method, request type, response type)
-METHODS: dict[str, tuple[str, Any, Any]] = {
-    "Ping": ("ping", empty_pb2.Empty, pb.PingResponse),
-    "Lease": ("lease", pb.LeaseRequest, pb.LeaseResponse),
-    "Return": ("return_", pb.ReturnRequest, pb.ReturnResponse),
-    "ExtendTo": ("extend_to", pb.ExtendToRequest, pb.ExtendToResponse),
-    "Pools": ("pools", pb.PoolsRequest, pb.PoolsResponse),
-    "GetLease": ("get_lease", pb.GetLeaseRequest, pb.GetLeaseResponse),
-}
-
-class _Malformed:
-    """Stands in for a request whose bytes did not parse, so the handler can answer INVALID_ARGUMENT
-    (grpcio itself would answer INTERNAL)."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _parser(cls: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is the client's
-            return _Malformed(exc)
-
-    return parse
-
-
 def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
-    attr, request_type, response_type = METHODS[rpc]
-    method = getattr(service, attr)
+    _, request_type, response_type = METHODS[rpc]
     needs_token = rpc not in OPEN_METHODS
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         metrics.TRANSPORT.set("grpc")  # this RPC's own task: Lease calls are counted under gRPC
-        if isinstance(request, _Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {request.error}")
-        try:
-            check_message(request)  # the same input rules as every other façade (app/api/hygiene.py)
-        except BadInput as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         authorization = None
         if needs_token:
             authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
         try:
-            return await method(authorization, request, context.time_remaining())
-        except Exception as exc:  # noqa: BLE001 - every outcome is a gRPC status (app.api.core's table)
-            refusal = map_error(exc, GRPC, what=f"{SERVICE}/{rpc}")
-            if refusal.trailers():
-                context.set_trailing_metadata(refusal.trailers())
-            await context.abort(refusal.code, refusal.message)
+            return await call(service, rpc, request, authorization, context.time_remaining())
+        except Refused as refused:
+            if refused.trailers:
+                context.set_trailing_metadata(refused.trailers)
+            await context.abort(refused.code, refused.message)
 
     return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=_parser(request_type), response_serializer=response_type.SerializeToString,
+        handle, request_deserializer=PARSERS[rpc], response_serializer=response_type.SerializeToString,
     )
 
 
@@ -106,10 +67,12 @@ class GrpcServer:
     """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
 
     def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, sock: socket.socket | None = None, shared: bool = False) -> None:
         self.host, self.port, self.grace = host, port, grace
-        # One process binds the port alone (a clash fails loudly); `warmpool api --workers N` shares it.
-        self.reuse_port = reuse_port
+        # One process binds the port alone (a clash fails loudly), unless `reuse_port`; `warmpool api
+        # --workers N` binds it once before starting the workers and hands each the listening `sock`
+        # (`shared`: the workers take turns accepting, app/api/grpc_front.py).
+        self.reuse_port, self.sock, self.shared = reuse_port, sock, shared
         self.service = service or default_service()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,20 +114,24 @@ class GrpcServer:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         limit = get_settings().input.max_grpc_message_bytes  # larger requests get RESOURCE_EXHAUSTED
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.reuse_port else 0),
-                                          ("grpc.max_receive_message_length", limit)])
+        public = self.sock or listen(self.host, self.port, self.reuse_port)
+        self.port = public.getsockname()[1]
+        # The streams the front relays (health, reflection, unknown methods), on a port of this process's own.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             SERVICE, {rpc: _handler(self.service, rpc) for rpc in METHODS}),))
         checks = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
-        if not self.port:
-            raise OSError("address in use or not available")
+        backend = server.add_insecure_port("127.0.0.1:0")
+        if not backend:
+            raise OSError("no loopback port for the gRPC server")
         await warm_up()  # this loop's pools and statements, before the first call can arrive
         await server.start()
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        front = Front(public, self.service, f"127.0.0.1:{backend}", limit, shared=self.shared)
+        front.start()
         log.info("warmpool api: gRPC on %s:%d (%s, health, reflection)", self.host, self.port, SERVICE)
         # Health follows /readyz: NOT_SERVING while the database or Redis is unreachable.
         follower = asyncio.create_task(follow_readiness(lambda ok: _set_health(checks, ok)))
@@ -172,5 +139,17 @@ class GrpcServer:
         await self._stopping.wait()
         follower.cancel()
         await checks.enter_graceful_shutdown()
+        await front.stop(self.grace)  # in-flight calls finish; relayed ones still reach the server below
         await server.stop(self.grace)
         await adb.close()
+
+
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for the gRPC port (both IPv6 and IPv4 on an IPv6 wildcard host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    dual = family == socket.AF_INET6 and socket.has_dualstack_ipv6()
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=1024, reuse_port=reuse_port,
+                                    dualstack_ipv6=dual and host.strip("[]") == "::")
+    except OSError as exc:
+        raise OSError(f"address in use or not available ({exc})") from None

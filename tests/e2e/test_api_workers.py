@@ -1,7 +1,9 @@
-"""`warmpool api --workers 2`: both processes serve HTTP and gRPC on the same ports, and stop cleanly."""
+"""`warmpool api --workers 2`: both processes serve HTTP and gRPC on the same ports (one gRPC listening
+socket, bound by the parent), spread gRPC connections evenly, and stop cleanly."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2_grpc
 
 
 def free_port() -> int:
@@ -20,13 +27,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def grpc_connections(directory: Path) -> dict[str, float]:
+    """`warmpool_grpc_connections` per worker pid, as each worker recorded it."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    text = generate_latest(registry).decode()
+    found = re.findall(r'^warmpool_grpc_connections\{listener="shared",pid="(\d+)"\} (\S+)$', text, re.M)
+    return {pid: float(v) for pid, v in found}
+
+
 def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_path):
     http, grpc_port = free_port(), free_port()
     env = {**os.environ, "WARMPOOL_DATABASE_URL": database_url, "WARMPOOL_REDIS_URL": redis_url,
-           "WARMPOOL_HTTP_PORT": str(http), "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING"}
+           "WARMPOOL_HTTP_PORT": str(http), "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING",
+           "WARMPOOL_DATA_DIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = open(tmp_path / "api.log", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "api", "--workers", "2"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    channels: list[grpc.Channel] = []
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -36,17 +55,31 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
                 time.sleep(0.2)
-        listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{grpc_port}"], capture_output=True, text=True).stdout
-        deadline = time.monotonic() + 15
-        while listeners.count("pid=") < 2 and time.monotonic() < deadline:
+        listeners = subprocess.run(["ss", "-ltnH", f"sport = :{grpc_port}"], capture_output=True, text=True).stdout
+        assert len(listeners.splitlines()) == 1, listeners  # one listening socket, shared by the workers
+        deadline = time.monotonic() + 30
+        while len(grpc_connections(tmp_path / "metrics-api")) < 2:  # both workers serve gRPC
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
-            listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{grpc_port}"], capture_output=True, text=True).stdout
-        assert listeners.count("pid=") == 2, listeners  # one gRPC listener per worker
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for _ in range(10):
-                assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        # Eight clients, each its own connection (a channel of its own subchannel pool), one after another:
+        # each is served by whichever worker serves fewer connections when it arrives.
+        for _ in range(8):
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(channel)
+            assert health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert lease_api_pb2_grpc.VMPoolLeaseServiceStub(channel).Ping(empty_pb2.Empty(), timeout=10).msg == "pong"
+        deadline = time.monotonic() + 15
+        per_worker = grpc_connections(tmp_path / "metrics-api")
+        while sum(per_worker.values()) < 8 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            per_worker = grpc_connections(tmp_path / "metrics-api")
+        assert sum(per_worker.values()) == 8, per_worker
+        assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+        assert max(per_worker.values()) <= 5, per_worker  # spread, not hashed (SO_REUSEPORT gave 6:2)
     finally:
+        for channel in channels:
+            channel.close()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     assert "Traceback" not in (tmp_path / "api.log").read_text()

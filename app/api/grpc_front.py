@@ -1,0 +1,429 @@
+"""The gRPC port's own HTTP/2 front: the lease service's unary RPCs are answered on the event loop without
+grpc.aio (whose unary call alone costs ~0.3 ms of CPU, as much as the lease itself); every other stream
+(health, reflection, unknown methods) is relayed to this process's grpc.aio server on a private loopback
+port, which answers it exactly as before.
+
+The listening socket and the relay are app/api/grpc_listener.py's.
+
+HTTP/2 as gRPC clients use it (RFC 9113, RFC 7541): flow control both ways, SETTINGS, PING, RST_STREAM,
+GOAWAY for a graceful drain; requests whose messages are compressed are inflated (gzip, deflate).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from app import metrics
+from app.api.grpc_unary import NATIVE, Refused, answer
+from app.api.h2 import (
+    ACK, CONN_WINDOW, CONTINUATION, DATA, END_HEADERS, END_STREAM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR,
+    GOAWAY, HEADERS, MAX_FRAME, MAX_HEADER_BLOCK, MAX_STREAMS, NO_ERROR, OK_TRAILERS, PADDED, PING, PREFACE,
+    PRIORITY_FLAG, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RESPONSE_HEADERS, RST_STREAM, SETTINGS,
+    STREAM_WINDOW, WINDOW_UPDATE, Decoder, H2Error, frame, metadata_block, parse_timeout, status_block,
+)
+
+if TYPE_CHECKING:
+    from app.api.grpc_listener import Front
+
+log = logging.getLogger(__name__)
+
+# ---- streams and connections --------------------------------------------------------------------
+
+class Stream:
+    __slots__ = ("id", "path", "headers", "data", "ended", "task", "queue", "deadline", "timer", "send_window",
+                 "pending", "trailers", "headers_sent", "recv_unacked", "done", "encoding")
+
+    def __init__(self, sid: int, path: str, headers: dict[str, bytes], send_window: int) -> None:
+        self.id, self.path, self.headers = sid, path, headers
+        self.data = bytearray()
+        self.ended = self.headers_sent = self.done = False
+        self.task: asyncio.Task | None = None
+        self.queue: asyncio.Queue | None = None
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.send_window = send_window
+        self.pending = bytearray()
+        self.trailers: bytes | None = None
+        self.recv_unacked = 0
+        self.encoding = headers.get("grpc-encoding", b"identity").decode("latin-1")
+
+
+class Connection(asyncio.Protocol):
+    """One client's HTTP/2 connection."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.loop = front.loop
+        self.buf = bytearray()
+        self.started = False
+        self.decoder = Decoder()
+        self.streams: dict[int, Stream] = {}
+        self.last_id = 0
+        self.send_window = 65535
+        self.peer_initial = 65535
+        self.peer_frame = MAX_FRAME
+        self.recv_unacked = 0
+        self.continuing: tuple[int, int, bytearray] | None = None  # (stream, flags, block) awaiting CONTINUATION
+        self.transport: asyncio.Transport | None = None
+        self.draining = False
+        self.closed = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.front.opened(self)
+        settings = (3).to_bytes(2, "big") + MAX_STREAMS.to_bytes(4, "big") + \
+            (4).to_bytes(2, "big") + STREAM_WINDOW.to_bytes(4, "big")
+        transport.write(frame(SETTINGS, 0, 0, settings)
+                        + frame(WINDOW_UPDATE, 0, 0, (CONN_WINDOW - 65535).to_bytes(4, "big")))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for st in list(self.streams.values()):
+            self._forget(st, cancel=True)
+        self.front.closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        try:
+            if not self.started:
+                if len(buf) < len(PREFACE):
+                    if not PREFACE.startswith(bytes(buf)):
+                        raise H2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                    return
+                if buf[:len(PREFACE)] != PREFACE:
+                    raise H2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                del buf[:len(PREFACE)]
+                self.started = True
+            pos, size = 0, len(buf)
+            while size - pos >= 9:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                if length > MAX_FRAME:
+                    raise H2Error(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+                if size - pos - 9 < length:
+                    break
+                kind, flags = buf[pos + 3], buf[pos + 4]
+                sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                payload = bytes(buf[pos + 9:pos + 9 + length])
+                pos += 9 + length
+                self._frame(kind, flags, sid, payload)
+                if self.closed:
+                    return
+            del buf[:pos]
+        except H2Error as exc:
+            self._goaway(exc.code, str(exc))
+
+    # -- frames in
+    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if self.continuing is not None and kind != CONTINUATION:
+            raise H2Error(PROTOCOL_ERROR, "expected CONTINUATION")
+        if kind == DATA:
+            self._data(flags, sid, payload)
+        elif kind == HEADERS:
+            if sid == 0:
+                raise H2Error(PROTOCOL_ERROR, "HEADERS on stream 0")
+            payload = self._unpad(flags, payload)
+            if flags & PRIORITY_FLAG:
+                payload = payload[5:]
+            if flags & END_HEADERS:
+                self._headers(sid, flags, payload)
+            else:
+                self.continuing = (sid, flags, bytearray(payload))
+        elif kind == CONTINUATION:
+            if self.continuing is None or self.continuing[0] != sid:
+                raise H2Error(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            self.continuing[2].extend(payload)
+            if len(self.continuing[2]) > MAX_HEADER_BLOCK:
+                raise H2Error(PROTOCOL_ERROR, "header block too large")
+            if flags & END_HEADERS:
+                _, first, block = self.continuing
+                self.continuing = None
+                self._headers(sid, first, bytes(block))
+        elif kind == RST_STREAM:
+            st = self.streams.get(sid)
+            if st is not None:
+                self._forget(st, cancel=True)
+        elif kind == SETTINGS:
+            if not flags & ACK:
+                self._settings(payload)
+        elif kind == PING:
+            if not flags & ACK:
+                self.transport.write(frame(PING, ACK, 0, payload))
+        elif kind == GOAWAY:
+            self.draining = True
+            if not self.streams:
+                self.transport.close()
+        elif kind == WINDOW_UPDATE:
+            inc = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            if sid == 0:
+                self.send_window += inc
+                for st in list(self.streams.values()):
+                    self._flush(st)
+            elif (st := self.streams.get(sid)) is not None:
+                st.send_window += inc
+                self._flush(st)
+        elif kind == PUSH_PROMISE:
+            raise H2Error(PROTOCOL_ERROR, "clients do not push")
+        # PRIORITY and unknown frame types are ignored.
+
+    @staticmethod
+    def _unpad(flags: int, payload: bytes) -> bytes:
+        if not flags & PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise H2Error(PROTOCOL_ERROR, "bad padding")
+        return payload[1:len(payload) - payload[0]]
+
+    def _settings(self, payload: bytes) -> None:
+        if len(payload) % 6:
+            raise H2Error(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        for i in range(0, len(payload), 6):
+            key, value = int.from_bytes(payload[i:i + 2], "big"), int.from_bytes(payload[i + 2:i + 6], "big")
+            if key == 4:  # INITIAL_WINDOW_SIZE: applies to every open stream's send window
+                if value > 0x7FFFFFFF:
+                    raise H2Error(FLOW_CONTROL_ERROR, "window too large")
+                for st in self.streams.values():
+                    st.send_window += value - self.peer_initial
+                self.peer_initial = value
+            elif key == 5:
+                if not MAX_FRAME <= value <= 0xFFFFFF:
+                    raise H2Error(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+                self.peer_frame = value
+        self.transport.write(frame(SETTINGS, ACK, 0))
+        for st in list(self.streams.values()):
+            self._flush(st)
+
+    def _headers(self, sid: int, flags: int, block: bytes) -> None:
+        fields = self.decoder.decode(block)  # always, to keep the dynamic table in step
+        st = self.streams.get(sid)
+        if st is not None:  # trailers from the client end its request
+            if flags & END_STREAM:
+                self._end_of_request(st)
+            return
+        if sid % 2 == 0 or sid <= self.last_id:
+            raise H2Error(PROTOCOL_ERROR, "bad stream id")
+        self.last_id = sid
+        if self.draining or len(self.streams) >= MAX_STREAMS:
+            self.transport.write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            return
+        headers: dict[str, bytes] = {}
+        for name, value in fields:
+            key = name.decode("latin-1")
+            headers[key] = headers[key] + b"," + value if key in headers and not key.startswith(":") else value
+        st = Stream(sid, headers.get(":path", b"").decode("latin-1"), headers, self.peer_initial)
+        self.streams[sid] = st
+        timeout = headers.get("grpc-timeout")
+        if timeout is not None and (seconds := parse_timeout(timeout)) is not None:
+            st.deadline = self.loop.time() + seconds
+            st.timer = self.loop.call_at(st.deadline, self._expire, st)
+        if headers.get(":method") != b"POST" or not headers.get("content-type", b"").startswith(b"application/grpc"):
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, "only gRPC calls are served on this port")
+        elif st.encoding not in ("identity", "gzip", "deflate"):
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {st.encoding!r} is not supported")
+        elif st.path not in NATIVE:
+            st.queue = asyncio.Queue()
+            st.task = self.loop.create_task(self.front.relay(self, st))
+        if flags & END_STREAM and not st.done:
+            self._end_of_request(st)
+
+    def _data(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise H2Error(PROTOCOL_ERROR, "DATA on stream 0")
+        self.recv_unacked += len(payload)
+        if self.recv_unacked > CONN_WINDOW // 2:
+            self.transport.write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
+            self.recv_unacked = 0
+        st = self.streams.get(sid)
+        if st is None or st.ended:
+            return  # a stream we answered or reset already
+        st.recv_unacked += len(payload)
+        if st.recv_unacked > STREAM_WINDOW // 2 and not flags & END_STREAM:
+            self.transport.write(frame(WINDOW_UPDATE, 0, sid, st.recv_unacked.to_bytes(4, "big")))
+            st.recv_unacked = 0
+        if not st.done:
+            st.data += self._unpad(flags, payload)
+            if not self._messages(st):
+                return
+        if flags & END_STREAM:
+            self._end_of_request(st)
+
+    def _messages(self, st: Stream) -> bool:
+        """Check the message prefix against the size limit; hand complete messages to a relay. False when
+        the stream was answered."""
+        data = st.data
+        while len(data) >= 5:
+            size = int.from_bytes(data[1:5], "big")
+            if size > self.front.limit:
+                self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"Received message larger than max ({size} vs. {self.front.limit})")
+                return False
+            if st.queue is None or len(data) < 5 + size:
+                return True
+            message = self._inflate(st, data[0], bytes(data[5:5 + size]))
+            if message is None:
+                return False
+            del data[:5 + size]
+            st.queue.put_nowait(message)
+        return True
+
+    def _inflate(self, st: Stream, flag: int, message: bytes) -> bytes | None:
+        if not flag:
+            return message
+        try:
+            if st.encoding == "gzip":
+                return zlib.decompress(message, wbits=31)
+            if st.encoding == "deflate":
+                return zlib.decompress(message)
+        except zlib.error as exc:
+            self._finish(st, grpc.StatusCode.INTERNAL, f"could not decompress the request: {exc}")
+            return None
+        self._finish(st, grpc.StatusCode.INTERNAL, "a compressed message without grpc-encoding")
+        return None
+
+    def _end_of_request(self, st: Stream) -> None:
+        st.ended = True
+        if st.done:
+            return
+        if st.queue is not None:  # relayed: the request stream ends
+            if self._messages(st):
+                if st.data:
+                    self._finish(st, grpc.StatusCode.INTERNAL, "the request ends inside a message")
+                else:
+                    st.queue.put_nowait(None)
+            return
+        data = st.data
+        if len(data) < 5 or len(data) != 5 + int.from_bytes(data[1:5], "big"):
+            self._finish(st, grpc.StatusCode.INTERNAL if data else grpc.StatusCode.UNIMPLEMENTED,
+                         "a unary call takes exactly one request message")
+            return
+        message = self._inflate(st, data[0], bytes(data[5:]))
+        if message is not None:
+            st.task = self.loop.create_task(self._unary(st, message))
+
+    # -- the lease service, here
+    async def _unary(self, st: Stream, message: bytes) -> None:
+        metrics.TRANSPORT.set("grpc")  # this RPC's own task: Lease calls are counted under gRPC
+        remaining = None if st.deadline is None else st.deadline - self.loop.time()
+        authorization = st.headers.get("authorization")
+        try:
+            response = await answer(self.front.service, st.path, message,
+                                    None if authorization is None else authorization.decode("latin-1"), remaining)
+        except Refused as refused:
+            self._finish(st, refused.code, refused.message, refused.trailers)
+            return
+        except asyncio.CancelledError:
+            return  # reset by the client or out of time: _expire answered
+        except Exception:  # never a traceback to the client
+            log.exception("gRPC %s failed", st.path)
+            self._finish(st, grpc.StatusCode.UNKNOWN, "Unexpected error")
+            return
+        self._answer(st, b"\x00" + len(response).to_bytes(4, "big") + response)
+
+    def _expire(self, st: Stream) -> None:
+        st.timer = None
+        if not st.done:
+            if st.task is not None:
+                st.task.cancel()
+            self._finish(st, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    # -- frames out
+    def send_headers(self, st: Stream, metadata: Any = ()) -> None:
+        if not st.headers_sent and not st.done:
+            st.headers_sent = True
+            self.transport.write(frame(HEADERS, END_HEADERS, st.id, RESPONSE_HEADERS + metadata_block(metadata)))
+
+    def send_message(self, st: Stream, message: bytes) -> None:
+        if not st.done:
+            st.pending += b"\x00" + len(message).to_bytes(4, "big") + message
+            self._flush(st)
+
+    def _answer(self, st: Stream, body: bytes) -> None:
+        """A unary answer: headers, the message and the OK trailers, in one write when the windows allow."""
+        if st.done or self.closed:
+            return
+        if not st.pending and len(body) <= min(st.send_window, self.send_window, self.peer_frame):
+            st.send_window -= len(body)
+            self.send_window -= len(body)
+            st.headers_sent = True
+            self.transport.write(frame(HEADERS, END_HEADERS, st.id, RESPONSE_HEADERS) + frame(DATA, 0, st.id, body)
+                                 + frame(HEADERS, END_HEADERS | END_STREAM, st.id, OK_TRAILERS))
+            self._close_stream(st)
+            return
+        self.send_headers(st)
+        st.pending += body
+        self.finish_with(st, OK_TRAILERS)
+
+    def _finish(self, st: Stream, code: grpc.StatusCode, message: str, trailers: Any = ()) -> None:
+        """End the stream with a status: trailers-only when nothing was sent yet."""
+        if st.done or self.closed:
+            return
+        if st.task is not None and st.task is not asyncio.current_task():
+            st.task.cancel()
+        block = status_block(code, message, trailers)
+        if not st.headers_sent:
+            st.headers_sent = True
+            st.pending.clear()
+            self.transport.write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, RESPONSE_HEADERS + block))
+            self._close_stream(st)
+            return
+        self.finish_with(st, block)
+
+    def finish_with(self, st: Stream, trailers: bytes) -> None:
+        st.trailers = trailers
+        self._flush(st)
+
+    def _flush(self, st: Stream) -> None:
+        if self.closed or st.done:
+            return
+        while st.pending:
+            n = min(len(st.pending), st.send_window, self.send_window, self.peer_frame)
+            if n <= 0:
+                return
+            chunk = bytes(st.pending[:n])
+            del st.pending[:n]
+            st.send_window -= n
+            self.send_window -= n
+            self.transport.write(frame(DATA, 0, st.id, chunk))
+        if st.trailers is not None:
+            self.transport.write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, st.trailers))
+            self._close_stream(st)
+
+    def _close_stream(self, st: Stream) -> None:
+        st.done = True
+        if not st.ended:  # answered before the request ended: the client need not send the rest
+            self.transport.write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
+        self._forget(st, cancel=False)
+
+    def _forget(self, st: Stream, cancel: bool) -> None:
+        st.done = True
+        self.streams.pop(st.id, None)
+        if st.timer is not None:
+            st.timer.cancel()
+        if cancel and st.task is not None:
+            st.task.cancel()
+        if st.queue is not None:
+            st.queue.put_nowait(None)
+        if self.draining and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def _goaway(self, code: int, why: str) -> None:
+        log.info("gRPC connection closed: %s", why)
+        if self.transport is not None and not self.closed:
+            self.transport.write(frame(GOAWAY, 0, 0, self.last_id.to_bytes(4, "big") + code.to_bytes(4, "big")))
+            self.transport.close()
+        self.closed = True
+
+    def drain(self) -> None:
+        """Graceful: streams begun so far are answered, later ones refused (the client retries them
+        elsewhere), and the connection closes when the last one ends."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        self.transport.write(frame(GOAWAY, 0, 0, self.last_id.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
+        if not self.streams:
+            self.transport.close()

@@ -1,0 +1,163 @@
+"""The gRPC port's listener: the HTTP/2 front's connections (app/api/grpc_front.py) come from here, and the
+streams the front does not answer itself are relayed from here to this process's grpc.aio server.
+
+The listening socket is the one `warmpool api` bound before starting its workers (app.serve), shared like
+uvicorn's HTTP socket: each worker takes a waiting connection after a delay that grows with the connections
+it already serves (0.5 ms each, at most 20 ms), so the one serving fewer takes it and connections spread
+evenly across workers (SO_REUSEPORT's hash split 8 connections 6:2). Each worker counts its open
+connections in `warmpool_grpc_connections` (per process).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from app import metrics
+from app.api.grpc_front import Connection, Stream
+from app.api.h2 import RESERVED
+
+log = logging.getLogger(__name__)
+
+ACCEPT_DELAY = 0.0005  # seconds per open connection before a worker takes a waiting one from the shared socket
+ACCEPT_DELAY_MAX = 0.020  # so a worker with 40 connections or more waits at most this long
+
+
+class Front:
+    """Serves the gRPC port on `loop` from `sock` (listening); `backend` is the private grpc.aio server's
+    address for relayed streams. `shared`: other workers accept from the same socket."""
+
+    def __init__(self, sock: socket.socket, service: Any, backend: str, limit: int, shared: bool) -> None:
+        self.sock, self.service, self.backend, self.limit, self.shared = sock, service, backend, limit, shared
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self._channel: grpc.aio.Channel | None = None
+        self._listening = False
+        self._stopped = False
+        self.accepted = 0  # connections accepted and not yet closed
+        self._resume: asyncio.TimerHandle | None = None
+        sock.setblocking(False)
+
+    def start(self) -> None:
+        self._gauge = metrics.GRPC_CONNECTIONS.labels("shared" if self.shared else "own")
+        self._gauge.set(0)  # this process serves the port from now on
+        self._listen(True)
+
+    def _listen(self, on: bool) -> None:
+        if on and not self._listening and not self._stopped:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._listening = True
+        elif not on and self._listening:
+            self.loop.remove_reader(self.sock.fileno())
+            self._listening = False
+
+    def _readable(self) -> None:
+        """A connection waits. Shared with other workers, this one tries to take it after a delay that grows
+        with the connections it already serves, so whoever serves fewer takes it: connections stay spread
+        within one of each other however they arrive (a burst, or one by one)."""
+        if not self.shared or self.accepted == 0:
+            self._accept()
+            return
+        self._listen(False)
+        self._resume = self.loop.call_later(min(ACCEPT_DELAY_MAX, ACCEPT_DELAY * self.accepted), self._delayed)
+
+    def _delayed(self) -> None:
+        self._resume = None
+        self._accept()
+        self._listen(True)
+
+    def _accept(self) -> None:
+        if self._stopped:
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:
+            log.warning("gRPC accept failed: %s", exc)
+            return
+        self.accepted += 1
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.create_task(self._adopt(conn))
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: Connection(self), conn)
+        except OSError as exc:
+            log.info("gRPC connection dropped at accept: %s", exc)
+            conn.close()
+            self.accepted -= 1
+
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self._gauge.set(len(self.connections))
+
+    def closed(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.accepted -= 1
+        self.connections.discard(conn)
+        self._gauge.set(len(self.connections))
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, drain every connection (GOAWAY), close what is left after `grace` seconds."""
+        self._stopped = True
+        self._listen(False)
+        if self._resume is not None:
+            self._resume.cancel()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._channel is not None:
+            await self._channel.close()
+
+    # -- relayed streams
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.backend, options=[
+                ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        return self._channel
+
+    async def relay(self, conn: Connection, st: Stream) -> None:
+        """A stream the lease service does not answer here, relayed to grpc.aio as raw messages."""
+        metadata = []
+        for key, value in st.headers.items():
+            if key.startswith(":") or key.startswith("grpc-") or key in RESERVED:
+                continue
+            if key.endswith("-bin"):
+                try:
+                    metadata.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+                except ValueError:
+                    continue
+            else:
+                metadata.append((key, value.decode("latin-1")))
+
+        async def requests() -> AsyncIterator[bytes]:
+            while (message := await st.queue.get()) is not None:
+                yield message
+
+        timeout = None if st.deadline is None else max(0.0, st.deadline - self.loop.time())
+        call = self.channel().stream_stream(st.path)(requests(), metadata=metadata, timeout=timeout)
+        try:
+            async for message in call:
+                if not st.headers_sent:
+                    conn.send_headers(st, await call.initial_metadata())
+                conn.send_message(st, message)
+            code, details, trailing = await call.code(), await call.details(), await call.trailing_metadata()
+        except grpc.aio.AioRpcError as err:
+            code, details, trailing = err.code(), err.details(), err.trailing_metadata()
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        conn._finish(st, code, details or "", [(k, v) for k, v in trailing or ()])
+
