@@ -91,13 +91,10 @@ class Decoder:
         length, pos = self._int(data, pos, 7)
         if pos + length > len(data):
             raise H2Error(COMPRESSION_ERROR, "truncated header string")
-        raw = data[pos:pos + length]
+        raw = bytes(data[pos:pos + length])
         if huffman:
-            try:
-                raw = decode_huffman(raw)
-            except Exception:  # noqa: BLE001 - any decoding failure is the peer's
-                raise H2Error(COMPRESSION_ERROR, "bad Huffman string") from None
-        return bytes(raw), pos + length
+            raw = _unhuffman(raw)
+        return raw, pos + length
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
@@ -125,6 +122,26 @@ class Decoder:
                 value, pos = self._str(data, pos)
                 out.append((name, value))
         return out
+
+
+_HUFFMAN: dict[bytes, bytes] = {}  # encoded -> decoded, for strings clients repeat on every call
+
+
+def _unhuffman(raw: bytes) -> bytes:
+    """Huffman-decode (RFC 7541), remembering recent strings: some clients send the token and the path as
+    literals on every call (nghttp2 never indexes `authorization`, nor `:path`), and the pure-Python
+    decoder costs tens of microseconds for each."""
+    hit = _HUFFMAN.get(raw)
+    if hit is not None:
+        return hit
+    try:
+        decoded = bytes(decode_huffman(raw))
+    except Exception:  # noqa: BLE001 - any decoding failure is the peer's
+        raise H2Error(COMPRESSION_ERROR, "bad Huffman string") from None
+    if len(_HUFFMAN) >= 1024:
+        _HUFFMAN.clear()
+    _HUFFMAN[raw] = decoded
+    return decoded
 
 
 def _hint(value: int, bits: int, flags: int = 0) -> bytes:
