@@ -9,8 +9,10 @@ one pool per measurement and run with enough ready instances, then, --runs times
     without it, Python client processes do the same);
   - gRPC Lease, then Return: client processes with one channel and one call in flight per client,
     stubs generated from our .proto.
-  - with --pods N: Connect JSON Lease from a pod pool of N that the engine (worker, events, observe on the
-    fake cloud) filled and refills between runs (bench/lease_engine.py);
+  - with --pods N: Connect JSON Lease from a pod pool of N (at least what one measurement can lease, 2,500/s)
+    that the engine (worker, events, observe on the fake cloud) filled, running beside the api and backfilling
+    what is leased meanwhile; the engine is settled (the last run's refill, the Returns' destroys) before each
+    run's pgbench and before the pod-pool measurement (bench/lease_engine.py);
 It prints the medians of throughput, p50/p99 latency, the ratio to pgbench's claim rate of the same run,
 and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. The load generators
 share the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
@@ -315,6 +317,13 @@ def main() -> int:
     procs = {name: subprocess.Popen([exe, *cmd], env=env, stdout=open(logdir / f"{name}.log", "w"),
                                     stderr=subprocess.STDOUT, start_new_session=True) for name, cmd in commands.items()}
     args.api_pid = procs["api"].pid
+    print(f"logs: {logdir}", flush=True)
+    args.pids = {name: proc.pid for name, proc in procs.items()}
+    pidfile = Path(pg.dir) / "data" / "postmaster.pid"
+    if pidfile.exists():
+        args.pids["postgres"] = int(pidfile.read_text().split()[0])
+    if rd.proc is not None:
+        args.pids["redis"] = rd.proc.pid
     try:
         return measure(args, db_url, port, grpc_port, logdir)
     finally:
@@ -358,9 +367,14 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     # Room for the whole measurement: a pool that runs dry turns the rest of the run into refusals (pgbench
     # claims about 4,000/s on two quiet cores, so 3 x 6,000 lasted under 5 s).
     seeded = {"pgbench": max(3 * args.seed, round(6000 * args.seconds)), "other": max(args.seed, round(2500 * args.seconds))}
+    # The pod pool holds one measurement too: one that runs dry measures the engine's refill (the calls wait on
+    # reservations the refill serves), not the Lease.
+    pod_size = max(args.pods, seeded["other"]) if args.pods else 0
     with session_scope() as s:  # the operator's override: the seeded pools are far above the default quota
-        quotas.set_quota(org_id, max_pool_size=max(seeded["pgbench"], args.pods),
-                         max_instances=seeded["pgbench"] * len(names) + args.wakeups + 2 * args.pods, session=s)
+        # The pod pool is made in one wave (max_creating: its size), as the README tells operators of big pools.
+        quotas.set_quota(org_id, max_pool_size=max(seeded["pgbench"], pod_size),
+                         max_instances=seeded["pgbench"] * len(names) + args.wakeups + (args.runs + 2) * pod_size,
+                         max_creating=max(pod_size, 10), session=s)
     for name in names:
         size = seeded["pgbench" if name.startswith("pgbench") else "other"]
         with session_scope() as s:
@@ -383,9 +397,14 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     if args.pods:
         from bench.lease_engine import fill_pod_pool
 
-        pods = fill_pod_pool(org_id, token, port, args.pods, logdir)
+        if pod_size > args.pods:
+            print(f"pod pool: {pod_size:,} instances (--pods {args.pods:,} raised to hold one measurement, "
+                  f"2,500 leases/s for {args.seconds:.0f} s)")
+        pods = fill_pod_pool(org_id, token, port, pod_size, logdir)
     for run in range(args.runs):
         for c in levels:
+            if pods is not None:  # the last run's backfill is done: not on pgbench's clock, nor on the api's
+                pods.refill()
             pgb = run_pgbench(db_url, org_id, f"pgbench-{c}-r{run}", c, args.seconds)
             rows.setdefault((c, "pgbench claim SQL"), []).append(dict(pgb, ratio=1.0))
             for kind in ("connect", "grpc"):
@@ -423,9 +442,21 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 rows.setdefault((c, f"{label} Return"), []).append(
                     dict(ret, ratio=ret["rps"] / pgb["rps"], vs_lease=ret["rps"] / max(lease["rps"], 1e-9)))
             if pods is not None:
-                pods.refill()
+                from bench.lease_engine import _ready, cpu_of, lease_tally
+
+                waited = pods.refill()  # and the destroys of the Returns just measured are done
+                cpu0, tally0 = cpu_of(args.pids), lease_tally(pods.pool_id)
+                spies = [profile(args, f"pods-{c}-r{run}-{who}", args.pids[who]) for who in ("api", "worker", "events")]
                 lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
                     if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
+                cpu1, tally1 = cpu_of(args.pids), lease_tally(pods.pool_id)
+                for spy in spies:
+                    if spy is not None:
+                        spy.wait(30)
+                print(f"  pods run {run}: {lease['rps']:.0f}/s, {tally1['leases'] - tally0['leases']} leases, "
+                      f"{tally1['reserved'] - tally0['reserved']} of them served after a wait (pool empty), "
+                      f"{_ready(pods.pool_id)} ready at the end (settled {waited:.1f} s before); CPU s: "
+                      + " ".join(f"{k} {cpu1[k] - cpu0[k]:.2f}" for k in cpu1), flush=True)
                 rows.setdefault((c, "Connect JSON Lease, pods"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
     print(f"{'clients':>7}  {'what':<25} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'vs pgbench':>10}"
           f"  {'vs Lease':>8}")
@@ -439,7 +470,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     if args.wakeups:
         from bench.lease_engine import time_wakeups
 
-        w = time_wakeups(org_id, token, port, args.wakeups)
+        if pods is not None:  # the engine settled: the last run's backfill is not on the clock
+            pods.refill()
+        w = time_wakeups(port, args.wakeups)
         print(f"reservation wake-up, instance ready -> waiting Lease answered ({args.wakeups} calls): "
               f"p50 {w['p50']:.1f} ms, p99 {w['p99']:.1f} ms, max {w['max']:.1f} ms (targets: 20 / 50 ms); of which the "
               f"applier's transaction: p50 {w['step_p50']:.1f} ms, max {w['step_max']:.1f} ms")
@@ -450,12 +483,12 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     return 0
 
 
-def profile(args: argparse.Namespace, name: str) -> subprocess.Popen | None:
+def profile(args: argparse.Namespace, name: str, pid: int | None = None) -> subprocess.Popen | None:
     if not args.profile:
         return None
     Path(args.profile).mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([spy, "record", "-p", str(args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "500",
+    return subprocess.Popen([spy, "record", "-p", str(pid or args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "500",
                              "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

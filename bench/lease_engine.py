@@ -24,6 +24,36 @@ def _post(url: str, token: str, body: dict, timeout: float = 30) -> tuple[int, d
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (api workers, Celery's pool, PostgreSQL backends)."""
+    from bench.stack import _children, _cpu
+
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _cpu(p)
+        todo.extend(_children(p))
+    return total
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: _tree_cpu(pid) for name, pid in pids.items()}
+
+
+def lease_tally(pool_id: str) -> dict[str, int]:
+    """The pool's leases so far, and how many of them a reservation served (the pool was empty: the call
+    waited for the engine's refill)."""
+    import sqlalchemy as sa
+
+    from app.db import session_scope
+    from app.models import Lease
+
+    with session_scope() as s:
+        total, reserved = s.execute(sa.select(sa.func.count(), sa.func.count(Lease.reservation_id))
+                                    .where(Lease.pool_id == pool_id)).one()
+    return {"leases": total, "reserved": reserved}
+
+
 def _ready(pool_id: str) -> int:
     import sqlalchemy as sa
 
@@ -36,6 +66,30 @@ def _ready(pool_id: str) -> int:
                          .where(Instance.pool_id == pool_id, READY)).scalar_one()
 
 
+def settle(timeout: float = 120) -> float:
+    """Wait until the engine has nothing queued or in hand (every Celery queue empty, no task reserved by a
+    worker, no instance event unread or unacknowledged), so a measurement does not share the machine with the
+    backlog of the one before (the destroys of the Returns just measured, the last run's refill); seconds waited."""
+    from app import events
+    from config.celery import ALL_QUEUES
+    from config.settings import get_settings
+
+    r = events.redis_client()
+    e = get_settings().engine
+    began = time.monotonic()
+    quiet = 0
+    while quiet < 3:  # three looks in a row, 0.1 s apart: a task between two queues is not missed
+        busy = sum(r.llen(q) for q in ALL_QUEUES) + r.hlen("unacked")
+        if r.exists(e.events_stream):
+            for group in r.xinfo_groups(e.events_stream):
+                busy += int(group.get("pending") or 0) + int(group.get("lag") or 0)
+        quiet = quiet + 1 if busy == 0 else 0
+        if time.monotonic() - began > timeout:
+            raise SystemExit(f"the engine still had {busy} tasks and events in hand after {timeout:.0f} s")
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
 @dataclass
 class PodPool:
     name: str
@@ -43,14 +97,18 @@ class PodPool:
     size: int
     logdir: Path
 
-    def refill(self, timeout: float = 600) -> None:
-        """Wait until the engine has the pool back at its size (it backfills what the last run leased)."""
-        deadline = time.monotonic() + timeout
+    def refill(self, timeout: float = 600) -> float:
+        """Wait until the engine has the pool back at its size (it backfills what the last run leased) and has
+        nothing else in hand (settle); seconds waited."""
+        began = time.monotonic()
+        deadline = began + timeout
         while _ready(self.pool_id) < self.size:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the pod pool has {_ready(self.pool_id)}/{self.size} ready after {timeout:.0f} s; "
                                  f"see {self.logdir}")
-            time.sleep(0.5)
+            time.sleep(0.2)
+        settle(max(deadline - time.monotonic(), 1.0))
+        return time.monotonic() - began
 
 
 def fill_pod_pool(org_id: str, token: str, port: int, size: int, logdir: Path) -> PodPool:
@@ -82,22 +140,33 @@ def fill_pod_pool(org_id: str, token: str, port: int, size: int, logdir: Path) -
     return pods
 
 
-def time_wakeups(org_id: str, token: str, port: int, n: int) -> dict:
-    """`n` times: a Lease call waits on its reservation on an empty pool; a starting instance is observed
+def time_wakeups(port: int, n: int) -> dict:
+    """`n` times, in an organization and pool of their own: a Lease call waits on its reservation on an empty pool; a starting instance is observed
     running and the applier's step for that event hands it over (app.domain.instances.apply_event: the
     compare-and-set to running and reservations.assign_ready_instance in one transaction, the wake-up
     published after commit, as workers/events.py does for an event); measured from the start of that step
     to the waiting call's answer (one clock: same machine)."""
     from app.db import session_scope
-    from app.domain import effects, pools
+    from app.domain import effects, pools, quotas, tenancy, tokens
     from app.domain.states import PoolKind
     from workers.celery_app import dispatch_effect, reconfigure
 
     reconfigure()
     effects.set_dispatcher(dispatch_effect)
+    # The hand-made instances must be left alone by an engine running beside (bench/lease.py --pods): a pass
+    # of the pool (the previous wake-up's backfill ask) removes a free instance above the pool's target
+    # before it is ready, and the call then waits for nothing. So the pool's target covers every instance
+    # made here, and its organization (of its own) may create none (max_creating 0): a pass finds nothing to
+    # remove and nothing to make.
     with session_scope() as s:
-        pool = pools.insert_pool(pools.new_pool(org_id, kind=PoolKind.NAMED, name="bench-wake", min_size=0,
-                                                max_size=n, empty_policy="reserve"), session=s, conflict="exists")
+        org = tenancy.ensure_organization("bench-wake", session=s)
+        _, token = tokens.create_token(org, session=s, scope=tokens.Scope.MEMBER)
+        org_id = org.id
+        quotas.set_quota(org_id, max_creating=0, max_pool_size=n + 2, max_instances=n + 2, session=s)
+        pool = pools.insert_pool(pools.new_pool(org_id, kind=PoolKind.NAMED, name="bench-wake", min_size=n + 2,
+                                                max_size=n + 2, empty_policy="reserve", idle_recycle_scaled=-1,
+                                                stopped_size=0),
+                                 session=s, conflict="exists")
     url = f"http://127.0.0.1:{port}/api/{SERVICE}/Lease"
     # The waiting caller is a process of its own, as a client is: in this one, its answer would queue for
     # the interpreter behind the applier's own after-commit work. Both read the same clock (CLOCK_MONOTONIC).
@@ -163,7 +232,11 @@ def _one_wakeup(caller: Any, org_id: str, pool: Any, rid: str) -> tuple[float, f
     with session_scope(after_commit=after_commit) as s:
         instances.apply_event(ready, session=s)
     if not caller.poll(15):
-        raise SystemExit(f"wake-up call {rid} did not answer")
+        with session_scope() as s:
+            got = s.get(Instance, inst.id)
+            res = s.query(Reservation).filter_by(organization_id=org_id, client_id=rid).first()
+            raise SystemExit(f"wake-up call {rid} did not answer (instance {got.state}/{got.desired_state}, "
+                             f"lease {got.lease_id}; reservation {res.state if res else None})")
     status, at = caller.recv()
     if status != 200:
         raise SystemExit(f"wake-up call {rid} answered {status}")

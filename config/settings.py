@@ -90,6 +90,12 @@ class EngineSettings(BaseModel):
     worker_concurrency: int = Field(32, description="Threads of the `provider` queue worker (provider calls block).")
     provision_batch: int = Field(100, description="Instances one `provision_instances` task creates with one batched "
                                  "provider call (a batch endpoint, or concurrent creates); 1: one task per instance.")
+    reconcile_pace: float = Field(3.0, ge=0, description="A pool's reconcile passes asked by writes start at least "
+                                  "this many times its last pass's duration apart (workers.pacing): a burst of "
+                                  "leases on a big pool gets a few passes, each replacing all taken since, not "
+                                  "passes back to back; 0: no pacing.")
+    reconcile_pace_max_seconds: float = Field(0.5, ge=0, description="The longest a pool's reconcile pass waits for "
+                                              "its pace.")
 
 
 class QuotaSettings(BaseModel):

@@ -11,9 +11,10 @@ from sqlmodel import Session
 
 from app.domain import rollout
 from app.domain.errors import FailedPrecondition, NotFound
+from app.domain.planner import InstanceView
 from app.domain.pools import bump_spec, bump_status, get_pool, request_reconcile, set_snapshot
 from app.domain.states import DesiredState, InstanceState as S
-from app.models import Instance, Pool, utcnow
+from app.models import Pool, utcnow
 
 _GONE = frozenset({S.DELETED, S.DELETING, S.FAILED})
 
@@ -22,16 +23,17 @@ def policy_of(pool: Pool) -> rollout.Policy:
     return rollout.Policy.model_validate({**(pool.rollout_policy or {}), "max_surge": pool.rotation_max_surge})
 
 
-def counts(pool: Pool, rows: Iterable[Instance]) -> rollout.Counts:
+def counts(pool: Pool, rows: Iterable[InstanceView]) -> rollout.Counts:
     """The rotation's view of the pool's free instances (leased ones leave when they are returned)."""
     stale = fresh_ready = fresh_live = leased = 0
+    snapshot_id = pool.snapshot_id  # once, not an ORM attribute read per instance
     for i in rows:
-        if i.lease_id is not None:
+        if i.leased:
             leased += i.state not in _GONE
             continue
         if i.state in _GONE or i.desired_state == DesiredState.DELETED:
             continue
-        if pool.snapshot_id and i.snapshot_id != pool.snapshot_id:
+        if snapshot_id and i.snapshot_id != snapshot_id:
             stale += 1
         elif i.desired_state == DesiredState.RUNNING:
             fresh_live += 1
@@ -40,7 +42,7 @@ def counts(pool: Pool, rows: Iterable[Instance]) -> rollout.Counts:
     return rollout.Counts(want=want, stale_live=stale, fresh_ready=fresh_ready, fresh_live=fresh_live)
 
 
-def reconcile_pass(pool: Pool, rows: list[Instance], now: datetime, policy: rollout.Policy) -> rollout.Decision:
+def reconcile_pass(pool: Pool, rows: list[InstanceView], now: datetime, policy: rollout.Policy) -> rollout.Decision:
     """Advance the pool's rollout for this reconcile (the pool row is locked by the caller) and store
     what changed; a stall becomes the pool's failure message (its phase turns DEGRADED on recount)."""
     decision = rollout.step(policy, pool.rollout_state, snapshot_id=pool.snapshot_id,

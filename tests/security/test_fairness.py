@@ -157,6 +157,7 @@ def test_deleting_a_big_pool_with_stuck_instances_enqueues_one_task_per_instance
     from workers import inflight
 
     monkeypatch.setenv("WARMPOOL_ENGINE__STUCK_AFTER_SECONDS", "0")  # every pass re-kicks what has not moved
+    monkeypatch.setenv("WARMPOOL_ENGINE__RECONCILE_PACE", "0")  # four passes back to back, none held off
     get_settings.cache_clear()
 
     w = make_catalog(make_org("big"))
