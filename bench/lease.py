@@ -287,6 +287,8 @@ def main() -> int:
     ap.add_argument("--wakeups", type=int, default=0, help="also time this many reservation wake-ups; 0: skip")
     ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
                     "measurement (collapsed stacks in DIR; pip install py-spy)")
+    ap.add_argument("--diagnose", action="store_true", help="print what PostgreSQL's backends were doing during "
+                    "the pod-pool measurement (sampled)")
     ap.add_argument("--worker", choices=["grpc", "connect"], help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)
@@ -447,8 +449,13 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 waited = pods.refill()  # and the destroys of the Returns just measured are done
                 cpu0, tally0 = cpu_of(args.pids), lease_tally(pods.pool_id)
                 spies = [profile(args, f"pods-{c}-r{run}-{who}", args.pids[who]) for who in ("api", "worker", "events")]
-                lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
-                    if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
+                from bench.lease_engine import ActivitySampler
+
+                with ActivitySampler() as sampled:
+                    lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
+                        if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
+                if args.diagnose:
+                    print(sampled.report(), flush=True)
                 cpu1, tally1 = cpu_of(args.pids), lease_tally(pods.pool_id)
                 for spy in spies:
                     if spy is not None:

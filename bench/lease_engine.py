@@ -241,3 +241,42 @@ def _one_wakeup(caller: Any, org_id: str, pool: Any, rid: str) -> tuple[float, f
     if status != 200:
         raise SystemExit(f"wake-up call {rid} answered {status}")
     return (at - began) * 1000, (committed[0] - began) * 1000
+
+
+class ActivitySampler:
+    """What PostgreSQL's backends are doing, sampled every `every` seconds while it runs (bench/lease.py --diagnose):
+    counts of (application, state, wait event, the statement's first words), to see who waits on whom."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        import collections
+        import threading
+
+        self.every = every
+        self.counts: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ActivitySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import sqlalchemy as sa
+
+        from app.db import get_engine
+
+        with get_engine().connect() as conn:
+            while not self._stop.wait(self.every):
+                for row in conn.execute(sa.text(
+                        "SELECT state, coalesce(wait_event_type, '') || ':' || coalesce(wait_event, '') AS w, "
+                        "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS q FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'")):
+                    self.counts[(row.state, row.w, row.q)] += 1
+                conn.rollback()
+
+    def report(self, top: int = 15) -> str:
+        return "\n".join(f"    {n:5d}  {state:<20} {w:<28} {q}" for (state, w, q), n in self.counts.most_common(top))

@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 @celery_app.task(name="warmpool.reconcile_pool", acks_late=True)
 def reconcile_pool(pool_id: str, swept: bool = False) -> str:
     """One pass over one pool: asked for by a write (queue `reconcile`) or by the sweep (`swept`, queue `sweep`).
-    A write's pass that comes sooner than the pool's pace (workers.pacing) goes back on its queue until then,
-    still holding its dedupe key as `queued`, so the asks that come meanwhile join it."""
+    A write's pass that comes while another pass of the pool runs, or sooner than the pool's pace after it
+    (workers.pacing), goes back on its queue until then, still holding its dedupe key as `queued`, so the asks
+    that come meanwhile join it."""
     key = "swept_reconcile" if swept else "reconcile_pool"
     if not swept:
-        wait = pacing.wait_before(pool_id)
+        wait = pacing.begin(pool_id)
         if wait > 0 and _later(pool_id, wait):
             return "paced"
         # Marked running before reading the pool: a change committed from now on enqueues a pass of its own.

@@ -10,9 +10,15 @@ in one go (one multi-row INSERT, batched provider calls). So a pool's passes tak
 1 / (1 + reconcile_pace) of a worker's time however fast it is asked, and never wait longer than
 `reconcile_pace_max_seconds`; a small pool's pass takes milliseconds, so its pace is milliseconds too.
 
-The gap lives in Redis as a key whose time to live is the gap (one clock, Redis's, for every worker); if Redis
-forgets it, the next pass simply runs at once. The beat sweep's passes are not paced (the sweep skips a pool
-with a pass queued or running) but they set the gap like any pass.
+A write's pass also never starts while another pass of its pool runs: the pace key says `running` from a pass's
+start to its end. Without that, each ask that came while a pass ran sent one more task (the dedupe key lets one
+queue behind a running pass), which marked itself running and queued on the pool's row lock: under a burst the
+worker's threads all waited there and then ran their passes one after another, holding the pool's lock (which
+the event applier needs too) the whole time.
+
+The key lives in Redis with the gap (or a running pass's hold) as its time to live: one clock, Redis's, for every
+worker; if Redis forgets it, the next pass simply runs at once. The beat sweep's passes are not paced (the sweep
+skips a pool with a pass queued or running) but they set the gap like any pass.
 """
 from __future__ import annotations
 
@@ -40,6 +46,19 @@ def gap_after(seconds: float) -> float:
     return min(max(seconds, 0.0) * e.reconcile_pace, e.reconcile_pace_max_seconds)
 
 
+# Take the pool's pace key for a pass about to start (ARGV[1] ms) unless it is held: by a pass still running or
+# by the last pass's gap. Returns 0 if taken, else the key's time to live in ms (at least 1).
+_BEGIN = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then
+  redis.call('SET', KEYS[1], 'running', 'PX', ARGV[1])
+  return 0
+end
+if ttl < 1 then return 1 end
+return ttl
+"""
+
+
 def wait_before(pool_id: str, client: redis_lib.Redis | None = None) -> float:
     """Seconds until the pool's next pass may start (0: now, or Redis unreachable)."""
     if get_settings().engine.reconcile_pace <= 0:
@@ -51,12 +70,33 @@ def wait_before(pool_id: str, client: redis_lib.Redis | None = None) -> float:
     return ms / 1000 if ms and ms > 0 else 0.0
 
 
-def note_pass(pool_id: str, seconds: float, client: redis_lib.Redis | None = None) -> None:
-    """A pass of the pool took `seconds`: hold its next one off for `gap_after(seconds)`."""
-    gap = gap_after(seconds)
-    if gap <= 0:
-        return
+def begin(pool_id: str, client: redis_lib.Redis | None = None) -> float:
+    """A pass of the pool is about to start: 0 if it may (the pool's key now says a pass is running, so a second
+    task that comes meanwhile waits instead of queueing on the pool's row lock behind this one), else seconds to
+    wait: the running pass's hold or the last pass's gap, at most `reconcile_pace_max_seconds` (a running pass
+    has no known end: the waiting one looks again then). 0 without pacing or without Redis."""
+    e = get_settings().engine
+    if e.reconcile_pace <= 0:
+        return 0.0
+    hold_ms = max(int(e.inflight_reconcile_seconds * 1000), 1)  # a worker that dies mid-pass holds it this long
     try:
-        (client or events.redis_client()).set(key_for(pool_id), 1, px=max(int(gap * 1000), 1))
+        ms = int((client or events.redis_client()).eval(_BEGIN, 1, key_for(pool_id), hold_ms))
     except redis_lib.RedisError:
-        log.warning("could not note the pace of pool %s; its next pass runs at once", pool_id, exc_info=True)
+        return 0.0
+    return 0.0 if ms <= 0 else min(ms / 1000, max(e.reconcile_pace_max_seconds, 0.001))
+
+
+def note_pass(pool_id: str, seconds: float, client: redis_lib.Redis | None = None) -> None:
+    """A pass of the pool took `seconds`: hold its next one off for `gap_after(seconds)` (and let go of the
+    running mark `begin` took)."""
+    if get_settings().engine.reconcile_pace <= 0:
+        return
+    gap = gap_after(seconds)
+    try:
+        r = client or events.redis_client()
+        if gap > 0:
+            r.set(key_for(pool_id), "gap", px=max(int(gap * 1000), 1))
+        else:
+            r.delete(key_for(pool_id))
+    except redis_lib.RedisError:
+        log.warning("could not note the pace of pool %s; it expires on its own", pool_id, exc_info=True)

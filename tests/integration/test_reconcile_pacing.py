@@ -137,3 +137,18 @@ def test_a_paced_pass_that_cannot_go_back_on_its_queue_runs_at_once(sent, monkey
     assert pacing.wait_before(pool_id) > 0
     assert reconcile_pool(pool_id) == "acted"  # better a pass now than none
     assert free_wanted(pool_id) == SIZE
+
+
+def test_a_pass_never_starts_while_another_pass_of_its_pool_runs(sent, monkeypatch):
+    paced(monkeypatch, 0.5)
+    org_id, pool_id = full_pool("exclusive")
+    assert pacing.begin(pool_id) == 0  # another worker's pass of the pool is running
+    with session_scope() as s:
+        leases.lease(org_id, "burst", session=s, service_tag="t")
+    # It waits instead of queueing on the pool's row lock, and looks again within the pace's cap.
+    assert run_reconciles(sent, 0)[0] == ["paced"]
+    again = [(kw, opts) for name, kw, opts in sent if name == "warmpool.reconcile_pool" and opts.get("countdown")]
+    assert len(again) == 1 and 0 < again[0][1]["countdown"] <= 0.5
+    pacing.note_pass(pool_id, 0.0)  # the other pass ended (instantly: no gap)
+    assert reconcile_pool(**again[0][0]) == "acted"
+    assert free_wanted(pool_id) == SIZE
