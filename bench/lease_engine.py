@@ -256,7 +256,7 @@ class ActivitySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "ActivitySampler":
+    def __enter__(self) -> ActivitySampler:
         self._thread.start()
         return self
 
