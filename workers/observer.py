@@ -186,6 +186,9 @@ class Observer(LoopService):
         self.interval = min(s.observer.discover_seconds, self.renew_every)
         self.renewed = 0.0
         self.watchers: dict[str, RunnerObserver] = {}
+        self.taken_with: dict[str, tuple[str, dict[str, Any]]] = {}
+        """The provider and settings each watcher was started with: a runner whose settings change (another
+        namespace, account or cluster) is watched anew with its new ones."""
 
     def run_once(self) -> None:
         try:
@@ -202,13 +205,20 @@ class Observer(LoopService):
                 moved_on = {r.id: r.epoch for r in rows}
             for runner_id, *rest in runners:
                 watcher = self.watchers.get(runner_id)
-                if watcher is not None and watcher.epoch is not None and moved_on[runner_id] > watcher.epoch:
+                if watcher is None:
+                    continue
+                if watcher.epoch is not None and moved_on[runner_id] > watcher.epoch:
                     # Another process began a new epoch (the applier lost the event stream): re-list now.
                     log.info("observer %s re-lists runner %s (epoch %d > %d)", self.replica, runner_id,
                              moved_on[runner_id], watcher.epoch)
-                    self._drop(runner_id, release=False)
-                    if self._renew(LEASE_KEY.format(runner_id)):  # still ours: a replica that lost it must not
-                        self._take(runner_id, *rest)               # bump the epoch under the new holder's feet
+                elif self.taken_with.get(runner_id) != tuple(rest):
+                    # Its settings changed since it was taken: what it watched may not be where the runner now is.
+                    log.info("observer %s watches runner %s anew: its settings changed", self.replica, runner_id)
+                else:
+                    continue
+                self._drop(runner_id, release=False)
+                if self._renew(LEASE_KEY.format(runner_id)):  # still ours: a replica that lost it must not
+                    self._take(runner_id, *rest)               # bump the epoch under the new holder's feet
             unobserved = [r for r in runners if r[0] not in self.watchers]
             if unobserved:
                 with self.r.pipeline(transaction=False) as pipe:  # one round trip however many runners there are
@@ -237,6 +247,7 @@ class Observer(LoopService):
             return
         log.info("observer %s now observes runner %s (%s)", self.replica, runner_id, provider_name)
         self.watchers[runner_id] = RunnerObserver(runner_id, provider, get_settings().owner).start()
+        self.taken_with[runner_id] = (provider_name, settings)
 
     def heartbeat(self) -> None:
         """Publish this replica's health (`warmpool:observer:replica:<id>`, expiring with the leases), so an
@@ -271,6 +282,7 @@ class Observer(LoopService):
 
     def _drop(self, runner_id: str, *, release: bool) -> None:
         watcher = self.watchers.pop(runner_id, None)
+        self.taken_with.pop(runner_id, None)
         if watcher is not None:
             watcher.stop()
         if release:

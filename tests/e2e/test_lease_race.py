@@ -142,8 +142,13 @@ def world(stack: Stack, monkeypatch) -> Iterator[World]:
     from config.settings import get_settings
     from workers.celery_app import dispatch_effect, reconfigure
 
-    # A stack a failed test left without one of its processes fails the next test here, not 60 s later.
+    # A stack a failed test left without one of its processes, or with an api that cannot reach its database,
+    # fails the next test here, not 60 s later.
+    import httpx
+
     assert not stack.dead(), f"{stack.dead()} exited:\n{stack.tail()}"
+    ready = httpx.get(stack.http + "/readyz", timeout=30)
+    assert ready.status_code == 200, f"the stack's api is not ready: {ready.text}\n{stack.tail()}"
     monkeypatch.setenv("WARMPOOL_DATABASE_URL", stack.database_url)
     monkeypatch.setenv("WARMPOOL_REDIS_URL", stack.redis_url)
     get_settings.cache_clear()

@@ -188,3 +188,26 @@ def test_when_the_observing_replica_dies_another_takes_the_runner_over(stack, re
     took = time.monotonic() - killed
     print(f"runner taken over and the vanished instance replaced {took:.2f}s after the holder died (lease 1.5 s)")
     assert procs.procs[survivor].poll() is None  # the survivor kept running
+
+
+# ---- a runner's settings change while it is observed ----------------------------------------------------
+
+def test_a_runner_whose_settings_change_is_observed_with_its_new_settings(stack, redis_client):
+    """The observer watches a runner with the settings it had when taken; when they change (another
+    namespace of the fake cloud, as an operator would point a runner at another account), it watches with
+    the new ones, so instances created there become ready (before this, they stayed provisioning until the
+    stuck-instance re-kick, 30 s here; the race tests met it when their runner was taken between its
+    creation and its settings)."""
+    procs = stack({}, "worker", "events", "observe")
+    w = make_catalog(make_org())  # a fake runner with no settings yet
+    wait_for(lambda: redis_client.get(LEASE_KEY.format(w.runner_id)), what="the observer takes the new runner")
+    from app.models import Runner
+
+    with session_scope() as s:
+        s.get(Runner, w.runner_id).settings = {"namespace": f"obs-{uuid.uuid4().hex[:6]}", "boot_ms": 20,
+                                               "start_ms": 10, "stop_ms": 10, "delete_ms": 5}
+        pool_id = pools.create_warm_pool(w.org_id, w.project_id, w.env_class_id, min_size=2, max_size=2, session=s).id
+    try:
+        wait_for(lambda: pool_row(pool_id).ready_instances == 2, timeout=20, what="READY")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: instances {[i.state for i in instances(pool_id)]}\n{procs.log('observe')}") from None
