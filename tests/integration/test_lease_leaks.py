@@ -16,8 +16,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from app import adb, ratelimit
 from app import events as ev
-from app import ratelimit
 from app.api.vmpool import LeaseService, TooLate, wait_budget
 from app.api.vmpool_background import _Watch
 from app.db import session_scope
@@ -80,6 +80,15 @@ class Call:
             except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
                 self.outcome = exc
             self.answered = self.loop.time()
+            # A server's loop outlives the answer: this loop's database pool closes and what the call left on it
+            # (a read, or a claim that commits after the answer time) ends before the loop does. A pool abandoned
+            # on a closed loop is finalized by the garbage collector at any moment, even inside a failing test's
+            # report (whose tracebacks then break pytest: "AST constructor recursion depth mismatch", 3.11).
+            if adb.enabled():
+                await adb.close()
+            left = asyncio.all_tasks() - {asyncio.current_task()}
+            if left:
+                await asyncio.wait(left, timeout=10)
 
         self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(run()))
         self.thread.start()
