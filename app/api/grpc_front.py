@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class Stream:
     __slots__ = ("id", "path", "headers", "data", "ended", "task", "queue", "deadline", "timer", "send_window",
-                 "pending", "trailers", "headers_sent", "recv_unacked", "done", "encoding")
+                 "pending", "trailers", "headers_sent", "held", "done", "encoding")
 
     def __init__(self, sid: int, path: str, headers: dict[str, bytes], send_window: int) -> None:
         self.id, self.path, self.headers = sid, path, headers
@@ -48,7 +48,7 @@ class Stream:
         self.send_window = send_window
         self.pending = bytearray()
         self.trailers: bytes | None = None
-        self.recv_unacked = 0
+        self.held = 0  # bytes received whose connection-level window is given back when they are consumed
         self.encoding = headers.get("grpc-encoding", b"identity").decode("latin-1")
 
 
@@ -234,23 +234,37 @@ class Connection(asyncio.Protocol):
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise H2Error(PROTOCOL_ERROR, "DATA on stream 0")
-        self.recv_unacked += len(payload)
-        if self.recv_unacked > CONN_WINDOW // 2:
-            self.transport.write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
-            self.recv_unacked = 0
         st = self.streams.get(sid)
         if st is None or st.ended:
-            return  # a stream we answered or reset already
-        st.recv_unacked += len(payload)
-        if st.recv_unacked > STREAM_WINDOW // 2 and not flags & END_STREAM:
-            self.transport.write(frame(WINDOW_UPDATE, 0, sid, st.recv_unacked.to_bytes(4, "big")))
-            st.recv_unacked = 0
-        if not st.done:
-            st.data += self._unpad(flags, payload)
-            if not self._messages(st):
-                return
+            self._ack(len(payload))  # a stream we answered or reset already
+            return
+        # The connection's window reopens only as requests are consumed, so what a client can make this
+        # process hold is bounded by CONN_WINDOW per connection, however many streams it opens.
+        st.held += len(payload)
+        st.data += self._unpad(flags, payload)
+        if not self._messages(st):
+            return
         if flags & END_STREAM:
             self._end_of_request(st)
+
+    def _ack(self, n: int) -> None:
+        self.recv_unacked += n
+        if self.recv_unacked > CONN_WINDOW // 2 and not self.closed:
+            self.transport.write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
+            self.recv_unacked = 0
+
+    def _release(self, st: Stream) -> None:
+        if st.held:
+            self._ack(st.held)
+            st.held = 0
+
+    def reopen(self, st: Stream) -> None:
+        """A relayed stream's consumer took a message: both windows reopen by what the stream had sent, so
+        a client can run at most a window ahead of the server it is relayed to."""
+        if st.held and not st.done and not self.closed:
+            if not st.ended:
+                self.transport.write(frame(WINDOW_UPDATE, 0, st.id, st.held.to_bytes(4, "big")))
+            self._release(st)
 
     def _messages(self, st: Stream) -> bool:
         """Check the message prefix against the size limit; hand complete messages to a relay. False when
@@ -262,8 +276,13 @@ class Connection(asyncio.Protocol):
                 self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"Received message larger than max ({size} vs. {self.front.limit})")
                 return False
-            if st.queue is None or len(data) < 5 + size:
+            if len(data) < 5 + size:
                 return True
+            if st.queue is None:  # unary: one message, then the end of the stream
+                if len(data) == 5 + size:
+                    return True
+                self._finish(st, grpc.StatusCode.INTERNAL, "a unary call takes exactly one request message")
+                return False
             message = self._inflate(st, data[0], bytes(data[5:5 + size]))
             if message is None:
                 return False
@@ -302,6 +321,8 @@ class Connection(asyncio.Protocol):
                          "a unary call takes exactly one request message")
             return
         message = self._inflate(st, data[0], bytes(data[5:]))
+        st.data = bytearray()
+        self._release(st)
         if message is not None:
             st.task = self.loop.create_task(self._unary(st, message))
 
@@ -401,6 +422,7 @@ class Connection(asyncio.Protocol):
 
     def _forget(self, st: Stream, cancel: bool) -> None:
         st.done = True
+        self._release(st)
         self.streams.pop(st.id, None)
         if st.timer is not None:
             st.timer.cancel()

@@ -144,6 +144,7 @@ class Front:
 
         async def requests() -> AsyncIterator[bytes]:
             while (message := await st.queue.get()) is not None:
+                conn.reopen(st)
                 yield message
 
         timeout = None if st.deadline is None else max(0.0, st.deadline - self.loop.time())

@@ -135,3 +135,16 @@ def test_the_decoder_reads_what_hpack_encodes():
     assert [n.decode() for n, _ in decoder.decode(block)][-1] == "x-long"
     with pytest.raises(h2.H2Error):
         h2.Decoder().decode(b"\xff\x7f")  # an index far past both tables
+
+
+def test_a_unary_call_takes_one_message_of_any_allowed_size(served, world):
+    _, channel = served
+    stub = lease_api_pb2_grpc.VMPoolLeaseServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as info:  # 300 KB: many DATA frames, past HTTP/2's default window
+        stub.Lease(pb.LeaseRequest(pool="p" * 300_000, service_tag="t"), metadata=md(world), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most" in info.value.details()
+    two = channel.stream_unary(f"/{SERVICE}/Ping", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as info:
+        two(iter([b"", b""]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INTERNAL, info.value.details()
+    assert stub.Ping(empty_pb2.Empty(), timeout=10).msg == "pong"  # the connection still serves
