@@ -32,6 +32,9 @@ from config.settings import get_settings
 log = logging.getLogger(__name__)
 
 PREFIX = "warmpool:pace"
+RUNNING_HOLD_SECONDS = 10.0
+"""How long a pass's `running` mark lasts if its worker dies mid-pass (its end replaces it with the gap). A pass
+that outlives it only lets a second one start, which then waits on the pool's row lock: slower, never wrong."""
 
 
 def key_for(pool_id: str) -> str:
@@ -78,7 +81,7 @@ def begin(pool_id: str, client: redis_lib.Redis | None = None) -> float:
     e = get_settings().engine
     if e.reconcile_pace <= 0:
         return 0.0
-    hold_ms = max(int(e.inflight_reconcile_seconds * 1000), 1)  # a worker that dies mid-pass holds it this long
+    hold_ms = int(RUNNING_HOLD_SECONDS * 1000)
     try:
         ms = int((client or events.redis_client()).eval(_BEGIN, 1, key_for(pool_id), hold_ms))
     except redis_lib.RedisError:
