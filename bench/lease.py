@@ -412,6 +412,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
             for kind in ("connect", "grpc"):
                 name = f"{kind}-{c}-r{run}"
                 spy = profile(args, f"{name}")
+                from bench.lease_engine import _tree_cpu
+
+                api_cpu = _tree_cpu(args.pids["api"])
                 if kind == "connect" and use_wrk:
                     lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
                 elif kind == "connect":
@@ -422,11 +425,13 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     lease = run_h2load_grpc(f"127.0.0.1:{grpc_port}", token, name, c, sent)
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
+                api_cpu = _tree_cpu(args.pids["api"]) - api_cpu
                 if spy is not None:
                     spy.wait(30)
                 ids = leased_instances(name)
                 if "sent" in lease:  # h2load: a call succeeded iff it made a lease
                     lease.update(ok=len(ids), errors=lease["sent"] - len(ids), rps=len(ids) / lease["elapsed"])
+                lease["api_us"] = api_cpu / max(1, lease["ok"]) * 1e6  # the api's CPU (all workers) per answered call
                 ids_file = logdir / f"{name}.ids"
                 ids_file.write_text("\n".join(ids))
                 # A third of the Lease's time: Return may run up to three times as fast before wrk runs out of
@@ -472,6 +477,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
         vs = f"{median([r['vs_lease'] for r in rs]):>8.0%}" if "vs_lease" in rs[0] else ""
         print(f"{c:>7}  {what:<25} {median([r['rps'] for r in rs]):>8.0f} {lat:>17} {sum(r['errors'] for r in rs):>6}"
               f"  {median([r['ratio'] for r in rs]):>10.0%}  {vs}")
+    print("api CPU per Lease, all workers (µs, median): " + "; ".join(
+        f"{what} @{c}: {median([r['api_us'] for r in rs]):.0f}" for (c, what), rs in rows.items()
+        if what.endswith(" Lease") and "api_us" in rs[0]))
     print("per run req/s: " + "; ".join(f"{what} @{c}: " + ", ".join(f"{r['rps']:.0f}" for r in rs)
                                        for (c, what), rs in rows.items()))
     if args.wakeups:
