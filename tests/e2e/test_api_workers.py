@@ -77,6 +77,15 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
         assert sum(per_worker.values()) == 8, per_worker
         assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
         assert max(per_worker.values()) <= 5, per_worker  # spread, not hashed (SO_REUSEPORT gave 6:2)
+        # A worker that dies is replaced, and the new one serves gRPC from the same socket (uvicorn hands it
+        # the listener again with its configuration).
+        os.kill(int(next(iter(per_worker))), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(grpc_connections(tmp_path / "metrics-api")) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
+            assert lease_api_pb2_grpc.VMPoolLeaseServiceStub(fresh).Ping(empty_pb2.Empty(), timeout=10).msg == "pong"
     finally:
         for channel in channels:
             channel.close()
