@@ -18,7 +18,9 @@ and Return's rate against Lease's; with --wakeups N, the reservation wake-up lat
 share the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
 
 Usage: python bench/lease.py [--seconds 5] [--clients 8] [--runs 3] [--pods 2000] [--wakeups 40]
-(the py-spy summary of a --profile run: python bench/spy_summary.py DIR/connect-8-r0.txt)
+(the py-spy summary of a --profile run: python bench/spy_summary.py DIR/connect-8-r0.txt; with --pods it also
+records the api, worker and applier during the pod-pool measurement, DIR/pods-8-r0-worker.txt etc.; --diagnose
+prints what PostgreSQL's backends waited on meanwhile)
 """
 from __future__ import annotations
 
