@@ -1,12 +1,14 @@
 """The gRPC port's own HTTP/2 front (app/api/grpc_front.py), driven by the official grpcio client: the
 lease service's unary calls answered by the front itself (many at once on one connection, compressed,
 non-ASCII details, unknown methods), health and reflection relayed to grpc.aio, a call past its deadline,
-and a graceful stop that lets a call in flight finish. The HPACK decoder against the hpack package's encoder."""
+a graceful stop that lets a call in flight finish, and the receive window a raw client cannot outrun. The
+HPACK decoder against the hpack package's encoder."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -148,3 +150,47 @@ def test_a_unary_call_takes_one_message_of_any_allowed_size(served, world):
         two(iter([b"", b""]), timeout=10)
     assert info.value.code() == grpc.StatusCode.INTERNAL, info.value.details()
     assert stub.Ping(empty_pb2.Empty(), timeout=10).msg == "pong"  # the connection still serves
+
+
+def _frames(sock: socket.socket, until: Callable[[int, int, int, bytes], bool]) -> list[tuple[int, int, int, bytes]]:
+    """Frames the server sends, up to and including the first for which `until` holds (10 s at most)."""
+    got, buf = [], b""
+    sock.settimeout(10)
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            item = (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n])
+            buf = buf[9 + n:]
+            got.append(item)
+            if until(*item):
+                return got
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {got}"
+        buf += chunk
+
+
+def test_a_client_cannot_make_the_server_hold_more_than_the_connection_window(served):
+    """Requests begun but never ended hold their bytes: the connection's window reopens only as requests are
+    consumed, not as bytes arrive (a hostile client could otherwise pile up any amount in memory)."""
+    server, _ = served
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    encoder = hpack.Encoder()
+    size, streams = 1_000_000, 16  # 16 MB: just inside the connection window the server grants
+    try:
+        sock.sendall(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0))
+        for sid in range(1, 2 * streams, 2):
+            block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/Lease"),
+                                    (":authority", "x"), ("content-type", "application/grpc")])
+            body = b"\x00" + size.to_bytes(4, "big") + b"\x00" * size
+            sock.sendall(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, block) + b"".join(
+                h2.frame(h2.DATA, 0, sid, body[i:i + h2.MAX_FRAME]) for i in range(0, len(body), h2.MAX_FRAME)))
+        sock.sendall(h2.frame(h2.PING, 0, 0, b"12345678"))
+        seen = _frames(sock, lambda kind, flags, sid, payload: kind == h2.PING and flags & h2.ACK)
+        reopened = [int.from_bytes(p, "big") for k, _, s, p in seen if k == h2.WINDOW_UPDATE and s == 0]
+        assert reopened == [h2.CONN_WINDOW - 65535], reopened  # only the initial grant: nothing consumed yet
+        for sid in range(1, 2 * streams, 2):  # the requests end: consumed (and refused, not valid messages)
+            sock.sendall(h2.frame(h2.DATA, h2.END_STREAM, sid))
+        seen = _frames(sock, lambda kind, flags, sid, payload: kind == h2.WINDOW_UPDATE and sid == 0)
+        assert int.from_bytes(seen[-1][3], "big") > h2.CONN_WINDOW // 2  # what the consumed requests held
+    finally:
+        sock.close()
