@@ -29,7 +29,7 @@ ACCEPT_DELAY_MAX = 0.020  # so a worker with 40 connections or more waits at mos
 
 
 class Front:
-    """Serves the gRPC port on `loop` from `sock` (listening); `backend` is the private grpc.aio server's
+    """Serves the gRPC port on the running loop from `sock` (listening); `backend` is the private grpc.aio server's
     address for relayed streams. `shared`: other workers accept from the same socket."""
 
     def __init__(self, sock: socket.socket, service: Any, backend: str, limit: int, shared: bool) -> None:
@@ -58,8 +58,9 @@ class Front:
 
     def _readable(self) -> None:
         """A connection waits. Shared with other workers, this one tries to take it after a delay that grows
-        with the connections it already serves, so whoever serves fewer takes it: connections stay spread
-        within one of each other however they arrive (a burst, or one by one)."""
+        with the connections it already serves, so whoever serves fewer takes it: while the workers' loops
+        answer within that delay, their connections stay within one of each other however they arrive (a
+        burst, or one by one); a worker too busy to take its turn leaves the connection to another."""
         if not self.shared or self.accepted == 0:
             self._accept()
             return
