@@ -286,6 +286,8 @@ def main() -> int:
                     "2,500 a second of measurement (pgbench's pools: three times as many, at least 6,000 a second)")
     ap.add_argument("--pods", type=int, default=0, help="also lease from a pod pool of this size that the "
                     "engine (worker, events, observe, fake cloud) filled; 0: skip")
+    ap.add_argument("--engine-nice", type=int, help="WARMPOOL_ENGINE__NICE of the engine's processes under --pods "
+                    "(default: the setting's, as `warmpool worker` runs by default)")
     ap.add_argument("--wakeups", type=int, default=0, help="also time this many reservation wake-ups; 0: skip")
     ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
                     "measurement (collapsed stacks in DIR; pip install py-spy)")
@@ -309,6 +311,8 @@ def main() -> int:
     env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url,
            "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING", "WARMPOOL_ENV": "test",
            "WARMPOOL_SECRET_KEYS": os.environ.get("WARMPOOL_SECRET_KEYS") or Fernet.generate_key().decode()}
+    if args.engine_nice is not None:  # the CLI applies it in worker, events, observe and beat, never in api
+        env["WARMPOOL_ENGINE__NICE"] = str(args.engine_nice)
     os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})  # a key for runner secrets too
     exe = str(Path(sys.executable).with_name("warmpool"))
     subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -405,6 +409,10 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
             print(f"pod pool: {pod_size:,} instances (--pods {args.pods:,} raised to hold one measurement, "
                   f"2,500 leases/s for {args.seconds:.0f} s)")
         pods = fill_pod_pool(org_id, token, port, pod_size, logdir)
+        # read from the processes (they filled the pool, so they have applied WARMPOOL_ENGINE__NICE)
+        print("niceness: " + ", ".join(f"{who} {os.getpriority(os.PRIO_PROCESS, pid)}" for who, pid in args.pids.items()
+                                       if who in ("api", "worker", "events", "observe"))
+              + "; load average at the start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     for run in range(args.runs):
         for c in levels:
             if pods is not None:  # the last run's backfill is done: not on pgbench's clock, nor on the api's
