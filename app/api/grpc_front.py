@@ -21,7 +21,8 @@ from app import metrics
 from app.api.grpc_unary import NATIVE, Refused, answer
 from app.api.h2 import (
     ACK, CONN_WINDOW, CONTINUATION, DATA, END_HEADERS, END_STREAM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR,
-    GOAWAY, HEADERS, MAX_FRAME, MAX_HEADER_BLOCK, MAX_STREAMS, NO_ERROR, OK_TRAILERS, PADDED, PING, PREFACE,
+    ENHANCE_YOUR_CALM, GOAWAY, HEADERS, MAX_FRAME, MAX_HEADER_BLOCK, MAX_HEADER_LIST, MAX_RESETS_PER_SECOND,
+    MAX_STREAMS, MAX_WRITE_BUFFER, NO_ERROR, OK_TRAILERS, PADDED, PING, PREFACE,
     PRIORITY_FLAG, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RESPONSE_HEADERS, RST_STREAM, SETTINGS,
     STREAM_WINDOW, WINDOW_UPDATE, Decoder, H2Error, frame, metadata_block, parse_timeout, status_block,
 )
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class Stream:
     __slots__ = ("id", "path", "headers", "data", "ended", "task", "queue", "deadline", "timer", "send_window",
-                 "pending", "trailers", "headers_sent", "held", "done", "encoding")
+                 "pending", "trailers", "headers_sent", "held", "done", "encoding", "window")
 
     def __init__(self, sid: int, path: str, headers: dict[str, bytes], send_window: int) -> None:
         self.id, self.path, self.headers = sid, path, headers
@@ -49,6 +50,7 @@ class Stream:
         self.pending = bytearray()
         self.trailers: bytes | None = None
         self.held = 0  # bytes received whose connection-level window is given back when they are consumed
+        self.window = STREAM_WINDOW  # what the client may still send on it (our SETTINGS_INITIAL_WINDOW_SIZE)
         self.encoding = headers.get("grpc-encoding", b"identity").decode("latin-1")
 
 
@@ -67,6 +69,8 @@ class Connection(asyncio.Protocol):
         self.peer_initial = 65535
         self.peer_frame = MAX_FRAME
         self.recv_unacked = 0
+        self.recv_window = CONN_WINDOW  # what the client may still send before our next WINDOW_UPDATE
+        self.resets, self.reset_epoch = 0, 0.0  # streams the client reset in the current second
         self.continuing: tuple[int, int, bytearray] | None = None  # (stream, flags, block) awaiting CONTINUATION
         self.transport: asyncio.Transport | None = None
         self.draining = False
@@ -77,7 +81,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         self.front.opened(self)
         settings = (3).to_bytes(2, "big") + MAX_STREAMS.to_bytes(4, "big") + \
-            (4).to_bytes(2, "big") + STREAM_WINDOW.to_bytes(4, "big")
+            (4).to_bytes(2, "big") + STREAM_WINDOW.to_bytes(4, "big") + \
+            (6).to_bytes(2, "big") + MAX_HEADER_LIST.to_bytes(4, "big")
         transport.write(frame(SETTINGS, 0, 0, settings)
                         + frame(WINDOW_UPDATE, 0, 0, (CONN_WINDOW - 65535).to_bytes(4, "big")))
 
@@ -115,6 +120,8 @@ class Connection(asyncio.Protocol):
                 if self.closed:
                     return
             del buf[:pos]
+            if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                raise H2Error(ENHANCE_YOUR_CALM, "the peer does not read what it asks for")
         except H2Error as exc:
             self._goaway(exc.code, str(exc))
 
@@ -148,6 +155,7 @@ class Connection(asyncio.Protocol):
             st = self.streams.get(sid)
             if st is not None:
                 self._forget(st, cancel=True)
+                self._count_reset()
         elif kind == SETTINGS:
             if not flags & ACK:
                 self._settings(payload)
@@ -170,6 +178,17 @@ class Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR, "clients do not push")
         # PRIORITY and unknown frame types are ignored.
+
+    def _count_reset(self) -> None:
+        """A stream reset by the client no longer counts toward MAX_STREAMS, so opening and resetting streams
+        would start work without bound (CVE-2023-44487, "rapid reset"): past MAX_RESETS_PER_SECOND the
+        connection is told to go."""
+        now = self.loop.time()
+        if now - self.reset_epoch >= 1.0:
+            self.reset_epoch, self.resets = now, 0
+        self.resets += 1
+        if self.resets > MAX_RESETS_PER_SECOND:
+            raise H2Error(ENHANCE_YOUR_CALM, "too many streams reset")
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
@@ -234,7 +253,16 @@ class Connection(asyncio.Protocol):
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise H2Error(PROTOCOL_ERROR, "DATA on stream 0")
+        # Flow control is the client's to keep: what it sends past the windows we gave is refused, so what it
+        # can make this process hold stays bounded.
+        self.recv_window -= len(payload)
+        if self.recv_window < 0:
+            raise H2Error(FLOW_CONTROL_ERROR, "DATA past the connection's window")
         st = self.streams.get(sid)
+        if st is not None:
+            st.window -= len(payload)
+            if st.window < 0:
+                raise H2Error(FLOW_CONTROL_ERROR, "DATA past the stream's window")
         if st is None or st.ended:
             self._ack(len(payload))  # a stream we answered or reset already
             return
@@ -251,6 +279,7 @@ class Connection(asyncio.Protocol):
         self.recv_unacked += n
         if self.recv_unacked > CONN_WINDOW // 2 and not self.closed:
             self.transport.write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
+            self.recv_window += self.recv_unacked
             self.recv_unacked = 0
 
     def _release(self, st: Stream) -> None:
@@ -264,6 +293,7 @@ class Connection(asyncio.Protocol):
         if st.held and not st.done and not self.closed:
             if not st.ended:
                 self.transport.write(frame(WINDOW_UPDATE, 0, st.id, st.held.to_bytes(4, "big")))
+                st.window += st.held
             self._release(st)
 
     def _messages(self, st: Stream) -> bool:
@@ -293,16 +323,24 @@ class Connection(asyncio.Protocol):
     def _inflate(self, st: Stream, flag: int, message: bytes) -> bytes | None:
         if not flag:
             return message
+        if st.encoding not in ("gzip", "deflate"):
+            self._finish(st, grpc.StatusCode.INTERNAL, "a compressed message without grpc-encoding")
+            return None
+        # Inflated no further than the size limit: a few KB of zeros would otherwise become gigabytes.
+        inflater = zlib.decompressobj(wbits=31 if st.encoding == "gzip" else 15)
         try:
-            if st.encoding == "gzip":
-                return zlib.decompress(message, wbits=31)
-            if st.encoding == "deflate":
-                return zlib.decompress(message)
+            inflated = inflater.decompress(message, self.front.limit + 1)
         except zlib.error as exc:
             self._finish(st, grpc.StatusCode.INTERNAL, f"could not decompress the request: {exc}")
             return None
-        self._finish(st, grpc.StatusCode.INTERNAL, "a compressed message without grpc-encoding")
-        return None
+        if len(inflated) > self.front.limit:
+            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max (more than {self.front.limit} bytes inflated)")
+            return None
+        if not inflater.eof:
+            self._finish(st, grpc.StatusCode.INTERNAL, "could not decompress the request: it is truncated")
+            return None
+        return inflated
 
     def _end_of_request(self, st: Stream) -> None:
         st.ended = True
@@ -437,7 +475,10 @@ class Connection(asyncio.Protocol):
         log.info("gRPC connection closed: %s", why)
         if self.transport is not None and not self.closed:
             self.transport.write(frame(GOAWAY, 0, 0, self.last_id.to_bytes(4, "big") + code.to_bytes(4, "big")))
-            self.transport.close()
+            if code == ENHANCE_YOUR_CALM:  # what is queued may never be read: do not wait for it to drain
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.closed = True
 
     def drain(self) -> None:

@@ -17,11 +17,15 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0, 1, 3, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 0xB
 MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which we keep
 STREAM_WINDOW = 1 << 21  # ours per stream: a whole request of the largest allowed size in flight
 CONN_WINDOW = 1 << 24
 MAX_STREAMS = 1000
 MAX_HEADER_BLOCK = 1 << 16
+MAX_HEADER_LIST = 1 << 16  # decoded (RFC 9113 SETTINGS_MAX_HEADER_LIST_SIZE): a small block can index big entries
+MAX_WRITE_BUFFER = 1 << 22  # bytes queued for a peer that does not read (answers to its PINGs, SETTINGS, ...)
+MAX_RESETS_PER_SECOND = 500  # streams a client opens and resets in a second before it is told to go (rapid reset)
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Request headers that are HTTP/2's or gRPC's own, not the caller's metadata.
 RESERVED = {"te", "content-type", "user-agent", "host", "connection", "accept-encoding", "content-length"}
@@ -42,10 +46,11 @@ class Decoder:
     """An HPACK decoder (RFC 7541) with the dynamic table; much cheaper than the hpack package's for the
     mostly indexed blocks a gRPC client sends after its first call (that package does the Huffman)."""
 
-    def __init__(self, max_size: int = 4096) -> None:
+    def __init__(self, max_size: int = 4096, max_list: int = MAX_HEADER_LIST) -> None:
         self.table: deque[tuple[bytes, bytes]] = deque()
         self.size = 0
         self.max_size = self.limit = max_size
+        self.max_list = max_list
 
     def _get(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= len(STATIC):
@@ -98,8 +103,12 @@ class Decoder:
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        pos, end = 0, len(data)
+        pos, end, listed = 0, len(data), 0
         while pos < end:
+            if out:  # the decoded list's size (RFC 9113 6.5.2): bounded however the block indexes the table
+                listed += len(out[-1][0]) + len(out[-1][1]) + 32
+                if listed > self.max_list:
+                    raise H2Error(ENHANCE_YOUR_CALM, "header list too large")
             b = data[pos]
             if b & 0x80:  # indexed field
                 index, pos = self._int(data, pos, 7)
@@ -121,6 +130,8 @@ class Decoder:
                 name, pos = self._str(data, pos) if index == 0 else (self._get(index)[0], pos)
                 value, pos = self._str(data, pos)
                 out.append((name, value))
+        if out and listed + len(out[-1][0]) + len(out[-1][1]) + 32 > self.max_list:
+            raise H2Error(ENHANCE_YOUR_CALM, "header list too large")
         return out
 
 
@@ -138,9 +149,10 @@ def _unhuffman(raw: bytes) -> bytes:
         decoded = bytes(decode_huffman(raw))
     except Exception:  # noqa: BLE001 - any decoding failure is the peer's
         raise H2Error(COMPRESSION_ERROR, "bad Huffman string") from None
-    if len(_HUFFMAN) >= 1024:
-        _HUFFMAN.clear()
-    _HUFFMAN[raw] = decoded
+    if len(raw) <= 256:  # tokens and paths; a peer's long strings would only fill it
+        if len(_HUFFMAN) >= 1024:
+            _HUFFMAN.clear()
+        _HUFFMAN[raw] = decoded
     return decoded
 
 
