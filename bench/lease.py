@@ -12,7 +12,8 @@ one pool per measurement and run with enough ready instances, then, --runs times
   - with --pods N: Connect JSON Lease from a pod pool of N (at least what one measurement can lease, 2,500/s)
     that the engine (worker, events, observe on the fake cloud) filled, running beside the api and backfilling
     what is leased meanwhile; the engine is settled (the last run's refill, the Returns' destroys) before each
-    run's pgbench and before the pod-pool measurement (bench/lease_engine.py);
+    run's pgbench and before the pod-pool measurement (bench/lease_engine.py); --engine-nice N runs the engine
+    at WARMPOOL_ENGINE__NICE=N (README: Letting the engine yield the CPU to the api), the niceness is printed;
 It prints the medians of throughput, p50/p99 latency, the ratio to pgbench's claim rate of the same run,
 and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. The load generators
 share the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
