@@ -7,8 +7,9 @@ one pool per measurement and run with enough ready instances, then, --runs times
     on the ready index, INSERT the lease, point the instance at it, COMMIT) on the same PostgreSQL;
   - Connect JSON Lease, then Return of what was leased: `wrk` with a Lua script (apt-get install wrk;
     without it, Python client processes do the same);
-  - gRPC Lease, then Return: client processes with one channel and one call in flight per client,
-    stubs generated from our .proto.
+  - gRPC Lease, then Return: h2load for Lease and bench/grpc_raw.py (raw HTTP/2 from one asyncio process,
+    a body per call) for Return, one connection and one call in flight per client; without h2load, client
+    processes with stubs generated from our .proto.
   - with --pods N: Connect JSON Lease from a pod pool of N (at least what one measurement can lease, 2,500/s)
     that the engine (worker, events, observe on the fake cloud) filled, running beside the api and backfilling
     what is leased meanwhile; the engine is settled (the last run's refill, the Returns' destroys) before each
@@ -256,6 +257,18 @@ def run_h2load_grpc(target: str, token: str, pool: str, clients: int, requests: 
             "elapsed": elapsed}
 
 
+def run_raw_grpc_return(target: str, token: str, ids: list[str], clients: int, seconds: float) -> dict:
+    """gRPC Return of `ids` from bench/grpc_raw.py's raw HTTP/2 generator (one asyncio process)."""
+    from bench import grpc_raw
+    from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
+
+    bodies = [pb.ReturnRequest(instance=iid, service_tag="bench").SerializeToString() for iid in ids]
+    out = grpc_raw.run(target, f"/{SERVICE}/Return", token, bodies, clients, seconds)
+    lat = out["latencies"]
+    return {"rps": len(lat) / out["elapsed"], "p50": pct(lat, 0.5) * 1000, "p99": pct(lat, 0.99) * 1000,
+            "ok": len(lat), "errors": out["errors"]}
+
+
 def run_pgbench(pg_url: str, org: str, pool_name: str, clients: int, seconds: float) -> dict:
     m = re.match(r".*://(\w+)@([\d.]+):(\d+)/(\w+)", pg_url)
     user, host, port, db = m.groups()
@@ -400,7 +413,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     print(f"warmpool lease benchmark: {args.seconds:.0f} s per measurement, {args.runs} runs (medians), "
           f"{os.cpu_count()} cores shared by server ({args.api_workers} api workers), PostgreSQL and load; "
           f"Connect load: {'wrk' if use_wrk else 'Python processes'}; gRPC Lease load: "
-          f"{'h2load' if use_h2load else 'Python processes'}, Return: Python processes")
+          f"{'h2load' if use_h2load else 'Python processes'}, gRPC Return load: "
+          f"{'raw HTTP/2 from one asyncio process (bench/grpc_raw.py)' if use_h2load else 'Python processes'}")
     rows: dict[tuple[int, str], list[dict]] = {}
     pods = None
     if args.pods:
@@ -453,6 +467,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                                                                   "threads": min(c, 2)}, c, back_seconds)
                 elif kind == "connect":
                     ret = run_workers("connect", f"127.0.0.1:{port}", token, name, c, back_seconds, str(ids_file))
+                elif use_h2load:  # as light a generator as h2load's for Lease (which cannot vary the body)
+                    ret = run_raw_grpc_return(f"127.0.0.1:{grpc_port}", token, ids, c, back_seconds)
                 else:
                     ret = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, back_seconds, str(ids_file))
                 label = "Connect JSON" if kind == "connect" else "gRPC"
