@@ -1,7 +1,7 @@
 """The lease service's unary gRPC calls, independent of the server that carries them: the method table,
 request parsing, input checks, the token from the `authorization` metadata and the edge core's mapping of
-every outcome to a gRPC status (app.api.core). Used by the grpc.aio handlers (app/api/vmpool_grpc.py) and
-by the gRPC port's own HTTP/2 front (app/api/grpc_front.py), so both answer alike."""
+every outcome to a gRPC status (app.api.core), for the gRPC port's own HTTP/2 front (app/api/grpc_front.py),
+which answers every method of the lease service itself."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,51 +1,28 @@
 """The lease service over gRPC, on its own thread and event loop beside uvicorn in the `warmpool api`
 process: the port's HTTP/2 front (app/api/grpc_front.py) answers the lease service's unary calls itself and
-relays every other stream to a grpc.aio server on a private loopback port, which also serves the standard
-health and reflection services. Bearer token from the `authorization` metadata; Ping is open. The
+relays every other stream (the standard health and reflection services, unknown methods) to a grpc.aio
+server on a private loopback port. Bearer token from the `authorization` metadata; Ping is open. The
 implementation is app.api.vmpool.LeaseService, shared with the Connect transport; app/api/grpc_unary.py
-maps requests, deadlines and errors for both servers."""
+maps requests, deadlines and errors."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
 import threading
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app import adb, metrics
+from app import adb
 from app.api.grpc_listener import Front
-from app.api.grpc_unary import _Malformed, _parser  # noqa: F401 - re-exported for tests
-from app.api.grpc_unary import METHODS, OPEN_METHODS, PARSERS, SERVICE, Refused, call
+from app.api.grpc_unary import SERVICE
 from app.api.ops import follow_readiness
 from app.api.vmpool import LeaseService, default_service, warm_up
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-def _handler(service: LeaseService, rpc: str) -> grpc.RpcMethodHandler:
-    _, request_type, response_type = METHODS[rpc]
-    needs_token = rpc not in OPEN_METHODS
-
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metrics.TRANSPORT.set("grpc")  # this RPC's own task: Lease calls are counted under gRPC
-        authorization = None
-        if needs_token:
-            authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
-        try:
-            return await call(service, rpc, request, authorization, context.time_remaining())
-        except Refused as refused:
-            if refused.trailers:
-                context.set_trailing_metadata(refused.trailers)
-            await context.abort(refused.code, refused.message)
-
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=PARSERS[rpc], response_serializer=response_type.SerializeToString,
-    )
-
 
 async def _set_health(checks: health.aio.HealthServicer, ok: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -67,12 +44,12 @@ class GrpcServer:
     """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
 
     def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0,
-                 reuse_port: bool = False, sock: socket.socket | None = None, shared: bool = False) -> None:
+                 sock: socket.socket | None = None, shared: bool = False) -> None:
         self.host, self.port, self.grace = host, port, grace
-        # One process binds the port alone (a clash fails loudly), unless `reuse_port`; `warmpool api
-        # --workers N` binds it once before starting the workers and hands each the listening `sock`
-        # (`shared`: the workers take turns accepting, app/api/grpc_front.py).
-        self.reuse_port, self.sock, self.shared = reuse_port, sock, shared
+        # One process binds the port alone (a clash fails loudly); `warmpool api --workers N` binds it once
+        # before starting the workers and hands each the listening `sock` (`shared`: the workers take turns
+        # accepting, app/api/grpc_listener.py).
+        self.sock, self.shared = sock, shared
         self.service = service or default_service()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,12 +91,11 @@ class GrpcServer:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         limit = get_settings().input.max_grpc_message_bytes  # larger requests get RESOURCE_EXHAUSTED
-        public = self.sock or listen(self.host, self.port, self.reuse_port)
+        public = self.sock or listen(self.host, self.port)
         self.port = public.getsockname()[1]
-        # The streams the front relays (health, reflection, unknown methods), on a port of this process's own.
+        # The streams the front relays (health, reflection, unknown methods), on a port of this process's own:
+        # the front answers every method of the lease service itself.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit)])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            SERVICE, {rpc: _handler(self.service, rpc) for rpc in METHODS}),))
         checks = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -144,12 +120,12 @@ class GrpcServer:
         await adb.close()
 
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket for the gRPC port (both IPv6 and IPv4 on an IPv6 wildcard host)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     dual = family == socket.AF_INET6 and socket.has_dualstack_ipv6()
     try:
-        return socket.create_server((host.strip("[]"), port), family=family, backlog=1024, reuse_port=reuse_port,
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=1024,
                                     dualstack_ipv6=dual and host.strip("[]") == "::")
     except OSError as exc:
         raise OSError(f"address in use or not available ({exc})") from None

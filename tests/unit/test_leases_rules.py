@@ -9,7 +9,7 @@ import pytest
 from connectrpc.code import Code
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from app.api import vmpool, vmpool_background, vmpool_grpc
+from app.api import grpc_unary, vmpool, vmpool_background
 from app.api.connect_common import to_connect_error
 from app.api.core import GRPC, map_error
 from app.cli_leases import human_until, parse_duration, table
@@ -97,8 +97,8 @@ def test_every_domain_error_has_a_real_status_on_both_transports(error):
 
 
 def test_grpc_parser_turns_bad_bytes_into_a_marker_not_an_exception():
-    parse = vmpool_grpc._parser(pb.LeaseRequest)
-    assert isinstance(parse(b"\xff\xff\xff"), vmpool_grpc._Malformed)
+    parse = grpc_unary._parser(pb.LeaseRequest)
+    assert isinstance(parse(b"\xff\xff\xff"), grpc_unary._Malformed)
     assert parse(pb.LeaseRequest(pool="p").SerializeToString()).pool == "p"
 
 
