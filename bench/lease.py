@@ -22,7 +22,9 @@ share the 2 cores with the server and PostgreSQL, so the ratios are a floor for 
 Usage: python bench/lease.py [--seconds 5] [--clients 8] [--runs 3] [--pods 2000] [--wakeups 40]
 (the py-spy summary of a --profile run: python bench/spy_summary.py DIR/connect-8-r0.txt; with --pods it also
 records the api, worker and applier during the pod-pool measurement, DIR/pods-8-r0-worker.txt etc.; --diagnose
-prints what PostgreSQL's backends waited on meanwhile)
+prints what PostgreSQL's backends waited on meanwhile (pg_stat_activity, sampled) and, from pg_stat_statements
+preloaded for it, the statements that took PostgreSQL's time in the Connect seeded-pool Lease and the pod-pool
+measurement, by process: each engine process and the api log in as a role of their own, bench/pg_statements.py)
 """
 from __future__ import annotations
 
@@ -306,7 +308,7 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR", help="record the api process with py-spy during each Lease "
                     "measurement (collapsed stacks in DIR; pip install py-spy)")
     ap.add_argument("--diagnose", action="store_true", help="print what PostgreSQL's backends were doing during "
-                    "the pod-pool measurement (sampled)")
+                    "the pod-pool measurement (sampled) and which statements took its time (pg_stat_statements)")
     ap.add_argument("--worker", choices=["grpc", "connect"], help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)
@@ -317,9 +319,10 @@ def main() -> int:
     if args.worker:
         return worker(args)
 
+    from bench import pg_statements
     from scripts.testenv import Postgres, Redis
 
-    pg, rd = Postgres(), Redis()
+    pg, rd = Postgres(options=pg_statements.SERVER_OPTIONS if args.diagnose else ""), Redis()
     db_url, redis_url = pg.start(), rd.start()
     port, grpc_port = free_port(), free_port()
     env = {**os.environ, "WARMPOOL_DATABASE_URL": db_url, "WARMPOOL_REDIS_URL": redis_url,
@@ -330,13 +333,15 @@ def main() -> int:
     os.environ.update({k: v for k, v in env.items() if k.startswith("WARMPOOL_")})  # a key for runner secrets too
     exe = str(Path(sys.executable).with_name("warmpool"))
     subprocess.run([exe, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    if args.diagnose:
+        pg_statements.install()
     logdir = Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
     if args.profile and args.api_workers != 1:
         sys.exit("--profile records one process: add --api-workers 1")
     commands = {"api": ["api", "--port", str(port), "--workers", str(args.api_workers)]}
     if args.pods:
         commands.update(worker=["worker", "--concurrency", "8"], events=["events"], observe=["observe"])
-    procs = {name: subprocess.Popen([exe, *cmd], env=env, stdout=open(logdir / f"{name}.log", "w"),
+    procs = {name: subprocess.Popen([exe, *cmd], env=pg_statements.env_for(name, env) if args.diagnose else env, stdout=open(logdir / f"{name}.log", "w"),
                                     stderr=subprocess.STDOUT, start_new_session=True) for name, cmd in commands.items()}
     args.api_pid = procs["api"].pid
     print(f"logs: {logdir}", flush=True)
@@ -417,6 +422,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
           f"{'raw HTTP/2 from one asyncio process (bench/grpc_raw.py)' if use_h2load else 'Python processes'}")
     rows: dict[tuple[int, str], list[dict]] = {}
     pods = None
+    from bench.pg_statements import Statements
+
+    statements = Statements()
     if args.pods:
         from bench.lease_engine import fill_pod_pool
 
@@ -440,6 +448,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 from bench.lease_engine import _tree_cpu
 
                 api_cpu = _tree_cpu(args.pids["api"])
+                if args.diagnose and kind == "connect":
+                    statements.reset()
                 if kind == "connect" and use_wrk:
                     lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
                 elif kind == "connect":
@@ -451,6 +461,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
                 api_cpu = _tree_cpu(args.pids["api"]) - api_cpu
+                if args.diagnose and kind == "connect":
+                    print(statements.report(f"Connect JSON Lease, seeded pool, {c} clients, run {run}"), flush=True)
                 if spy is not None:
                     spy.wait(30)
                 ids = leased_instances(name)
@@ -483,11 +495,15 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 spies = [profile(args, f"pods-{c}-r{run}-{who}", args.pids[who]) for who in ("api", "worker", "events")]
                 from bench.lease_engine import ActivitySampler
 
+                if args.diagnose:
+                    statements.reset()
                 with ActivitySampler() as sampled:
                     lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
                         if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
                 if args.diagnose:
-                    print(sampled.report(), flush=True)
+                    print(statements.report(f"Connect JSON Lease, pod pool, {c} clients, run {run}"), flush=True)
+                    print("  pg_stat_activity, sampled every 50 ms (samples, who, state, wait event, query):\n"
+                          + sampled.report(), flush=True)
                 cpu1, tally1 = cpu_of(args.pids), lease_tally(pods.pool_id)
                 for spy in spies:
                     if spy is not None:

@@ -245,7 +245,8 @@ def _one_wakeup(caller: Any, org_id: str, pool: Any, rid: str) -> tuple[float, f
 
 class ActivitySampler:
     """What PostgreSQL's backends are doing, sampled every `every` seconds while it runs (bench/lease.py --diagnose):
-    counts of (application, state, wait event, the statement's first words), to see who waits on whom."""
+    counts of (who: the process's role, see bench/pg_statements.py; state, wait event and who holds the lock waited
+    on, the statement's first words), to see who waits on whom."""
 
     def __init__(self, every: float = 0.05) -> None:
         import collections
@@ -272,11 +273,14 @@ class ActivitySampler:
         with get_engine().connect() as conn:
             while not self._stop.wait(self.every):
                 for row in conn.execute(sa.text(
-                        "SELECT state, coalesce(wait_event_type, '') || ':' || coalesce(wait_event, '') AS w, "
-                        "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS q FROM pg_stat_activity "
+                        "SELECT regexp_replace(usename, '^wp_', '') AS who, state, "
+                        "coalesce(wait_event_type, '') || ':' || coalesce(wait_event, '') || CASE WHEN wait_event_type = 'Lock' "
+                        "THEN coalesce(' <- ' || (SELECT string_agg(DISTINCT regexp_replace(b.usename, '^wp_', ''), ',') "
+                        "FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))), '') ELSE '' END AS w, "
+                        "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS q FROM pg_stat_activity a "
                         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'")):
-                    self.counts[(row.state, row.w, row.q)] += 1
+                    self.counts[(row.who, row.state, row.w, row.q)] += 1
                 conn.rollback()
 
     def report(self, top: int = 15) -> str:
-        return "\n".join(f"    {n:5d}  {state:<20} {w:<28} {q}" for (state, w, q), n in self.counts.most_common(top))
+        return "\n".join(f"    {n:5d}  {who:<8} {state:<20} {w:<36} {q}" for (who, state, w, q), n in self.counts.most_common(top))

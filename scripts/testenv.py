@@ -43,7 +43,9 @@ def wait_port(port: int, what: str, timeout: float = 30.0) -> None:
 
 
 class Postgres:
-    def __init__(self) -> None:
+    def __init__(self, options: str = "") -> None:
+        """`options`: more server options, as `postgres` takes them (e.g. "-c shared_preload_libraries=pg_stat_statements")."""
+        self.options = options
         self.dir = tempfile.mkdtemp(prefix="warmpool-pg-")
         self.port = free_port()
         self.as_user: list[str] = []
@@ -65,6 +67,8 @@ class Postgres:
         )
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        if self.options:
+            opts += " " + self.options
         subprocess.run(
             [*self.as_user, find_pg_bin("pg_ctl"), "-D", data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start"],
             check=True, stdout=subprocess.DEVNULL,
