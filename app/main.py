@@ -87,15 +87,16 @@ class WarmpoolASGI:
                 return
 
 
-def create_asgi(*, grpc: bool = True, grpc_socket: object | None = None) -> WarmpoolASGI:
+def create_asgi(*, grpc: bool = True, grpc_socket: object | None = None, grpc_tally: object | None = None) -> WarmpoolASGI:
     """What `warmpool api` serves: HTTP façades plus (with `grpc`) the gRPC server in the lifespan, on the
-    gRPC listening socket that `warmpool api --workers N` shares among its workers (else it binds its own)."""
+    gRPC listening socket that `warmpool api --workers N` shares among its workers, with the tally of their
+    connections there (app.accept; else it binds its own)."""
     server = None
     if grpc:
         from app.api.vmpool_grpc import GrpcServer
 
         s = get_settings()
-        server = GrpcServer(s.http_host, s.grpc_port, sock=grpc_socket, shared=grpc_socket is not None)
+        server = GrpcServer(s.http_host, s.grpc_port, sock=grpc_socket, tally=grpc_tally)
     return WarmpoolASGI(create_app(), server)
 
 

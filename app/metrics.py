@@ -52,6 +52,8 @@ API_PROCESSES = Gauge("warmpool_api_processes", "Live processes of `warmpool api
 GRPC_CONNECTIONS = Gauge("warmpool_grpc_connections", "Open gRPC connections, per api process serving gRPC; "
                          "listener: shared (the workers of `warmpool api --workers N` take turns accepting from "
                          "one socket) or own", ["listener"], multiprocess_mode="liveall")
+HTTP_CONNECTIONS = Gauge("warmpool_http_connections", "Open HTTP connections, per worker of `warmpool api --workers N` "
+                         "(they take turns accepting from one socket: app.accept)", multiprocess_mode="liveall")
 
 
 # ---- the lease path -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Serving the API process: uvicorn for HTTP, with the gRPC server started and drained in the ASGI
-lifespan of every worker (app.main.WarmpoolASGI). With several workers the parent binds the gRPC port
-once and every worker accepts from that one socket, as they do from uvicorn's HTTP socket."""
+lifespan of every worker (app.main.WarmpoolASGI). With several workers the parent binds the HTTP and gRPC
+ports once and every worker accepts from those sockets, the one serving fewer connections first (app.accept)."""
 from __future__ import annotations
 
 import atexit
@@ -11,6 +11,7 @@ import socket
 
 import uvicorn
 
+from app.accept import Tally
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,28 +24,34 @@ def worker_app():  # type: ignore[no-untyped-def]
 
     metrics.process_started()  # counted live until it exits (or a scrape finds it dead)
     atexit.register(metrics.process_stopped)
-    return _frozen(create_asgi(grpc_socket=_grpc_socket))
+    return _frozen(create_asgi(grpc_socket=_grpc_socket, grpc_tally=_grpc_tally))
 
 
 _grpc_socket: socket.socket | None = None  # in a worker: the gRPC listener the parent bound
+_grpc_tally: Tally | None = None  # and the workers' connections on it
 
 
-def _adopt(sock: socket.socket) -> GrpcListener:
-    global _grpc_socket
-    _grpc_socket = sock
-    return GrpcListener(sock)
+def _adopt(sock: socket.socket, tally: Tally, http_tally: Tally) -> Shared:
+    from app import serve_loop
+
+    global _grpc_socket, _grpc_tally
+    _grpc_socket, _grpc_tally = sock, tally
+    serve_loop.HTTP_TALLY = http_tally
+    return Shared(sock, tally, http_tally)
 
 
-class GrpcListener:
-    """The gRPC listening socket, carried to each spawned worker inside uvicorn's Config, which uvicorn
-    pickles for every worker it starts (restarts included): multiprocessing passes the descriptor, and
-    unpickling in the worker stores the socket for `worker_app`."""
+class Shared:
+    """What the workers share besides uvicorn's HTTP socket: the gRPC listening socket and the tallies of
+    their connections on both ports (app.accept). Carried to each spawned worker inside uvicorn's Config,
+    which uvicorn pickles for every worker it starts (restarts included): multiprocessing passes the
+    descriptor and the shared memory, and unpickling in the worker stores them for `worker_app` and for
+    the HTTP side's loop (app.serve_loop)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, tally: Tally, http_tally: Tally) -> None:
+        self.sock, self.tally, self.http_tally = sock, tally, http_tally
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return _adopt, (self.sock,)
+        return _adopt, (self.sock, self.tally, self.http_tally)
 
 
 def _frozen(app):  # type: ignore[no-untyped-def]
@@ -83,8 +90,10 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int | None =
 
         from app.api.vmpool_grpc import listen
 
-        config = uvicorn.Config("app.serve:worker_app", factory=True, workers=workers, **common)
-        config.warmpool_grpc_listener = GrpcListener(listen(settings.http_host, settings.grpc_port))
+        # The HTTP port is shared like the gRPC one: each worker's loop takes connections from it evenly.
+        config = uvicorn.Config("app.serve:worker_app", factory=True, workers=workers,
+                                loop="app.serve_loop:SharedPortLoop", **common)
+        config.warmpool_shared = Shared(listen(settings.http_host, settings.grpc_port), Tally(), Tally())
         try:
             Multiprocess(config, sockets=[config.bind_socket()]).run()
         except KeyboardInterrupt:

@@ -2,10 +2,8 @@
 streams the front does not answer itself are relayed from here to this process's grpc.aio server.
 
 The listening socket is the one `warmpool api` bound before starting its workers (app.serve), shared like
-uvicorn's HTTP socket: each worker takes a waiting connection after a delay that grows with the connections
-it already serves (0.5 ms each, at most 20 ms), so the one serving fewer takes it and connections spread
-evenly across workers (SO_REUSEPORT's hash split 8 connections 6:2). Each worker counts its open
-connections in `warmpool_grpc_connections` (per process).
+the HTTP socket and taken from the same way (app.accept: the worker serving fewer connections takes the next
+one). Each worker counts its open connections in `warmpool_grpc_connections` (per process).
 """
 from __future__ import annotations
 
@@ -19,81 +17,39 @@ from typing import Any
 import grpc
 
 from app import metrics
+from app.accept import SharedAccept, Tally
 from app.api.grpc_front import Connection, Stream
 from app.api.h2 import RESERVED
 
 log = logging.getLogger(__name__)
 
-ACCEPT_DELAY = 0.0005  # seconds per open connection before a worker takes a waiting one from the shared socket
-ACCEPT_DELAY_MAX = 0.020  # so a worker with 40 connections or more waits at most this long
-
-
 class Front:
     """Serves the gRPC port on the running loop from `sock` (listening); `backend` is the private grpc.aio server's
-    address for relayed streams. `shared`: other workers accept from the same socket."""
+    address for relayed streams. `tally`: other workers accept from the same socket and count there (app.accept)."""
 
-    def __init__(self, sock: socket.socket, service: Any, backend: str, limit: int, shared: bool) -> None:
-        self.sock, self.service, self.backend, self.limit, self.shared = sock, service, backend, limit, shared
+    def __init__(self, sock: socket.socket, service: Any, backend: str, limit: int, tally: Tally | None) -> None:
+        self.sock, self.service, self.backend, self.limit = sock, service, backend, limit
+        self.shared = tally is not None
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self._channel: grpc.aio.Channel | None = None
-        self._listening = False
-        self._stopped = False
-        self.accepted = 0  # connections accepted and not yet closed
-        self._resume: asyncio.TimerHandle | None = None
-        sock.setblocking(False)
+        self.acceptor = SharedAccept(sock, self._adopt, tally=tally)
 
     def start(self) -> None:
         self._gauge = metrics.GRPC_CONNECTIONS.labels("shared" if self.shared else "own")
         self._gauge.set(0)  # this process serves the port from now on
-        self._listen(True)
+        self.acceptor.start()
 
-    def _listen(self, on: bool) -> None:
-        if on and not self._listening and not self._stopped:
-            self.loop.add_reader(self.sock.fileno(), self._readable)
-            self._listening = True
-        elif not on and self._listening:
-            self.loop.remove_reader(self.sock.fileno())
-            self._listening = False
+    def _adopt(self, conn: socket.socket) -> None:
+        self.loop.create_task(self._connect(conn))
 
-    def _readable(self) -> None:
-        """A connection waits. Shared with other workers, this one tries to take it after a delay that grows
-        with the connections it already serves, so whoever serves fewer takes it: while the workers' loops
-        answer within that delay, their connections stay within one of each other however they arrive (a
-        burst, or one by one); a worker too busy to take its turn leaves the connection to another."""
-        if not self.shared or self.accepted == 0:
-            self._accept()
-            return
-        self._listen(False)
-        self._resume = self.loop.call_later(min(ACCEPT_DELAY_MAX, ACCEPT_DELAY * self.accepted), self._delayed)
-
-    def _delayed(self) -> None:
-        self._resume = None
-        self._accept()
-        self._listen(True)
-
-    def _accept(self) -> None:
-        if self._stopped:
-            return
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return  # another worker took it
-        except OSError as exc:
-            log.warning("gRPC accept failed: %s", exc)
-            return
-        self.accepted += 1
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.loop.create_task(self._adopt(conn))
-
-    async def _adopt(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(lambda: Connection(self), conn)
         except OSError as exc:
             log.info("gRPC connection dropped at accept: %s", exc)
             conn.close()
-            self.accepted -= 1
+            self.acceptor.closed()
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -101,16 +57,13 @@ class Front:
 
     def closed(self, conn: Connection) -> None:
         if conn in self.connections:
-            self.accepted -= 1
+            self.acceptor.closed()
         self.connections.discard(conn)
         self._gauge.set(len(self.connections))
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, drain every connection (GOAWAY), close what is left after `grace` seconds."""
-        self._stopped = True
-        self._listen(False)
-        if self._resume is not None:
-            self._resume.cancel()
+        self.acceptor.stop()
         for conn in list(self.connections):
             conn.drain()
         deadline = self.loop.time() + grace

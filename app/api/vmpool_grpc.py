@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import adb
+from app.accept import Tally
 from app.api.grpc_listener import Front
 from app.api.grpc_unary import SERVICE
 from app.api.ops import follow_readiness
@@ -44,12 +45,12 @@ class GrpcServer:
     """Start with `start()` (returns the bound port), stop with `stop()`; safe to stop twice."""
 
     def __init__(self, host: str, port: int, service: LeaseService | None = None, grace: float = 5.0,
-                 sock: socket.socket | None = None, shared: bool = False) -> None:
+                 sock: socket.socket | None = None, tally: Tally | None = None) -> None:
         self.host, self.port, self.grace = host, port, grace
         # One process binds the port alone (a clash fails loudly); `warmpool api --workers N` binds it once
-        # before starting the workers and hands each the listening `sock` (`shared`: the workers take turns
-        # accepting, app/api/grpc_listener.py).
-        self.sock, self.shared = sock, shared
+        # before starting the workers and hands each the listening `sock` and the `tally` of their connections
+        # there (the one serving fewer takes the next: app.accept).
+        self.sock, self.tally = sock, tally
         self.service = service or default_service()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +107,7 @@ class GrpcServer:
         await server.start()
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        front = Front(public, self.service, f"127.0.0.1:{backend}", limit, shared=self.shared)
+        front = Front(public, self.service, f"127.0.0.1:{backend}", limit, tally=self.tally)
         front.start()
         log.info("warmpool api: gRPC on %s:%d (%s, health, reflection)", self.host, self.port, SERVICE)
         # Health follows /readyz: NOT_SERVING while the database or Redis is unreachable.

@@ -1,7 +1,8 @@
-"""`warmpool api --workers 2`: both processes serve HTTP and gRPC on the same ports (one gRPC listening
-socket, bound by the parent), spread gRPC connections evenly, and stop cleanly."""
+"""`warmpool api --workers 2`: both processes serve HTTP and gRPC on the same ports (one listening socket
+each, bound by the parent), spread HTTP and gRPC connections evenly, and stop cleanly."""
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -29,28 +30,45 @@ def free_port() -> int:
 
 def grpc_connections(directory: Path) -> dict[str, float]:
     """`warmpool_grpc_connections` per worker pid, as each worker recorded it."""
+    return _per_worker(directory, r'warmpool_grpc_connections\{listener="shared",pid="(\d+)"\}')
+
+
+def http_connections(directory: Path) -> dict[str, float]:
+    """`warmpool_http_connections` per worker pid, as each worker recorded it."""
+    return _per_worker(directory, r'warmpool_http_connections\{pid="(\d+)"\}')
+
+
+def _per_worker(directory: Path, series: str) -> dict[str, float]:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     text = generate_latest(registry).decode()
-    found = re.findall(r'^warmpool_grpc_connections\{listener="shared",pid="(\d+)"\} (\S+)$', text, re.M)
-    return {pid: float(v) for pid, v in found}
+    return {pid: float(v) for pid, v in re.findall(rf"^{series} (\S+)$", text, re.M)}
+
+
+def established_by_pid(port: int) -> dict[str, int]:
+    """The server's end of every established connection to `port`, counted per process holding it."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True).stdout
+    pids = re.findall(r"pid=(\d+)", out)
+    return {pid: pids.count(pid) for pid in set(pids)}
 
 
 def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_path):
-    http, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "WARMPOOL_DATABASE_URL": database_url, "WARMPOOL_REDIS_URL": redis_url,
-           "WARMPOOL_HTTP_PORT": str(http), "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING",
+           "WARMPOOL_HTTP_PORT": str(http_port), "WARMPOOL_GRPC_PORT": str(grpc_port), "WARMPOOL_LOG_LEVEL": "WARNING",
            "WARMPOOL_DATA_DIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = open(tmp_path / "api.log", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("warmpool")), "api", "--workers", "2"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     channels: list[grpc.Channel] = []
+    conns: list[http.client.HTTPConnection] = []
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1)
                 break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
@@ -77,6 +95,25 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
         assert sum(per_worker.values()) == 8, per_worker
         assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
         assert max(per_worker.values()) <= 5, per_worker  # spread, not hashed (SO_REUSEPORT gave 6:2)
+        # HTTP keep-alive connections spread the same way (uvicorn's accept gave a burst of 8 to one worker
+        # 5 or 6 times in 6); each makes a call, so its worker has taken it before the next connects.
+        for _ in range(8):
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+            conns.append(conn)
+        by_pid = established_by_pid(http_port)
+        assert sum(by_pid.values()) == 8 and len(by_pid) == 2 and max(by_pid.values()) <= 5, by_pid
+        deadline = time.monotonic() + 15
+        while http_connections(tmp_path / "metrics-api") != {p: float(n) for p, n in by_pid.items()}:
+            assert time.monotonic() < deadline, (http_connections(tmp_path / "metrics-api"), by_pid)
+            time.sleep(0.2)
+        for conn in conns:
+            conn.close()
+        deadline = time.monotonic() + 15
+        while sum(http_connections(tmp_path / "metrics-api").values()) != 0:  # counted out as they close
+            assert time.monotonic() < deadline, http_connections(tmp_path / "metrics-api")
+            time.sleep(0.2)
         # A worker that dies is replaced, and the new one serves gRPC from the same socket (uvicorn hands it
         # the listener again with its configuration).
         os.kill(int(next(iter(per_worker))), signal.SIGKILL)
@@ -89,6 +126,8 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
     finally:
         for channel in channels:
             channel.close()
+        for conn in conns:
+            conn.close()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     assert "Traceback" not in (tmp_path / "api.log").read_text()
