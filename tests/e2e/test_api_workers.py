@@ -96,7 +96,12 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
         assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
         assert max(per_worker.values()) <= 5, per_worker  # spread, not hashed (SO_REUSEPORT gave 6:2)
         # HTTP keep-alive connections spread the same way (uvicorn's accept gave a burst of 8 to one worker
-        # 5 or 6 times in 6); each makes a call, so its worker has taken it before the next connects.
+        # 5 or 6 times in 6); each makes a call, so its worker has taken it before the next connects. Once both
+        # serve HTTP: a worker's gRPC runs before its HTTP side starts, and a slow start leaves all to the other.
+        deadline = time.monotonic() + 30
+        while len(http_connections(tmp_path / "metrics-api")) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
         for _ in range(8):
             conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
             conn.request("GET", "/healthz")
