@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,28 +79,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def _engine_niceness(s: Settings) -> None:
-    """The engine's processes run at WARMPOOL_ENGINE__NICE (at least: a niced parent's is kept), so on a host
-    they share with `warmpool api` a refill yields the CPU to the Lease path; threads started later inherit it."""
-    import os
-    from pathlib import Path
+    from app.niceness import apply_engine_niceness
 
-    nice = s.engine.nice
-    if nice <= 0:
-        return
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.nice(nice - current)
-    # With autogroup scheduling (Linux's default on desktops and many servers), a task's niceness only weighs
-    # against the tasks of its own session: the CPU is first shared between sessions. A process leading its
-    # session (under systemd, `warmpool dev`'s supervisor, bench/lease.py) has one of its own, so the
-    # session's group is niced too; one started from a shell shares its group, where the task's niceness counts.
-    group = Path("/proc/self/autogroup")
-    if os.getsid(0) == os.getpid() and group.exists():
-        try:
-            if nice > int(group.read_text().split()[-1]):
-                group.write_text(str(nice))
-        except (OSError, ValueError):  # no autogroup support: the task's niceness is all there is
-            pass
+    apply_engine_niceness(s)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -271,6 +253,10 @@ NO_DATABASE_CHECK = frozenset({"migrate", "dev", "api", "worker", "beat", "event
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # pg_stat_activity says which process each PostgreSQL session serves (libpq reads PGAPPNAME), unless the
+    # operator named them; `warmpool dev`'s children name their own.
+    if os.environ.get("PGAPPNAME", "warmpool ").startswith("warmpool "):
+        os.environ["PGAPPNAME"] = f"warmpool {args.command}"
     if args.command != "dev" and load_dev_env() is not None:
         get_settings.cache_clear()  # a running `warmpool dev` supplied Redis, database and org
     from workers.providers.catalog import install as install_catalog

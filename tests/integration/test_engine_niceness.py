@@ -1,6 +1,6 @@
 """WARMPOOL_ENGINE__NICE: real `warmpool worker`, `events`, `observe` and `beat` processes run (every thread,
-and their session's autogroup where the kernel has one) at that niceness, and a `warmpool api` started with
-the same environment does not."""
+and their session's autogroup where the kernel has one) at that niceness, and so do their PostgreSQL backends
+on this host; a `warmpool api` started with the same environment and its backends do not."""
 from __future__ import annotations
 
 import os
@@ -32,6 +32,18 @@ def group_nice(pid: int) -> int | None:
     """The niceness of the process's autogroup (/proc/PID/autogroup: "/autogroup-N nice X"), None without one."""
     group = Path(f"/proc/{pid}/autogroup")
     return int(group.read_text().split()[-1]) if group.exists() else None
+
+
+def _backends() -> dict[int, str]:
+    """The PostgreSQL backends of this test's database, by pid, with the application name they gave."""
+    import sqlalchemy as sa
+
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        return {pid: name for pid, name in conn.execute(sa.text(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'"))}
 
 
 def tree(pid: int) -> list[int]:
@@ -90,6 +102,22 @@ def test_engine_processes_run_niced_and_the_api_does_not(procs):
             return False
 
     wait_for(healthy, 90, "the api to answer /healthz")
+    # Their PostgreSQL backends too, where the server runs on this host (the suite's does): named by the
+    # process they serve; the api's keep their priority.
+    # The observer holds a connection from its start; the worker opens one for its first task.
+    celery_app.send_task("warmpool.reconcile_pool", kwargs={"pool_id": "no-such-pool"})
+    wanted = {"warmpool worker", "warmpool observe"}
+    wait_for(lambda: wanted <= set(_backends().values()), 30, f"backends of {sorted(wanted)}")
+    backends = _backends()
+    engine = {pid for pid, name in backends.items() if name in ("warmpool worker", "warmpool events",
+                                                                "warmpool observe", "warmpool beat")}
+    postmaster = int(Path(f"/proc/{next(iter(backends))}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    base = os.getpriority(os.PRIO_PROCESS, postmaster)  # what every backend starts at
+    assert all(set(niceness(pid).values()) == {max(NICE, base)} for pid in engine), \
+        {backends[p]: niceness(p) for p in engine}
+    api_backends = [pid for pid, name in backends.items() if name == "warmpool api"]
+    assert api_backends, backends
+    assert all(set(niceness(pid).values()) == {base} for pid in api_backends), {p: niceness(p) for p in api_backends}
     api_threads = {pid: niceness(pid) for pid in tree(api.pid)}
     assert all(set(n.values()) == {own} for n in api_threads.values()), api_threads
     assert group_nice(api.pid) in (None, 0), "the api's session group was niced"
