@@ -97,8 +97,9 @@ class EngineSettings(BaseModel):
     reconcile_pace_max_seconds: float = Field(0.5, ge=0, description="The longest a pool's reconcile pass waits for "
                                               "its pace.")
     nice: int = Field(0, ge=0, le=19, description="Niceness `warmpool worker`, `events`, `observe` and `beat` "
-                      "run at (never `api`): on a host they share with the api, refills and sweeps yield the CPU to "
-                      "the latency-critical Lease path; 0: the scheduler's default.")
+                      "run at (never `api`), with their PostgreSQL backends where the server runs on the same host: on "
+                      "a host they share with the api, refills and sweeps yield the CPU to the latency-critical Lease "
+                      "path; 0: the scheduler's default.")
 
 
 class QuotaSettings(BaseModel):
