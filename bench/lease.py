@@ -546,8 +546,8 @@ def profile(args: argparse.Namespace, name: str, pid: int | None = None) -> subp
         return None
     Path(args.profile).mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([spy, "record", "-p", str(pid or args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "500",
-                             "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil"],
+    return subprocess.Popen([spy, "record", "-p", str(pid or args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "200",
+                             "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
