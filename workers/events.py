@@ -171,14 +171,19 @@ class Applier(LoopService):
 
     def apply_batch(self, entries: list[tuple[Any, dict]]) -> int:
         """Apply many entries in one transaction and acknowledge them after its commit; if the batch
-        fails, fall back to one entry per transaction so one poison entry cannot hold up the rest."""
+        fails, fall back to one entry per transaction so one poison entry cannot hold up the rest. The
+        events of a pool another transaction holds (a reconcile pass) are applied in a second transaction,
+        after the rest: those of other pools, and the waiting calls they serve, do not wait for that pass."""
         decoded = [(entry_id, fields, ev) for entry_id, fields in entries
                    if (ev := self._decode(entry_id, fields)) is not None]
         if not decoded:
             return 0
         try:
             with session_scope(after_commit=self.after_commit) as session:
-                instances.apply_events([ev for _, _, ev in decoded], session=session)
+                busy = instances.apply_events_free([ev for _, _, ev in decoded], session=session)
+            if busy:
+                with session_scope(after_commit=self.after_commit) as session:
+                    instances.apply_events([ev for _, _, ev in decoded if ev.pool_id in busy], session=session)
         except _STORE_DOWN:
             raise
         except Exception:

@@ -151,6 +151,13 @@ def apply_events(batch: list[Any], *, session: Session, now: datetime | None = N
     return observations.apply(batch, session=session, now=now)
 
 
+def apply_events_free(batch: list[Any], *, session: Session, now: datetime | None = None) -> set[str]:
+    """apply_events for the pools no other transaction holds; returns the pools left out (observations.apply_free)."""
+    from app.domain import observations
+
+    return observations.apply_free(batch, session=session, now=now)
+
+
 def set_desired(instance_id: str, desired: DesiredState, *, session: Session, expect: str | None = None,
                 free_only: bool = True, drain: bool = False) -> bool:
     """Compare-and-set an instance's desired state (free instances only, unless told otherwise)."""

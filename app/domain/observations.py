@@ -208,11 +208,33 @@ class _Batch:
 def apply(batch: list[Any], *, session: Session, now: datetime | None = None) -> int:
     """Apply a batch of InstanceEvents in one transaction (see the module docstring). Idempotent: a
     duplicate or stale event changes nothing. Returns how many events changed something."""
-    now = now or utcnow()
+    return _apply(batch, _lock(batch, session=session, wait=True), session=session, now=now)
+
+
+def apply_free(batch: list[Any], *, session: Session, now: datetime | None = None) -> set[str]:
+    """`apply` for the events of the pools no other transaction holds right now (a reconcile pass holds its
+    pool's row for the whole pass, up to half a second on a pool of thousands); returns the pools left out,
+    whose events the caller applies in a transaction of its own that waits for them. So one busy pool holds
+    up neither the other pools' events nor the reservations they serve, another organization's included."""
+    locked = _lock(batch, session=session, wait=False)
+    busy = {e.pool_id for e in batch if e.pool_id not in locked}
+    if busy:  # a pool that is gone is not busy: its events change nothing wherever they are applied
+        busy = set(session.execute(sa.select(Pool.id).where(Pool.id.in_(sorted(busy)))).scalars())
+    _apply([e for e in batch if e.pool_id not in busy], locked, session=session, now=now)
+    return busy
+
+
+def _lock(batch: list[Any], *, session: Session, wait: bool) -> dict[str, Pool]:
+    """The batch's pools, locked in id order (concurrent appliers cannot deadlock); `wait` False: only those
+    no other transaction holds (SKIP LOCKED)."""
     pool_ids = sorted({e.pool_id for e in batch})
-    locked = {p.id: p for p in session.exec(
-        # NO KEY UPDATE: the applier's lock must not hold up the foreign-key checks of leases on these pools.
-        select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update(key_share=True)).all()}
+    # NO KEY UPDATE: the applier's lock must not hold up the foreign-key checks of leases on these pools.
+    return {p.id: p for p in session.exec(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id)
+                                          .with_for_update(key_share=True, skip_locked=not wait)).all()}
+
+
+def _apply(batch: list[Any], locked: dict[str, Pool], *, session: Session, now: datetime | None) -> int:
+    now = now or utcnow()
     run = _Batch(session, locked, now)
     with session.no_autoflush:  # the pools are written once, at commit
         run.load({e.instance_id for e in batch if e.kind == ev.KIND_STATE and e.pool_id in locked})

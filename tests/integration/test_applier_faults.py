@@ -75,22 +75,33 @@ def test_malformed_events_are_dead_lettered_at_once_and_the_rest_applied(pool_wi
     assert redis_client.xpending(s.events_stream, s.events_group)["pending"] == 0
 
 
+def failing_before(instances, check, monkeypatch):  # type: ignore[no-untyped-def]
+    """Run `check(batch)` (it raises to fail) before each of the applier's units of work: a batch (first
+    the pools nobody holds, then those held by another transaction) or one event on its own."""
+    for name in ("apply_events", "apply_events_free"):
+        real = getattr(instances, name)
+
+        def wrapped(batch, *, session, now=None, real=real):  # type: ignore[no-untyped-def]
+            check(batch)
+            return real(batch, session=session, now=now)
+
+        monkeypatch.setattr(instances, name, wrapped)
+
+
 def test_a_poison_event_is_retried_then_dead_lettered_without_holding_up_its_batch(
         pool_with_instance, redis_client, settings_fast, monkeypatch):
     pool_id, inst_id = pool_with_instance
     s = settings_fast
     from app.domain import instances
 
-    real = instances.apply_events
     calls = {"poison": 0}
 
-    def picky(batch, *, session, now=None):  # type: ignore[no-untyped-def]
+    def picky(batch):  # type: ignore[no-untyped-def]
         if any(e.message == "poison" for e in batch):
             calls["poison"] += 1
             raise RuntimeError("this event breaks the domain")
-        return real(batch, session=session, now=now)
 
-    monkeypatch.setattr(instances, "apply_events", picky)
+    failing_before(instances, picky, monkeypatch)
     applier = Applier(client=redis_client, consumer="a").start()
     try:
         send(redis_client, pool_id, inst_id, "provisioning", 10, message="poison")
@@ -112,16 +123,14 @@ def test_a_database_outage_never_dead_letters_an_event(pool_with_instance, redis
     s = settings_fast
     from app.domain import instances
 
-    real = instances.apply_events
     down = {"on": True, "tries": 0}
 
-    def outage(batch, *, session, now=None):  # type: ignore[no-untyped-def]
+    def outage(batch):  # type: ignore[no-untyped-def]
         if down["on"]:
             down["tries"] += 1
             raise sa_exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
-        return real(batch, session=session, now=now)
 
-    monkeypatch.setattr(instances, "apply_events", outage)
+    failing_before(instances, outage, monkeypatch)
     applier = Applier(client=redis_client, consumer="a").start()
     try:
         send(redis_client, pool_id, inst_id, "provisioning", 10)

@@ -95,6 +95,7 @@ def test_poison_entries_are_dead_lettered_after_n_deliveries(pool_with_instance,
         raise RuntimeError("database says no")
 
     monkeypatch.setattr(instances, "apply_events", boom)
+    monkeypatch.setattr(instances, "apply_events_free", boom)  # a batch's first unit of work
     applier = Applier(client=redis_client, consumer="a")
     send(redis_client, pool_id, inst_id, "provisioning", 10)
     assert applier.poll(block_ms=10) == 0
