@@ -18,7 +18,8 @@ import grpc
 
 from app import metrics
 from app.accept import SharedAccept, Tally
-from app.api.grpc_front import Connection, Stream
+from app.api.grpc_front import Connection
+from app.api.grpc_out import Stream
 from app.api.h2 import RESERVED
 
 log = logging.getLogger(__name__)
