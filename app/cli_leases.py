@@ -18,6 +18,11 @@ _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(\d+)([dhms])")
 
 
+def _pause(seconds: float) -> None:
+    """Between two tries on an exhausted pool (tests replace it to act during the wait)."""
+    time.sleep(seconds)
+
+
 def parse_duration(text: str) -> timedelta:
     """'30m', '1h30m', '90s', '2d' or plain seconds ('600') -> timedelta; ValueError otherwise."""
     text = text.strip().lower()
@@ -139,7 +144,7 @@ def cmd_lease(args: argparse.Namespace) -> int:
                 raise
             pause = min(float(exc.retry_after), left)
             print(f"{exc.message}; waiting {pause:.0f} s (--wait {args.wait})", file=sys.stderr)
-            time.sleep(pause)
+            _pause(pause)
     if not isinstance(got, leases.Queued):
         got = _with_address(org_id, got)
     if isinstance(got, leases.Queued):

@@ -83,9 +83,7 @@ def test_a_longer_lease_than_the_pool_grants_is_clamped_with_a_warning(org, disp
     assert code == 0 and "warning" not in err  # what the pool grants in full: no warning
 
 
-def test_an_exhausted_reject_pool_is_retried_after_the_wait_it_names(org, dispatched, capsys):
-    import threading
-
+def test_an_exhausted_reject_pool_is_retried_after_the_wait_it_names(org, dispatched, capsys, monkeypatch):
     import sqlalchemy as sa
 
     from app.db import session_scope
@@ -97,11 +95,14 @@ def test_an_exhausted_reject_pool_is_retried_after_the_wait_it_names(org, dispat
     code, _, err = run(capsys, "lease", "--pool", "strict", "--wait", "0", "--org", "acme")
     assert code == 1 and "retry in 1 s" in err and "Traceback" not in err
 
-    later = threading.Timer(0.3, lambda: add_ready(pool))
-    later.start()
-    try:
-        code, out, err = run(capsys, "lease", "--pool", "strict", "--wait", "10s", "--org", "acme")
-    finally:
-        later.cancel()
+    # The instance turns ready during the wait the command names, however slow the machine is.
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        add_ready(pool)
+
+    monkeypatch.setattr(cli_leases, "_pause", pause)
+    code, out, err = run(capsys, "lease", "--pool", "strict", "--wait", "10s", "--org", "acme")
     assert code == 0, err
-    assert "waiting 1 s (--wait 10s)" in err and "strict" in out
+    assert pauses == [1.0] and "waiting 1 s (--wait 10s)" in err and "strict" in out
