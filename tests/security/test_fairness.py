@@ -138,7 +138,10 @@ def test_a_tenant_with_5000_pools_and_a_maximal_pool_cannot_delay_another_tenant
     took, longest_sweep, longest_reconcile = backfill(pool_id, broker, engine)
     print(f"victim's backfill: {took:.2f}s (alone: {alone:.2f}s); sweep queue after 5 sweeps {backlog}, longest "
           f"sweep queue {longest_sweep}, longest reconcile queue {longest_reconcile}")
-    assert took < 2.0, f"the victim's backfill took {took:.2f}s behind the hog"
+    # With the victim's pass queued behind the hog's (reconcile routed to the sweep queue, sweep_per_org
+    # unbounded) this took 6.2 s on a quiet machine against 0.2 s here; the whole suite in CI once took
+    # 2.33 s here, so the bound leaves room for a loaded machine and still tells the two apart.
+    assert took < 4.0, f"the victim's backfill took {took:.2f}s behind the hog\n" + engine.log("worker")
     # The hog's swept passes stayed about one sweep's share of an organization, however often beat ran
     # (without the in-flight dedupe, 5 sweeps queue 5 shares): at most the share, the victim's pool, and
     # passes that ended between two sweeps and were queued again, at most what the worker holds at once
