@@ -225,6 +225,10 @@ class Connection(Outbound, asyncio.Protocol):
             self._finish(st, grpc.StatusCode.UNIMPLEMENTED, "only gRPC calls are served on this port")
         elif st.encoding not in ("identity", "gzip", "deflate"):
             self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {st.encoding!r} is not supported")
+        elif st.path not in NATIVE and st.path not in self.front.relayed:
+            # grpc.aio's own answer, given here: relayed, its client could report INTERNAL instead when the
+            # private server answered before the request stream ended (grpc/grpc#36066)
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         elif st.path not in NATIVE:
             st.queue = asyncio.Queue()
             st.task = self.loop.create_task(self.front.relay(self, st))

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 
 from app import metrics
 from app.accept import SharedAccept, Tally
@@ -24,12 +25,21 @@ from app.api.h2 import RESERVED
 
 log = logging.getLogger(__name__)
 
+
+def methods(*services: str) -> frozenset[str]:
+    """The full paths (/package.Service/Method) of the named services' methods, from protobuf's default pool."""
+    pool = descriptor_pool.Default()
+    return frozenset(f"/{name}/{m.name}" for name in services for m in pool.FindServiceByName(name).methods)
+
+
 class Front:
     """Serves the gRPC port on the running loop from `sock` (listening); `backend` is the private grpc.aio server's
-    address for relayed streams. `tally`: other workers accept from the same socket and count there (app.accept)."""
+    address for the streams of the `relayed` methods (full paths); other methods the front does not answer get
+    UNIMPLEMENTED. `tally`: other workers accept from the same socket and count there (app.accept)."""
 
-    def __init__(self, sock: socket.socket, service: Any, backend: str, limit: int, tally: Tally | None) -> None:
-        self.sock, self.service, self.backend, self.limit = sock, service, backend, limit
+    def __init__(self, sock: socket.socket, service: Any, backend: str, relayed: frozenset[str], limit: int,
+                 tally: Tally | None) -> None:
+        self.sock, self.service, self.backend, self.relayed, self.limit = sock, service, backend, relayed, limit
         self.shared = tally is not None
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from app import adb
 from app.accept import Tally
-from app.api.grpc_listener import Front
+from app.api.grpc_listener import Front, methods
 from app.api.grpc_unary import SERVICE
 from app.api.ops import follow_readiness
 from app.api.vmpool import LeaseService, default_service, warm_up
@@ -107,7 +107,8 @@ class GrpcServer:
         await server.start()
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        front = Front(public, self.service, f"127.0.0.1:{backend}", limit, tally=self.tally)
+        front = Front(public, self.service, f"127.0.0.1:{backend}", methods(health.SERVICE_NAME, reflection.SERVICE_NAME),
+                      limit, tally=self.tally)
         front.start()
         log.info("warmpool api: gRPC on %s:%d (%s, health, reflection)", self.host, self.port, SERVICE)
         # Health follows /readyz: NOT_SERVING while the database or Redis is unreachable.
