@@ -102,23 +102,32 @@ def test_two_workers_share_the_http_and_grpc_ports(database_url, redis_url, tmp_
         while len(http_connections(tmp_path / "metrics-api")) < 2:
             assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
-        for _ in range(8):
-            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
-            conn.request("GET", "/healthz")
-            assert conn.getresponse().read()
-            conns.append(conn)
-        by_pid = established_by_pid(http_port)
-        assert sum(by_pid.values()) == 8 and len(by_pid) == 2 and max(by_pid.values()) <= 5, by_pid
-        deadline = time.monotonic() + 15
-        while http_connections(tmp_path / "metrics-api") != {p: float(n) for p, n in by_pid.items()}:
-            assert time.monotonic() < deadline, (http_connections(tmp_path / "metrics-api"), by_pid)
-            time.sleep(0.2)
-        for conn in conns:
-            conn.close()
-        deadline = time.monotonic() + 15
-        while sum(http_connections(tmp_path / "metrics-api").values()) != 0:  # counted out as they close
-            assert time.monotonic() < deadline, http_connections(tmp_path / "metrics-api")
-            time.sleep(0.2)
+        # A worker whose loop is busy longer than the grace leaves its share to the other (better served there
+        # than later): on a loaded machine a round can go 8:0, so the spread gets three rounds to show.
+        rounds = []
+        for _ in range(3):
+            for _ in range(8):
+                conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+                conn.request("GET", "/healthz")
+                assert conn.getresponse().read()
+                conns.append(conn)
+            by_pid = established_by_pid(http_port)
+            rounds.append(by_pid)
+            assert sum(by_pid.values()) == 8, by_pid
+            deadline = time.monotonic() + 15
+            while {p: n for p, n in http_connections(tmp_path / "metrics-api").items() if n} != by_pid:
+                assert time.monotonic() < deadline, (http_connections(tmp_path / "metrics-api"), by_pid)
+                time.sleep(0.2)
+            for conn in conns:
+                conn.close()
+            conns.clear()
+            deadline = time.monotonic() + 15
+            while sum(http_connections(tmp_path / "metrics-api").values()) != 0:  # counted out as they close
+                assert time.monotonic() < deadline, http_connections(tmp_path / "metrics-api")
+                time.sleep(0.2)
+            if len(by_pid) == 2 and max(by_pid.values()) <= 5:
+                break
+        assert len(by_pid) == 2 and max(by_pid.values()) <= 5, rounds
         # A worker that dies is replaced, and the new one serves gRPC from the same socket (uvicorn hands it
         # the listener again with its configuration).
         os.kill(int(next(iter(per_worker))), signal.SIGKILL)
