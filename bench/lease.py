@@ -525,6 +525,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
         if what.endswith(" Lease") and "api_us" in rs[0]))
     print("per run req/s: " + "; ".join(f"{what} @{c}: " + ", ".join(f"{r['rps']:.0f}" for r in rs)
                                        for (c, what), rs in rows.items()))
+    print("per run p99 ms: " + "; ".join(f"{what} @{c}: " + ", ".join(f"{r['p99']:.1f}" for r in rs)
+                                        for (c, what), rs in rows.items() if "p99" in rs[0]))
     if args.wakeups:
         from bench.lease_engine import time_wakeups
 
