@@ -1,7 +1,7 @@
 """The gRPC port's own HTTP/2 front: the lease service's unary RPCs are answered on the event loop without
-grpc.aio (whose unary call alone costs ~0.3 ms of CPU, as much as the lease itself); every other stream
-(health, reflection, unknown methods) is relayed to this process's grpc.aio server on a private loopback
-port, which answers it exactly as before.
+grpc.aio (whose unary call alone costs ~0.3 ms of CPU, as much as the lease itself); the streams of health
+and reflection are relayed to this process's grpc.aio server on a private loopback port, which answers them
+exactly as before; any other method gets grpc.aio's UNIMPLEMENTED "Method not found!" from the front.
 
 The listening socket and the relay are app/api/grpc_listener.py's; the frames out and a stream's state are
 app/api/grpc_out.py's.

@@ -1,5 +1,5 @@
 """The gRPC port's listener: the HTTP/2 front's connections (app/api/grpc_front.py) come from here, and the
-streams the front does not answer itself are relayed from here to this process's grpc.aio server.
+streams of the methods the front relays (health, reflection) go from here to this process's grpc.aio server.
 
 The listening socket is the one `warmpool api` bound before starting its workers (app.serve), shared like
 the HTTP socket and taken from the same way (app.accept: the worker serving fewer connections takes the next
