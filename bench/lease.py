@@ -16,7 +16,10 @@ one pool per measurement and run with enough ready instances, then, --runs times
     run's pgbench and before the pod-pool measurement (bench/lease_engine.py); --engine-nice N runs the engine
     at WARMPOOL_ENGINE__NICE=N (README: Letting the engine yield the CPU to the api), the niceness is printed;
 It prints the medians of throughput, p50/p99 latency, the ratio to pgbench's claim rate of the same run,
-and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. The load generators
+and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. Then each run's rate
+and p99, and for each Lease measurement the share of calls whose lease took over 25 ms inside the api
+(warmpool_lease_seconds, read from the workers' metrics files: the database and the domain, without HTTP,
+the loop's queue or the client), which tells a tail in the lease from one around it. The load generators
 share the 2 cores with the server and PostgreSQL, so the ratios are a floor for the server itself.
 
 Usage: python bench/lease.py [--seconds 5] [--clients 8] [--runs 3] [--pods 2000] [--wakeups 40]
@@ -88,6 +91,33 @@ function request()
   return wrk.format(nil, nil, nil, '{"instance":"' .. id .. '","serviceTag":"bench"}')
 end
 """
+
+
+def server_side(directory: Path) -> dict[str, dict[str, float]]:
+    """warmpool_lease_seconds as the api's workers recorded it (multiprocess files in `directory`): per
+    transport, the cumulative count of calls by bucket bound (`le`), summed over outcomes and workers. It times
+    a lease from its start in the handler to its answer: the database and the domain, not HTTP or queueing."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not directory.is_dir():
+        return {}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    out: dict[str, dict[str, float]] = {}
+    for metric in registry.collect():
+        for sample in metric.samples if metric.name == "warmpool_lease_seconds" else ():
+            if sample.name.endswith("_bucket"):
+                per = out.setdefault(sample.labels["transport"], {})
+                per[sample.labels["le"]] = per.get(sample.labels["le"], 0.0) + sample.value
+    return out
+
+
+def share_over(before: dict, after: dict, transport: str, bound: str = "0.025") -> float | None:
+    """The share of the calls timed between two `server_side` readings that took longer than `bound` s."""
+    a, b = after.get(transport, {}), before.get(transport, {})
+    total = a.get("+Inf", 0.0) - b.get("+Inf", 0.0)
+    return None if total <= 0 else (total - (a.get(bound, 0.0) - b.get(bound, 0.0))) / total
 
 
 def free_port() -> int:
@@ -341,7 +371,12 @@ def main() -> int:
     commands = {"api": ["api", "--port", str(port), "--workers", str(args.api_workers)]}
     if args.pods:
         commands.update(worker=["worker", "--concurrency", "8"], events=["events"], observe=["observe"])
-    procs = {name: subprocess.Popen([exe, *cmd], env=pg_statements.env_for(name, env) if args.diagnose else env, stdout=open(logdir / f"{name}.log", "w"),
+    # The api's workers keep their metrics where this script reads them (server_side): the lease's own time.
+    args.metrics_dir = logdir / "metrics-api"
+    args.metrics_dir.mkdir()  # it must exist before the api first imports prometheus_client
+    envs = {name: pg_statements.env_for(name, env) if args.diagnose else env for name in commands}
+    envs["api"] = {**envs["api"], "PROMETHEUS_MULTIPROC_DIR": str(args.metrics_dir)}
+    procs = {name: subprocess.Popen([exe, *cmd], env=envs[name], stdout=open(logdir / f"{name}.log", "w"),
                                     stderr=subprocess.STDOUT, start_new_session=True) for name, cmd in commands.items()}
     args.api_pid = procs["api"].pid
     print(f"logs: {logdir}", flush=True)
@@ -447,7 +482,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 spy = profile(args, f"{name}")
                 from bench.lease_engine import _tree_cpu
 
-                api_cpu = _tree_cpu(args.pids["api"])
+                api_cpu, timed = _tree_cpu(args.pids["api"]), server_side(args.metrics_dir)
                 if args.diagnose and kind == "connect":
                     statements.reset()
                 if kind == "connect" and use_wrk:
@@ -461,6 +496,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
                 api_cpu = _tree_cpu(args.pids["api"]) - api_cpu
+                over = share_over(timed, server_side(args.metrics_dir), kind)
                 if args.diagnose and kind == "connect":
                     print(statements.report(f"Connect JSON Lease, seeded pool, {c} clients, run {run}"), flush=True)
                 if spy is not None:
@@ -469,6 +505,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 if "sent" in lease:  # h2load: a call succeeded iff it made a lease
                     lease.update(ok=len(ids), errors=lease["sent"] - len(ids), rps=len(ids) / lease["elapsed"])
                 lease["api_us"] = api_cpu / max(1, lease["ok"]) * 1e6  # the api's CPU (all workers) per answered call
+                lease["server_over"] = over
                 ids_file = logdir / f"{name}.ids"
                 ids_file.write_text("\n".join(ids))
                 # A third of the Lease's time: Return may run up to three times as fast before wrk runs out of
@@ -497,6 +534,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
 
                 if args.diagnose:
                     statements.reset()
+                timed = server_side(args.metrics_dir)
                 with ActivitySampler() as sampled:
                     lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
                         if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
@@ -505,6 +543,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     print("  pg_stat_activity, sampled every 50 ms (samples, who, state, wait event, query):\n"
                           + sampled.report(), flush=True)
                 cpu1, tally1 = cpu_of(args.pids), lease_tally(pods.pool_id)
+                lease["server_over"] = share_over(timed, server_side(args.metrics_dir), "connect")
                 for spy in spies:
                     if spy is not None:
                         spy.wait(30)
@@ -527,6 +566,10 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                                        for (c, what), rs in rows.items()))
     print("per run p99 ms: " + "; ".join(f"{what} @{c}: " + ", ".join(f"{r['p99']:.1f}" for r in rs)
                                         for (c, what), rs in rows.items() if "p99" in rs[0]))
+    print("per run, calls whose lease (database and domain, in the api) took over 25 ms (warmpool_lease_seconds): "
+          + "; ".join(f"{what} @{c}: " + ", ".join("-" if r["server_over"] is None else f"{r['server_over']:.2%}"
+                                                   for r in rs)
+                      for (c, what), rs in rows.items() if "server_over" in rs[0]))
     if args.wakeups:
         from bench.lease_engine import time_wakeups
 
