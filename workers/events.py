@@ -10,6 +10,10 @@ writes observed state to Postgres, acknowledging only after commit. It survives 
   effects (reconciles, wake-ups) are deduplicated per batch and sent after the commit.
 - A batch that fails is retried event by event; an event that fails `events_max_deliveries` times (here,
   or delivered that often to anyone) is dead-lettered and logged, so one poison event holds up nothing.
+- The events of a pool another transaction holds (a reconcile pass holds its pool's row for the pass, and a
+  niced engine's pass can take seconds under load) are held back, pending, and retried without waiting on
+  each pass, so neither the rest of their batch nor the batches after it wait for that pass; held back
+  longer than HOLD_MAX_SECONDS, they are applied in a transaction that waits for the lock.
 - A lost stream or group (FLUSHALL, a Redis restart without persistence) is re-created; a lost
   connection, or an unreachable database, is retried with backoff. Nothing but a stop ends the loop.
 - Entries a dead consumer left pending longer than `events_claim_idle_ms` are claimed (XAUTOCLAIM), and
@@ -46,6 +50,12 @@ _STORE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErr
 _REDIS_DOWN = (redis_lib.ConnectionError, redis_lib.TimeoutError, kombu_exc.OperationalError)
 
 
+HOLD_MAX_SECONDS = 1.0
+"""How long a held pool's events are retried without waiting before the applier waits for the pool's lock."""
+HELD_RETRY_MS = 50
+"""The longest a read blocks while events are held back: the retry comes at least this often."""
+
+
 def _lost_stream(exc: redis_lib.ResponseError) -> bool:
     """NOGROUP after a flush; UNBLOCKED when the key vanished under a blocked XREADGROUP."""
     text = str(exc)
@@ -80,6 +90,8 @@ class Applier(LoopService):
         self.ticks = 0
         self.recheck_own = False  # an outage interrupted a pass: entries may sit in our pending list
         self.lost_events = False  # the stream was lost: runners need a new epoch (see new_epochs)
+        self.held: list[tuple[Any, dict, events.InstanceEvent]] = []  # read, pending: their pools are held
+        self.held_since = 0.0
         self.began = time.monotonic()
         try:
             self.ensure_group()
@@ -172,33 +184,77 @@ class Applier(LoopService):
     def apply_batch(self, entries: list[tuple[Any, dict]]) -> int:
         """Apply many entries in one transaction and acknowledge them after its commit; if the batch
         fails, fall back to one entry per transaction so one poison entry cannot hold up the rest. The
-        events of a pool another transaction holds (a reconcile pass) are applied in a second transaction,
-        after the rest: those of other pools, and the waiting calls they serve, do not wait for that pass."""
+        events of a pool another transaction holds (a reconcile pass), and those of a pool with events
+        held back already (their order kept), are held back (`retry_held`): the rest, and the waiting
+        calls they serve, do not wait for that pass."""
         decoded = [(entry_id, fields, ev) for entry_id, fields in entries
                    if (ev := self._decode(entry_id, fields)) is not None]
-        if not decoded:
+        held_pools = {ev.pool_id for _, _, ev in self.held}
+        free = [d for d in decoded if d[2].pool_id not in held_pools]
+        self._hold([d for d in decoded if d[2].pool_id in held_pools])
+        if not free:
             return 0
         try:
             with session_scope(after_commit=self.after_commit) as session:
-                busy = instances.apply_events_free([ev for _, _, ev in decoded], session=session)
-            if busy:
-                with session_scope(after_commit=self.after_commit) as session:
-                    instances.apply_events([ev for _, _, ev in decoded if ev.pool_id in busy], session=session)
+                busy = instances.apply_events_free([ev for _, _, ev in free], session=session)
         except _STORE_DOWN:
             raise
         except Exception:
-            log.warning("a batch of %d events failed; applying them one by one", len(decoded), exc_info=True)
-            return sum(1 for entry_id, fields, _ in decoded if self.apply_one(entry_id, fields))
-        self.r.xack(self.stream, self.group, *[entry_id for entry_id, _, _ in decoded])
-        self.applied += len(decoded)
-        return len(decoded)
+            log.warning("a batch of %d events failed; applying them one by one", len(free), exc_info=True)
+            return sum(1 for entry_id, fields, _ in free if self.apply_one(entry_id, fields))
+        self._hold([d for d in free if d[2].pool_id in busy])
+        return self._acknowledge([d for d in free if d[2].pool_id not in busy])
+
+    def _hold(self, held: list[tuple[Any, dict, events.InstanceEvent]]) -> None:
+        if held and not self.held:
+            self.held_since = time.monotonic()
+        self.held += held
+
+    def _acknowledge(self, applied: list[tuple[Any, dict, events.InstanceEvent]]) -> int:
+        if applied:
+            self.r.xack(self.stream, self.group, *[entry_id for entry_id, _, _ in applied])
+            self.applied += len(applied)
+        return len(applied)
+
+    def retry_held(self) -> int:
+        """Apply the held-back events of the pools no longer held, without waiting; once they have been held
+        back HOLD_MAX_SECONDS, all of them, waiting for the locks (a pool never free between two passes
+        still gets its events). Returns how many were applied."""
+        if not self.held:
+            return 0
+        batch, wait = self.held, time.monotonic() - self.held_since >= HOLD_MAX_SECONDS
+        try:
+            with session_scope(after_commit=self.after_commit) as session:
+                if wait:
+                    instances.apply_events([ev for _, _, ev in batch], session=session)
+                    busy: set[str] = set()
+                else:
+                    busy = instances.apply_events_free([ev for _, _, ev in batch], session=session)
+        except _STORE_DOWN:
+            raise
+        except Exception:
+            log.warning("%d held-back events failed; applying them one by one", len(batch), exc_info=True)
+            self.held = []
+            return sum(1 for entry_id, fields, _ in batch if self.apply_one(entry_id, fields))
+        self.held = [d for d in batch if d[2].pool_id in busy]
+        return self._acknowledge([d for d in batch if d[2].pool_id not in busy])
+
+    def on_stop(self) -> None:
+        """Held-back events are applied before the applier ends, waiting for their pools' passes, rather than
+        left pending for another applier to reclaim after `events_claim_idle_ms`."""
+        if self.held:
+            self.held_since = float("-inf")
+            self.retry_held()
 
     def retry_own(self, count: int = 100) -> int:
         """Apply again the entries that failed here (our own pending list, read from id 0)."""
         response = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
         done = 0
+        held = {_text(entry_id) for entry_id, _, _ in self.held}
         for _stream, entries in response or []:
             for entry_id, fields in entries:
+                if _text(entry_id) in held:  # pending on purpose: retry_held applies it
+                    continue
                 if self.apply_one(entry_id, fields):
                     done += 1
         return done
@@ -215,8 +271,9 @@ class Applier(LoopService):
                 ids = [eid for eid, _ in claimed]
                 info: dict[Any, int] = {p["message_id"]: int(p["times_delivered"]) for p in self.r.xpending_range(
                     self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 10, consumername=self.consumer)}
+                held = {_text(entry_id) for entry_id, _, _ in self.held}
                 for entry_id, fields in claimed:
-                    if fields is None:
+                    if fields is None or _text(entry_id) in held:  # held: retry_held applies it
                         continue
                     if info.get(entry_id, 0) > self.max_deliveries:
                         self._dead_letter(entry_id, fields, f"failed {info[entry_id]} deliveries")
@@ -229,6 +286,9 @@ class Applier(LoopService):
         """Read new entries (at most `events_batch`: a blocking read, then at once what else has come in)
         and apply them as one batch; returns how many were applied."""
         count = count or self.batch
+        done = self.retry_held()
+        if self.held:
+            block_ms = min(block_ms, HELD_RETRY_MS)
         response: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         entries = [e for _stream, got in response or [] for e in got]
         if entries and len(entries) < count:
@@ -236,7 +296,7 @@ class Applier(LoopService):
             # what came in meanwhile joins this batch rather than waiting for the next transaction.
             more: Any = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count - len(entries))
             entries += [e for _stream, got in more or [] for e in got]
-        return self.apply_batch(entries) if entries else 0
+        return done + (self.apply_batch(entries) if entries else 0)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -262,6 +322,7 @@ class Applier(LoopService):
                 raise
             log.warning("the event stream or its group is gone (%s): re-creating it", exc)
             self.failures.clear()  # those entry ids died with the stream
+            self.held = []
             self.lost_events = True
             self.ensure_group()
             return 0

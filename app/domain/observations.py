@@ -214,8 +214,9 @@ def apply(batch: list[Any], *, session: Session, now: datetime | None = None) ->
 def apply_free(batch: list[Any], *, session: Session, now: datetime | None = None) -> set[str]:
     """`apply` for the events of the pools no other transaction holds right now (a reconcile pass holds its
     pool's row for the whole pass, up to half a second on a pool of thousands); returns the pools left out,
-    whose events the caller applies in a transaction of its own that waits for them. So one busy pool holds
-    up neither the other pools' events nor the reservations they serve, another organization's included."""
+    whose events the caller applies later (workers.events.Applier holds them back and retries them). So one
+    busy pool holds up neither the other pools' events nor the reservations they serve, another
+    organization's included."""
     locked = _lock(batch, session=session, wait=False)
     busy = {e.pool_id for e in batch if e.pool_id not in locked}
     if busy:  # a pool that is gone is not busy: its events change nothing wherever they are applied
