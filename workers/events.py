@@ -190,31 +190,41 @@ class Applier(LoopService):
         decoded = [(entry_id, fields, ev) for entry_id, fields in entries
                    if (ev := self._decode(entry_id, fields)) is not None]
         held_pools = {ev.pool_id for _, _, ev in self.held}
-        free = [d for d in decoded if d[2].pool_id not in held_pools]
         self._hold([d for d in decoded if d[2].pool_id in held_pools])
-        if not free:
+        return self._apply([d for d in decoded if d[2].pool_id not in held_pools], wait=False)
+
+    def _apply(self, batch: list[tuple[Any, dict, events.InstanceEvent]], *, wait: bool) -> int:
+        """Apply `batch` in one transaction: with `wait`, waiting for every pool's lock; else the events of
+        the pools another transaction holds are held back. Acknowledges what it applied; if the transaction
+        fails, applies the batch one entry per transaction. Returns how many were applied."""
+        if not batch:
             return 0
+        busy: set[str] = set()
         try:
             with session_scope(after_commit=self.after_commit) as session:
-                busy = instances.apply_events_free([ev for _, _, ev in free], session=session)
+                if wait:
+                    instances.apply_events([ev for _, _, ev in batch], session=session)
+                else:
+                    busy = instances.apply_events_free([ev for _, _, ev in batch], session=session)
         except _STORE_DOWN:
             raise
         except Exception:
-            log.warning("a batch of %d events failed; applying them one by one", len(free), exc_info=True)
-            return sum(1 for entry_id, fields, _ in free if self.apply_one(entry_id, fields))
-        self._hold([d for d in free if d[2].pool_id in busy])
-        return self._acknowledge([d for d in free if d[2].pool_id not in busy])
+            log.warning("a batch of %d events failed; applying them one by one", len(batch), exc_info=True)
+            return sum(1 for entry_id, fields, _ in batch if self.apply_one(entry_id, fields))
+        self._hold([d for d in batch if d[2].pool_id in busy])
+        applied = [entry_id for entry_id, _, ev in batch if ev.pool_id not in busy]
+        if applied:
+            self.r.xack(self.stream, self.group, *applied)
+            self.applied += len(applied)
+        return len(applied)
 
     def _hold(self, held: list[tuple[Any, dict, events.InstanceEvent]]) -> None:
         if held and not self.held:
             self.held_since = time.monotonic()
         self.held += held
 
-    def _acknowledge(self, applied: list[tuple[Any, dict, events.InstanceEvent]]) -> int:
-        if applied:
-            self.r.xack(self.stream, self.group, *[entry_id for entry_id, _, _ in applied])
-            self.applied += len(applied)
-        return len(applied)
+    def _held_ids(self) -> set[str]:
+        return {_text(entry_id) for entry_id, _, _ in self.held}
 
     def retry_held(self) -> int:
         """Apply the held-back events of the pools no longer held, without waiting; once they have been held
@@ -222,35 +232,23 @@ class Applier(LoopService):
         still gets its events). Returns how many were applied."""
         if not self.held:
             return 0
-        batch, wait = self.held, time.monotonic() - self.held_since >= HOLD_MAX_SECONDS
-        try:
-            with session_scope(after_commit=self.after_commit) as session:
-                if wait:
-                    instances.apply_events([ev for _, _, ev in batch], session=session)
-                    busy: set[str] = set()
-                else:
-                    busy = instances.apply_events_free([ev for _, _, ev in batch], session=session)
-        except _STORE_DOWN:
-            raise
-        except Exception:
-            log.warning("%d held-back events failed; applying them one by one", len(batch), exc_info=True)
-            self.held = []
-            return sum(1 for entry_id, fields, _ in batch if self.apply_one(entry_id, fields))
-        self.held = [d for d in batch if d[2].pool_id in busy]
-        return self._acknowledge([d for d in batch if d[2].pool_id not in busy])
+        batch, since, self.held = self.held, self.held_since, []
+        done = self._apply(batch, wait=time.monotonic() - since >= HOLD_MAX_SECONDS)
+        if self.held:  # still held back: they have waited since they were first held
+            self.held_since = since
+        return done
 
     def on_stop(self) -> None:
         """Held-back events are applied before the applier ends, waiting for their pools' passes, rather than
         left pending for another applier to reclaim after `events_claim_idle_ms`."""
-        if self.held:
-            self.held_since = float("-inf")
-            self.retry_held()
+        batch, self.held = self.held, []
+        self._apply(batch, wait=True)
 
     def retry_own(self, count: int = 100) -> int:
         """Apply again the entries that failed here (our own pending list, read from id 0)."""
         response = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
         done = 0
-        held = {_text(entry_id) for entry_id, _, _ in self.held}
+        held = self._held_ids()
         for _stream, entries in response or []:
             for entry_id, fields in entries:
                 if _text(entry_id) in held:  # pending on purpose: retry_held applies it
@@ -271,7 +269,7 @@ class Applier(LoopService):
                 ids = [eid for eid, _ in claimed]
                 info: dict[Any, int] = {p["message_id"]: int(p["times_delivered"]) for p in self.r.xpending_range(
                     self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 10, consumername=self.consumer)}
-                held = {_text(entry_id) for entry_id, _, _ in self.held}
+                held = self._held_ids()
                 for entry_id, fields in claimed:
                     if fields is None or _text(entry_id) in held:  # held: retry_held applies it
                         continue
