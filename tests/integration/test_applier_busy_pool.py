@@ -116,3 +116,16 @@ def test_a_stopping_applier_applies_what_it_held_back(org, redis_client):
     running.end()  # the pass ends while the stopping applier waits for it
     stopper.join(15)
     assert not stopper.is_alive() and states(held_id) == ["running"] * 2 and pending(redis_client) == 0
+
+
+def test_held_back_events_of_an_applier_that_died_are_reclaimed(org, redis_client):
+    held_id, held_ids = make_pool(org.org_id, "held", 2)
+    running = Pass(held_id)
+    publish(redis_client, held_id, held_ids, "running", 1)
+    dead = Applier(client=redis_client, consumer="dead")
+    assert dead.poll(block_ms=10) == 0 and pending(redis_client) == 2  # held back, then killed: no on_stop
+    running.end()
+    heir = Applier(client=redis_client, consumer="heir")
+    heir.claim_idle_ms = 0  # as if `events_claim_idle_ms` had passed
+    assert heir.reclaim() == 2
+    assert states(held_id) == ["running"] * 2 and pending(redis_client) == 0
