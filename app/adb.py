@@ -3,8 +3,9 @@ start-up, and one unit of work that retries a transaction PostgreSQL aborted (40
 
 A process runs two event loops (uvicorn's and the gRPC server's thread), and a pool's connections
 belong to the loop that opened them, so each loop gets its own pool, opened by `warm()` at start-up
-(or by the first call). SQLite (`warmpool dev`) has no async path: `enabled()` is False and the
-callers keep the sync one (app.db, BEGIN IMMEDIATE).
+(or by the first call). A gate per pool bounds the units of work a loop runs on PostgreSQL at once
+(`lease_db_concurrency`); the rest wait their turn on the loop. SQLite (`warmpool dev`) has no async path:
+`enabled()` is False and the callers keep the sync one (app.db, BEGIN IMMEDIATE).
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ ATTEMPTS = 3
 WARM_CONNECTIONS = 4
 
 _pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
+_opening: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
+_gates: dict[AsyncConnectionPool, asyncio.Semaphore] = {}
+"""Per pool (so per loop): the units of work running at once, at most `lease_db_concurrency`. The others wait
+here, in order, rather than in PostgreSQL: concurrent claims take the oldest ready instances of a pool, so they
+meet on the same index and heap pages, and past the database's cores they only queue there, on page locks held by
+a backend that lost its core (LWLock:BufferContent), which is a longer tail for the same throughput."""
 
 
 def conninfo() -> str | None:
@@ -55,24 +62,34 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 
 async def pool() -> AsyncConnectionPool:
-    """This event loop's pool, opened (min_size connections ready) on first use."""
+    """This event loop's pool, opened (min_size connections ready) on first use. Calls that come while it
+    opens wait for that one opening: had they taken its first connections (and kept them on the loop's stack),
+    it would never have seen min_size of them ready at once, and its opening would have timed out."""
     url = conninfo()
     if url is None:
         raise RuntimeError("the async lease path needs PostgreSQL; WARMPOOL_DATABASE_URL is not")
     key = (asyncio.get_running_loop(), url)
     found = _pools.get(key)
-    if found is None:
-        for gone in [k for k in _pools if k[0].is_closed()]:  # loops that ended without close() (tests)
-            dropped = _pools.pop(gone)
+    if found is not None:
+        return found
+    for gone in [k for k in {*_pools, *_opening} if k[0].is_closed()]:  # loops that ended without close() (tests)
+        _opening.pop(gone, None)
+        if (dropped := _pools.pop(gone, None)) is not None:
             _parked.pop(dropped, None)
             _waiting.pop(dropped, None)
-        # Each transaction is one or two short statements, so a few connections carry a loop's load; the
-        # rest open on demand. Several loops and `--workers` multiply this against max_connections.
-        size = max(2, get_settings().db_pool_size)
-        found = AsyncConnectionPool(url, min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
-                                    configure=_configure, name="warmpool-lease", timeout=10)
-        _pools[key] = found
-        await found.open(wait=True, timeout=10)
+            _gates.pop(dropped, None)
+    async with _opening.setdefault(key, asyncio.Lock()):
+        found = _pools.get(key)
+        if found is None:
+            # Each transaction is one or two short statements, so a few connections carry a loop's load; no
+            # more are used at once than the gate lets through. Several loops (HTTP, gRPC) and `--workers`
+            # multiply this against max_connections.
+            size = max(1, get_settings().lease_db_concurrency)
+            found = AsyncConnectionPool(url, min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
+                                        configure=_configure, name="warmpool-lease", timeout=10)
+            await found.open(wait=True, timeout=10)  # on failure nothing is kept: the next call tries again
+            _gates[found] = asyncio.Semaphore(size)
+            _pools[key] = found
     return found
 
 
@@ -96,9 +113,12 @@ async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # ty
 async def close() -> None:
     """Close this loop's pool (shutdown)."""
     loop = asyncio.get_running_loop()
+    for key in [k for k in _opening if k[0] is loop]:
+        _opening.pop(key)
     for key in [k for k in _pools if k[0] is loop]:
         p = _pools.pop(key)
         _waiting.pop(p, None)
+        _gates.pop(p, None)
         for conn in _parked.pop(p, []):
             await p.putconn(conn)
         await p.close()
@@ -124,9 +144,11 @@ async def one_statement(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *
 
 async def _attempts(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], attempts: int, *, explicit: bool) -> T:
     p = await pool()
+    gate = _gates[p]
     for attempt in range(attempts):
         try:
-            return await _once(p, fn, explicit)
+            async with gate:  # released during the pause before a retry
+                return await _once(p, fn, explicit)
         except psycopg.Error as exc:
             if not is_retryable(exc) or attempt == attempts - 1:
                 mapped = as_domain_error(exc)

@@ -245,6 +245,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="Where local state lives (SQLite file, local provider instances).")
     log_level: str = Field("INFO", description="Root log level.")
     db_pool_size: int = Field(10, description="Connections kept per process in the SQLAlchemy pool.")
+    lease_db_concurrency: int = Field(2, ge=1, description="Units of work (Lease, Return, ExtendTo, GetLease) each "
+                                      "event loop of `warmpool api` runs on PostgreSQL at once; the others wait their "
+                                      "turn in the loop, in order. More concurrent claims than the database has cores "
+                                      "only contend on the same index and heap pages; raise it for a database far "
+                                      "away, where round trips rather than its CPU bound the rate.")
     auth_cache_seconds: float = Field(5.0, description="How long a verified token is trusted without a database read "
                                       "(a revoked token is refused within this time).")
     token_touch_seconds: float = Field(60.0, description="A token's last_used_at is written at most once per this "

@@ -102,7 +102,7 @@ def stack(request, redis_url: str, tmp_path_factory) -> Iterator[Stack]:
     http, grpc_port = free_port(), free_port()
     env = dict(os.environ, WARMPOOL_ENV="test", WARMPOOL_DATABASE_URL=url, WARMPOOL_REDIS_URL=redis,
                WARMPOOL_DATA_DIR=str(tmp / "data"), WARMPOOL_GRPC_PORT=str(grpc_port), WARMPOOL_LOG_LEVEL="WARNING",
-               WARMPOOL_DB_POOL_SIZE="16")
+               WARMPOOL_DB_POOL_SIZE="16", WARMPOOL_LEASE_DB_CONCURRENCY="16")  # the claims meet in PostgreSQL
     s = Stack(request.param, url, redis, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
     commands = {"api": ["api", "--host", "127.0.0.1", "--port", str(http)],
                 "worker": ["worker", "--concurrency", "8"], "events": ["events"],

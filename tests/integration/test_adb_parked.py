@@ -79,3 +79,40 @@ def test_more_units_than_connections_all_finish(settings_env) -> None:
         await adb.close()
 
     asyncio.run(scenario())
+
+
+def test_a_loop_runs_no_more_units_at_once_than_its_gate_and_in_the_order_they_came(settings_env, monkeypatch) -> None:
+    # Watched from PostgreSQL's side: the sessions running the units' statement at each moment. The units are
+    # the loop's first: they also open its pool, all at once.
+    import psycopg
+
+    from config.settings import get_settings
+
+    monkeypatch.setenv("WARMPOOL_LEASE_DB_CONCURRENCY", "3")
+    get_settings.cache_clear()
+
+    async def scenario() -> None:
+        started: list[int] = []
+
+        def unit(i: int):
+            async def run(conn):
+                started.append(i)
+                await conn.execute("SELECT pg_sleep(0.1) /* gate-test */")
+            return run
+
+        work = asyncio.gather(*[adb.one_statement(unit(i)) for i in range(12)])
+        peak, seen = 0, 0
+        async with await psycopg.AsyncConnection.connect(adb.conninfo(), autocommit=True) as watcher:
+            while not work.done():
+                cur = await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
+                    "AND pid <> pg_backend_pid()", ("%/* gate-test */%",))
+                running = (await cur.fetchone())[0]
+                peak, seen = max(peak, running), seen + (running > 0)
+                await asyncio.sleep(0.01)
+        await work
+        assert seen > 10 and peak == 3  # the gate's width was used, and never exceeded
+        assert started == list(range(12))  # each waited its turn, first come first run
+        await adb.close()
+
+    asyncio.run(scenario())
