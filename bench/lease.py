@@ -5,8 +5,10 @@ Starts throwaway PostgreSQL and Redis and a `warmpool api` (HTTP + gRPC, like a 
 one pool per measurement and run with enough ready instances, then, --runs times, for each --clients level:
   - pgbench runs the server's claim SQL for one Lease (pool by name, SELECT … FOR UPDATE SKIP LOCKED
     on the ready index, INSERT the lease, point the instance at it, COMMIT) on the same PostgreSQL;
-  - Connect JSON Lease, then Return of what was leased: `wrk` with a Lua script (apt-get install wrk;
-    without it, Python client processes do the same);
+  - Connect JSON Lease: h2load --h1 (apt-get install nghttp2-client; without it wrk, and without either, Python
+    client processes), then Return of what was leased: `wrk` with a Lua script (apt-get install wrk; without
+    it, the Python processes). With both installed, wrk also leases from a pool of its own (the `wrk` row), and
+    GET /healthz under each generator shows what the generator itself adds to a p99 (bench/loadgen.py);
   - gRPC Lease, then Return: h2load for Lease and bench/grpc_raw.py (raw HTTP/2 from one asyncio process,
     a body per call) for Return, one connection and one call in flight per client; without h2load, client
     processes with stubs generated from our .proto.
@@ -51,6 +53,10 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import (  # noqa: E402
+    WRK_LEASE, WRK_RETURN, generator_check, pct, run_h2load_grpc, run_h2load_h1, run_wrk,
+)
+
 SERVICE = "intrinsic_proto.vmpoolleaseapi.v1.VMPoolLeaseService"
 
 # The statements the server runs for one Lease of a named pool (app.domain.leases.lease with the
@@ -63,35 +69,6 @@ INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, stat
 UPDATE instances SET lease_id = :lid, idle_since = NULL WHERE id = :iid;
 END;
 """
-
-WRK_LEASE = """\
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
-wrk.body = '{"pool":"%(pool)s","serviceTag":"bench"}'
-"""
-
-WRK_RETURN = """\
-local threads = {}
-function setup(thread)
-  thread:set("tid", #threads)
-  table.insert(threads, thread)
-end
-function init(args)
-  ids = {}
-  for line in io.lines("%(ids)s") do table.insert(ids, line) end
-  i = tid + 1
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
-function request()
-  local id = ids[i] or "exhausted"
-  i = i + %(threads)d
-  return wrk.format(nil, nil, nil, '{"instance":"' .. id .. '","serviceTag":"bench"}')
-end
-"""
-
 
 def server_side(directory: Path) -> dict[str, dict[str, float]]:
     """warmpool_lease_seconds as the api's workers recorded it (multiprocess files in `directory`): per
@@ -124,13 +101,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 # ---- load generator processes (this file, run with --worker) ---------------------------------------
@@ -244,49 +214,6 @@ def run_workers(kind: str, target: str, token: str, pool: str, clients: int, sec
     shutil.rmtree(tmp, ignore_errors=True)
     return {"rps": len(lat) / elapsed, "p50": pct(lat, 0.5) * 1000, "p99": pct(lat, 0.99) * 1000,
             "ok": len(lat), "errors": errors}
-
-
-def run_wrk(url: str, script: str, clients: int, seconds: float) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    threads = min(clients, 2)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--latency",
-                          "-s", f.name, url], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-
-    def ms(label: str) -> float:
-        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = int(bad.group(1)) if bad else 0
-    elapsed = max(1, round(seconds))
-    return {"rps": (total - errors) / elapsed, "p50": ms("50%"), "p99": ms("99%"), "ok": total - errors,
-            "errors": errors}
-
-
-def run_h2load_grpc(target: str, token: str, pool: str, clients: int, requests: int) -> dict:
-    """gRPC Lease load from h2load (apt-get install nghttp2-client): C, one HTTP/2 connection and one call in
-    flight per client, the gRPC framing of one LeaseRequest as the body. It sees HTTP statuses, not gRPC ones
-    (an error is HTTP 200 with grpc-status in the trailers), so a fixed number of calls is sent and what
-    succeeded is counted in the database by the caller (`ok` is filled in there)."""
-    from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
-
-    msg = pb.LeaseRequest(pool=pool, service_tag="bench").SerializeToString()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-h2load-"))
-    (tmp / "body").write_bytes(b"\x00" + len(msg).to_bytes(4, "big") + msg)
-    out = subprocess.run(["h2load", "-n", str(requests), "-c", str(clients), "-m", "1", "-t", str(min(clients, 2)),
-                          "-d", str(tmp / "body"), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                          "-H", f"authorization: Bearer {token}", "--log-file", str(tmp / "log"),
-                          f"http://{target}/{SERVICE}/Lease"], capture_output=True, text=True, check=True).stdout
-    took = re.search(r"finished in ([\d.]+)(ms|s)", out)
-    elapsed = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
-    lat = [int(line.split("\t")[2]) / 1e6 for line in (tmp / "log").read_text().splitlines() if line.strip()]
-    shutil.rmtree(tmp, ignore_errors=True)
-    return {"rps": len(lat) / elapsed, "p50": pct(lat, 0.5) * 1000, "p99": pct(lat, 0.99) * 1000, "sent": len(lat),
-            "elapsed": elapsed}
 
 
 def run_raw_grpc_return(target: str, token: str, ids: list[str], clients: int, seconds: float) -> dict:
@@ -425,7 +352,13 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
         _, token = tokens.create_token(org, session=s, scope=tokens.Scope.MEMBER)
     org_id = org.id
     levels = [int(c) for c in args.clients.split(",")]
-    names = [f"{kind}-{c}-r{run}" for run in range(args.runs) for c in levels for kind in ("pgbench", "connect", "grpc")]
+    use_wrk = shutil.which("wrk") is not None
+    use_h2load = shutil.which("h2load") is not None
+    # Connect JSON Lease is driven by h2load --h1 where it is installed (bench/loadgen.py says why); wrk's
+    # figures on a pool of their own beside it.
+    wrk_too = use_wrk and use_h2load
+    kinds = ("pgbench", "connect", "grpc") + (("wrk",) if wrk_too else ())
+    names = [f"{kind}-{c}-r{run}" for run in range(args.runs) for c in levels for kind in kinds]
     # Room for the whole measurement: a pool that runs dry turns the rest of the run into refusals (pgbench
     # claims about 4,000/s on two quiet cores, so 3 x 6,000 lasted under 5 s).
     seeded = {"pgbench": max(3 * args.seed, round(6000 * args.seconds)), "other": max(args.seed, round(2500 * args.seconds))}
@@ -447,16 +380,28 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     with session_scope() as s:
         s.execute(sa.text("ANALYZE"))
 
-    use_wrk = shutil.which("wrk") is not None
-    use_h2load = shutil.which("h2load") is not None
     base = f"http://127.0.0.1:{port}/api/{SERVICE}"
+    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+
+    def connect_lease(pool_name: str, c: int) -> dict:
+        if use_h2load:
+            body = json.dumps({"pool": pool_name, "serviceTag": "bench"}).encode()
+            return run_h2load_h1(f"{base}/Lease", headers, body, c, args.seconds)
+        if use_wrk:
+            return run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pool_name}, c, args.seconds)
+        return run_workers("connect", f"127.0.0.1:{port}", token, pool_name, c, args.seconds)
+
     print(f"warmpool lease benchmark: {args.seconds:.0f} s per measurement, {args.runs} runs (medians), "
           f"{os.cpu_count()} cores shared by server ({args.api_workers} api workers), PostgreSQL and load; "
-          f"Connect load: {'wrk' if use_wrk else 'Python processes'}; gRPC Lease load: "
+          f"Connect Lease load: {'h2load --h1' if use_h2load else 'wrk' if use_wrk else 'Python processes'}"
+          f"{' (and wrk on a pool of its own: the wrk row)' if wrk_too else ''}, Connect Return load: "
+          f"{'wrk' if use_wrk else 'Python processes'}; gRPC Lease load: "
           f"{'h2load' if use_h2load else 'Python processes'}, gRPC Return load: "
           f"{'raw HTTP/2 from one asyncio process (bench/grpc_raw.py)' if use_h2load else 'Python processes'}")
     rows: dict[tuple[int, str], list[dict]] = {}
+    checks: list[dict[str, float]] = []
     pods = None
+    from proto.intrinsic_proto.vmpoolleaseapi.v1 import lease_api_pb2 as pb
     from bench.pg_statements import Statements
 
     statements = Statements()
@@ -485,14 +430,13 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 api_cpu, timed = _tree_cpu(args.pids["api"]), server_side(args.metrics_dir)
                 if args.diagnose and kind == "connect":
                     statements.reset()
-                if kind == "connect" and use_wrk:
-                    lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds)
-                elif kind == "connect":
-                    lease = run_workers("connect", f"127.0.0.1:{port}", token, name, c, args.seconds)
+                if kind == "connect":
+                    lease = connect_lease(name, c)
                 elif use_h2load:
                     # A fixed count (h2load cannot tell gRPC errors): about as many calls as Connect answered.
                     sent = min(seeded["other"], max(200, round(rows[(c, "Connect JSON Lease")][-1]["rps"] * args.seconds)))
-                    lease = run_h2load_grpc(f"127.0.0.1:{grpc_port}", token, name, c, sent)
+                    message = pb.LeaseRequest(pool=name, service_tag="bench").SerializeToString()
+                    lease = run_h2load_grpc(f"127.0.0.1:{grpc_port}", f"/{SERVICE}/Lease", token, message, c, sent)
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
                 api_cpu = _tree_cpu(args.pids["api"]) - api_cpu
@@ -504,6 +448,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 ids = leased_instances(name)
                 if "sent" in lease:  # h2load: a call succeeded iff it made a lease
                     lease.update(ok=len(ids), errors=lease["sent"] - len(ids), rps=len(ids) / lease["elapsed"])
+                else:
+                    checked(lease, ids, name, c)
                 lease["api_us"] = api_cpu / max(1, lease["ok"]) * 1e6  # the api's CPU (all workers) per answered call
                 lease["server_over"] = over
                 ids_file = logdir / f"{name}.ids"
@@ -524,6 +470,12 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 rows.setdefault((c, f"{label} Lease"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
                 rows.setdefault((c, f"{label} Return"), []).append(
                     dict(ret, ratio=ret["rps"] / pgb["rps"], vs_lease=ret["rps"] / max(lease["rps"], 1e-9)))
+            if wrk_too:  # the other generator, on the same server, right after: its own figures
+                name = f"wrk-{c}-r{run}"
+                lease = checked(run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": name}, c, args.seconds),
+                                leased_instances(name), name, c)
+                rows.setdefault((c, "Connect JSON Lease, wrk"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
+                checks.append(generator_check(f"http://127.0.0.1:{port}", c, args.seconds))
             if pods is not None:
                 from bench.lease_engine import _ready, cpu_of, lease_tally
 
@@ -536,8 +488,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     statements.reset()
                 timed = server_side(args.metrics_dir)
                 with ActivitySampler() as sampled:
-                    lease = run_wrk(f"{base}/Lease", WRK_LEASE % {"token": token, "pool": pods.name}, c, args.seconds) \
-                        if use_wrk else run_workers("connect", f"127.0.0.1:{port}", token, pods.name, c, args.seconds)
+                    lease = connect_lease(pods.name, c)
                 if args.diagnose:
                     print(statements.report(f"Connect JSON Lease, pod pool, {c} clients, run {run}"), flush=True)
                     print("  pg_stat_activity, sampled every 50 ms (samples, who, state, wait event, query):\n"
@@ -581,6 +532,10 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
               f"applier's transaction: p50 {w['step_p50']:.1f} ms, max {w['step_max']:.1f} ms")
     print("targets: Connect JSON Lease >= 35% of pgbench (moonshot 60%); gRPC at least that; p99 <= 25 ms at 8 "
           "clients; 0 errors; Return >= 80% of Lease")
+    if checks:
+        print("the load generators' own tail, GET /healthz right after each run's wrk row, p99 ms: wrk "
+              + ", ".join(f"{ch['wrk']:.1f}" for ch in checks) + "; h2load --h1 "
+              + ", ".join(f"{ch['h2load']:.1f}" for ch in checks))
     print("load average (1/5/15 min) at the end: %.2f %.2f %.2f (other work on the machine skews every figure)"
           % os.getloadavg())
     return 0
@@ -594,6 +549,15 @@ def profile(args: argparse.Namespace, name: str, pid: int | None = None) -> subp
     return subprocess.Popen([spy, "record", "-p", str(pid or args.api_pid), "-d", str(max(1, int(args.seconds))), "-r", "200",
                              "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt"), "--gil", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def checked(lease: dict, ids: list[str], name: str, clients: int) -> dict:
+    """A Connect measurement's answers held against the database: each answer of 200 made one lease, and no more
+    leases were made than that, but for the calls in flight (one per client) when the generator stopped."""
+    if not lease["ok"] <= len(ids) <= lease["ok"] + clients:
+        print(f"  {name}: {lease['ok']} answers of 200, {len(ids)} leases in the database", flush=True)
+        lease["errors"] += abs(len(ids) - lease["ok"])
+    return lease
 
 
 def leased_instances(pool_name: str) -> list[str]:
