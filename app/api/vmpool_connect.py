@@ -15,6 +15,7 @@ compares both stacks).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -99,9 +100,15 @@ def parse(body: bytes, request_class: type, fields: dict[str, tuple[str, str]]) 
     return request_class(**simple)
 
 
+@functools.lru_cache(maxsize=256)
+def _utc_second(seconds: int) -> str:
+    # A burst's leases expire within a few seconds of each other: strftime once per second, not per answer.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def timestamp_json(seconds: int, nanos: int) -> str:
     """A Timestamp as protobuf's JSON writes it: RFC 3339 in UTC, 0, 3, 6 or 9 fraction digits."""
-    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    text = _utc_second(seconds)
     if nanos == 0:
         return text + "Z"
     if nanos % 1_000_000 == 0:

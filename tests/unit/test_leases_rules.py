@@ -2,7 +2,7 @@
 and the CLI's duration parsing and tables."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -84,6 +84,31 @@ def test_lease_message():
     view = LeaseView(instance_id="i-1", pool_name="p", expires_at=NOW, zone="z")
     msg = vmpool.lease_message(view)
     assert (msg.instance, msg.pool, msg.zone, msg.expires.ToDatetime(tzinfo=UTC)) == ("i-1", "p", "z", NOW)
+
+
+@pytest.mark.parametrize("dt", [
+    NOW, NOW.replace(microsecond=0), NOW.replace(microsecond=123456), NOW.replace(tzinfo=None),
+    datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+])
+def test_timestamp_of_is_protobufs_from_datetime(dt):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    assert vmpool.timestamp_of(dt) == (ts.seconds, ts.nanos)
+
+
+def test_timestamp_json_is_protobufs_json():
+    from google.protobuf import json_format
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from app.api.vmpool_connect import timestamp_json
+
+    for seconds, nanos in [(0, 0), (1_800_000_000, 0), (1_800_000_000, 5_000_000), (1_800_000_000, 123_456_000),
+                           (1_800_000_000, 1), (-1, 999_999_999), (1_800_000_000, 5_000_000)]:  # again: cached
+        assert timestamp_json(seconds, nanos) == json_format.MessageToDict(Timestamp(seconds=seconds, nanos=nanos))
 
 
 DOMAIN_ERRORS = [c for c in vars(errors).values()
