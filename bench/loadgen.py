@@ -1,12 +1,16 @@
 """The external load generators of bench/lease.py: wrk and h2load, run as processes for a fixed time or count,
 their latencies read back (h2load's per-request log, wrk's percentiles).
 
-Which one drives a measurement matters for its tail on a machine where the generator shares the cores with the
-server and PostgreSQL: on the same server, the same pool and the same second, wrk's p99 for Connect JSON Lease
-was 33-98 ms where h2load --h1 saw 19-29 ms (10 pairs with the engine beside the api; same rate and p50, the same requests byte for byte, the same 4:4
-spread of connections over the api's workers; both spend ~40 µs of CPU per request), and on /healthz 7.7-9.5 ms
-against 3.1-4.5 ms. Why is not known. On a bare uvicorn app beside CPU hogs the two agree. So bench/lease.py drives Connect JSON
-with h2load, as it does gRPC, and prints wrk's figures beside it (`generator_check`, the `wrk` row)."""
+Which one drives a measurement changes its tail on a machine where the generator shares the cores with the server
+and PostgreSQL. With the engine beside the api, on the same server, pool and second, wrk's p99 for Connect JSON
+Lease was 33-98 ms where h2load --h1 saw 19-29 ms (10 pairs), at the same rate and p50, with the same requests byte
+for byte, the same 4:4 spread of connections over the api's workers and ~40 µs of generator CPU per request each;
+on /healthz 7.7-9.5 ms against 3.1-4.5 ms. Part of it is the server's: timed inside the api, from reading a request
+to writing its answer, the p99 was 27.8 and 30.7 ms under wrk against 22.3 and 23.8 ms under h2load in two of three
+pairs (17.3 against 21.0 in the third), so the shape of wrk's traffic costs the server a longer tail as well as
+measuring one. Against a bare uvicorn app beside CPU hogs the two agree. bench/lease.py drives Connect JSON with
+h2load, as it does gRPC, and prints wrk's figures beside it (`generator_check`, the `wrk` row): neither stands for
+every real client."""
 from __future__ import annotations
 
 import os
