@@ -75,9 +75,7 @@ async def pool() -> AsyncConnectionPool:
     for gone in [k for k in {*_pools, *_opening} if k[0].is_closed()]:  # loops that ended without close() (tests)
         _opening.pop(gone, None)
         if (dropped := _pools.pop(gone, None)) is not None:
-            _parked.pop(dropped, None)
-            _waiting.pop(dropped, None)
-            _gates.pop(dropped, None)
+            _forget(dropped)
     async with _opening.setdefault(key, asyncio.Lock()):
         found = _pools.get(key)
         if found is None:
@@ -117,11 +115,16 @@ async def close() -> None:
         _opening.pop(key)
     for key in [k for k in _pools if k[0] is loop]:
         p = _pools.pop(key)
-        _waiting.pop(p, None)
-        _gates.pop(p, None)
-        for conn in _parked.pop(p, []):
+        for conn in _forget(p):
             await p.putconn(conn)
         await p.close()
+
+
+def _forget(p: AsyncConnectionPool) -> list[psycopg.AsyncConnection]:
+    """Drop what this module keeps of pool `p`; returns the connections that were parked on its loop."""
+    _waiting.pop(p, None)
+    _gates.pop(p, None)
+    return _parked.pop(p, [])
 
 
 def is_retryable(exc: BaseException) -> bool:

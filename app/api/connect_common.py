@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -77,12 +78,21 @@ def optional_uuids(values: Any, field: str, limit: int = 25) -> list[str]:
     return [require_uuid(v, field) for v in values]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_parts(dt: datetime) -> tuple[int, int]:
+    """(seconds, nanos) as Timestamp.FromDatetime sets them (a naive datetime is UTC), without its
+    struct_time round trip (calendar.timegm of utctimetuple: 3 % of the api's samples on Connect Lease)."""
+    since = (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)) - _EPOCH
+    return since.days * 86400 + since.seconds, since.microseconds * 1000
+
+
 def timestamp(dt: Any) -> Timestamp | None:
     if dt is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(dt)
-    return ts
+    seconds, nanos = timestamp_parts(dt)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 class PaginationQueryMerge:

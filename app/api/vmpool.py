@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from app import adb, auth, metrics, ratelimit
-from app.api.connect_common import remaining_seconds
+from app.api.connect_common import remaining_seconds, timestamp_parts
 from app.api.core import connect_error
 from app.api.hygiene import input_errors
 from app.api.vmpool_background import AFTER_COMMIT, ReservationWaiter
@@ -75,19 +75,9 @@ def wished_time(msg: Any, field: str) -> datetime | None:
         raise InvalidArgument(f"{field} is not a valid timestamp (seconds={ts.seconds})") from None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp_of(dt: datetime) -> tuple[int, int]:
-    """(seconds, nanos) as Timestamp.FromDatetime sets them (a naive datetime is UTC), without its
-    struct_time round trip (calendar.timegm of utctimetuple: 3 % of the api's samples on Connect Lease)."""
-    since = (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)) - _EPOCH
-    return since.days * 86400 + since.seconds, since.microseconds * 1000
-
-
 def lease_message(v: leases.LeaseView) -> pb.Lease:
     msg = pb.Lease(instance=v.instance_id, pool=v.pool_name, zone=v.zone)
-    msg.expires.seconds, msg.expires.nanos = timestamp_of(v.expires_at)
+    msg.expires.seconds, msg.expires.nanos = timestamp_parts(v.expires_at)
     return msg
 
 

@@ -92,12 +92,14 @@ def test_lease_message():
     datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
 ])
-def test_timestamp_of_is_protobufs_from_datetime(dt):
+def test_timestamp_parts_are_protobufs_from_datetime(dt):
     from google.protobuf.timestamp_pb2 import Timestamp
+
+    from app.api.connect_common import timestamp_parts
 
     ts = Timestamp()
     ts.FromDatetime(dt)
-    assert vmpool.timestamp_of(dt) == (ts.seconds, ts.nanos)
+    assert timestamp_parts(dt) == (ts.seconds, ts.nanos)
 
 
 def test_timestamp_json_is_protobufs_json():
