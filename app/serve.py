@@ -80,7 +80,7 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int | None =
     log.info("warmpool api: HTTP on http://%s:%d (Connect under /api, docs at /docs), gRPC on %s:%d, %d worker(s)",
              host, port, settings.http_host, settings.grpc_port, workers)
     common = dict(host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                  timeout_graceful_shutdown=5, lifespan="on")
+                  timeout_graceful_shutdown=5, lifespan="on", http="app.api.lease_http:LeaseHttpProtocol")
     if workers > 1:
         from app.metrics import prepare_multiprocess
 

@@ -10,8 +10,10 @@ own fields with plain string/bool values (timestamps parsed by protobuf's own pa
 regular stack (app.main.WarmpoolASGI.connect), which answers it as before. Errors from the service are
 Connect errors byte-compatible with connectrpc's: the status its table gives the code, and
 `{"code": …, "message": …}` as json.dumps(ensure_ascii=False) writes it, the code from the edge core's
-table (app.api.core.map_error) (tests/unit/test_vmpool_connect.py
-compares both stacks).
+table (app.api.core.map_error) (tests/integration/test_vmpool_connect.py compares both stacks).
+
+`warmpool api` reaches it without ASGI as well: its HTTP/1.1 connection (app/api/lease_http.py) calls
+accepts(), prepare() and LeaseConnectJSON.run() itself and writes the answer in one buffer.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from google.protobuf import json_format
@@ -140,10 +142,6 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"code": code, "message": message}, ensure_ascii=False).encode("utf-8")
 
 
-def _headers(scope: dict) -> dict[bytes, bytes]:
-    return dict(scope.get("headers") or ())
-
-
 def _remaining(headers: dict[bytes, bytes], arrived: float) -> float | None:
     raw = headers.get(b"connect-timeout-ms")
     if raw is None or raw == b"":
@@ -153,22 +151,29 @@ def _remaining(headers: dict[bytes, bytes], arrived: float) -> float | None:
     return int(raw) / 1000.0 - (time.monotonic() - arrived)
 
 
-def accepts(scope: dict) -> bool:
-    """Whether this handler may take the request, from its method, path and headers alone."""
-    if scope.get("method") != "POST" or scope["path"].removeprefix("/api") not in METHODS:
-        return False
-    headers = _headers(scope)
+def accepts(scope: dict) -> dict[bytes, bytes] | None:
+    """The request's headers when this handler may take the request, from its method, target and headers
+    alone; else None. A query string, or a header given twice, goes to the regular stack."""
+    if scope.get("method") != "POST" or scope["path"].removeprefix("/api") not in METHODS \
+            or scope.get("query_string"):
+        return None
+    raw = scope.get("headers") or ()
+    headers = dict(raw)
+    if len(headers) != len(raw):
+        return None
     ctype = headers.get(b"content-type", b"")
     if ctype != b"application/json" and ctype.split(b";")[0].strip().lower() != b"application/json":
-        return False
+        return None
     if headers.get(b"content-encoding", b"identity") != b"identity":
-        return False
+        return None
     if headers.get(b"accept-encoding", b"identity") not in (b"identity", b""):
-        return False
+        return None
     if headers.get(b"connect-protocol-version", b"1") != b"1":
-        return False
+        return None
     length = headers.get(b"content-length")
-    return length is not None and length.isdigit() and int(length) <= get_settings().input.max_body_bytes
+    if length is None or not length.isdigit() or int(length) > get_settings().input.max_body_bytes:
+        return None
+    return headers
 
 
 class LeaseConnectJSON:
@@ -185,35 +190,58 @@ class LeaseConnectJSON:
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         arrived = time.monotonic()
-        if not accepts(scope):
+        headers = accepts(scope)
+        if headers is None:
             await self.fallback(scope, receive, send)
             return
-        body, after = await read_body(receive, get_settings().input.max_body_bytes)  # the InputGuard in front already held it to this
+        body, after = await read_body(receive, get_settings().input.max_body_bytes)  # accepts() held it to this
         try:
-            headers = _headers(scope)
-            remaining = _remaining(headers, arrived)
-            value = headers.get(b"authorization")
-            authorization = value.decode("latin-1") if value is not None else None
-            # Checked before the body is decoded, as the regular stack does; a refusal is its to word.
-            if not _token_ok(authorization):
-                raise NotMine
-            attr, request_class, fields = METHODS[scope["path"].removeprefix("/api")]
-            request = parse(body, request_class, fields)
-            try:
-                check_message(request)
-            except BadInput:
-                raise NotMine from None
+            call = prepare(scope["path"], headers, body, arrived)
         except NotMine:
             await self.fallback(scope, replaying(body, after, receive), send)
             return
+        status, answer_headers, payload = await self.run(call)
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    async def run(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The call's answer: HTTP status, headers and body, a Connect error for every failure."""
         try:
-            response = await getattr(self.service, attr)(authorization, request, remaining)
+            response = await getattr(self.service, call.attr)(call.authorization, call.request, call.remaining)
         except Exception as exc:  # noqa: BLE001 - every outcome is a Connect error (app.api.core's table)
-            refusal = map_error(exc, CONNECT, what=f"VMPoolLeaseService/{scope['path'].rsplit('/', 1)[-1]}")
+            refusal = map_error(exc, CONNECT, what=f"VMPoolLeaseService/{call.path.rsplit('/', 1)[-1]}")
             code = refusal.code.value
-            await _answer(send, HTTP_STATUS[code], error_body(code, refusal.message), extra=refusal.headers())
-            return
-        await _answer(send, 200, response_json(response), ok=True)
+            body = error_body(code, refusal.message)
+            return HTTP_STATUS[code], _headers_for(_ERROR_HEADERS, body, refusal.headers()), body
+        body = response_json(response)
+        return 200, _headers_for(_OK_HEADERS, body, None), body
+
+
+class Call(NamedTuple):
+    """A request this handler takes, decoded: the service method, its message, the caller's credentials
+    and the seconds left of its deadline (None: no deadline)."""
+    path: str
+    attr: str
+    request: Any
+    authorization: str | None
+    remaining: float | None
+
+
+def prepare(path: str, headers: dict[bytes, bytes], body: bytes, arrived: float) -> Call:
+    """The call, when this handler may answer it (the request passed accepts()); else NotMine."""
+    remaining = _remaining(headers, arrived)
+    value = headers.get(b"authorization")
+    authorization = value.decode("latin-1") if value is not None else None
+    # Checked before the body is decoded, as the regular stack does; a refusal is its to word.
+    if not _token_ok(authorization):
+        raise NotMine
+    attr, request_class, fields = METHODS[path.removeprefix("/api")]
+    request = parse(body, request_class, fields)
+    try:
+        check_message(request)
+    except BadInput:
+        raise NotMine from None
+    return Call(path, attr, request, authorization, remaining)
 
 
 def _token_ok(authorization: str | None) -> bool:
@@ -231,8 +259,7 @@ _OK_HEADERS = [(b"content-type", b"application/json"), (b"content-encoding", b"i
 _ERROR_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def _answer(send: Send, status: int, body: bytes, ok: bool = False, extra: dict[str, str] | None = None) -> None:
-    headers = [*(_OK_HEADERS if ok else _ERROR_HEADERS), (b"content-length", str(len(body)).encode()),
-               *((k.lower().encode(), v.encode()) for k, v in (extra or {}).items())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+def _headers_for(base: list[tuple[bytes, bytes]], body: bytes,
+                 extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    return [*base, (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in (extra or {}).items())]
