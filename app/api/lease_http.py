@@ -64,14 +64,14 @@ class LeaseHttpProtocol(HttpToolsProtocol):
             cycle.message_event.clear()
         if cycle.disconnected:
             return
-        try:
-            call = prepare(cycle.scope["path"], headers, bytes(cycle.body), arrived)
-        except NotMine:
-            cycle.message_event.set()  # receive() waits for it once more; the body is still the cycle's
-            await cycle.run_asgi(app)
-            return
         assert self.lease is not None
         try:
+            try:
+                call = prepare(cycle.scope["path"], headers, bytes(cycle.body), arrived)
+            except NotMine:
+                cycle.message_event.set()  # receive() waits for it once more; the body is still the cycle's
+                await cycle.run_asgi(app)
+                return
             status, extra, body = await self.lease.run(call)
             if cycle.flow.write_paused and not cycle.disconnected:
                 await cycle.flow.drain()
