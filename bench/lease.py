@@ -529,7 +529,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
         w = time_wakeups(port, args.wakeups)
         print(f"reservation wake-up, instance ready -> waiting Lease answered ({args.wakeups} calls): "
               f"p50 {w['p50']:.1f} ms, p99 {w['p99']:.1f} ms, max {w['max']:.1f} ms (targets: 20 / 50 ms); of which the "
-              f"applier's transaction: p50 {w['step_p50']:.1f} ms, max {w['step_max']:.1f} ms")
+              f"applier's transaction: p50 {w['step_p50']:.1f} ms, max {w['step_max']:.1f} ms; the slowest wake-up's "
+              f"transaction {w['worst_step']:.1f} ms, of which {w['worst_gc']:.1f} ms collecting garbage in the "
+              f"applier's process (at most {w['gc_max']:.1f} ms in any wake-up)")
     print("targets: Connect JSON Lease >= 35% of pgbench (moonshot 60%); gRPC at least that; p99 <= 25 ms at 8 "
           "clients; 0 errors; Return >= 80% of Lease")
     if checks:
