@@ -1,26 +1,30 @@
-"""Async PostgreSQL for the lean lease path: one psycopg AsyncConnectionPool per event loop, warmed at
-start-up, and one unit of work that retries a transaction PostgreSQL aborted (40P01, 40001).
+"""Async PostgreSQL for the lean lease path: asyncpg connections kept per event loop, warmed at start-up,
+and one unit of work that retries a transaction PostgreSQL aborted (40P01, 40001).
 
-A process runs two event loops (uvicorn's and the gRPC server's thread), and a pool's connections
-belong to the loop that opened them, so each loop gets its own pool, opened by `warm()` at start-up
-(or by the first call). A gate per pool bounds the units of work a loop runs on PostgreSQL at once
-(`lease_db_concurrency`); the rest wait their turn on the loop. SQLite (`warmpool dev`) has no async path:
-`enabled()` is False and the callers keep the sync one (app.db, BEGIN IMMEDIATE).
+A process runs two event loops (uvicorn's and the gRPC server's thread), and a connection belongs to the
+loop that opened it, so each loop keeps its own (LoopPool). A gate per loop bounds the units of work it runs
+on PostgreSQL at once (`lease_db_concurrency`); the rest wait their turn on the loop. SQLite (`warmpool dev`)
+has no async path: `enabled()` is False and the callers keep the sync one (app.db, BEGIN IMMEDIATE).
+
+Why asyncpg and not psycopg's async connection: the same one-statement claim costs the client ~45-60 µs of
+CPU with asyncpg against ~105-115 µs with psycopg (its cursor, generators and a reader added to and removed
+from the loop for every wait), and the api's CPU is what bounds the lease rate on a small machine. The domain's
+async statements keep psycopg's `%(name)s` placeholders and attribute access to columns (app.adb_conn).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import psycopg
+import asyncpg
 import sqlalchemy as sa
-from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
 
 from app import db
+from app.adb_conn import Conn, Row
 from config.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -29,14 +33,58 @@ T = TypeVar("T")
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # as app.db: deadlock victim, serialization failure
 ATTEMPTS = 3
 WARM_CONNECTIONS = 4
+CONNECT_SECONDS = 10
+MAX_AGE_SECONDS = 3600  # a connection older than this is closed when its unit of work ends, and replaced
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+"""What the driver raises: the server's errors (each with its SQLSTATE), a connection that ended or could not be
+made (InterfaceError, OSError, TimeoutError among them)."""
 
-_pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
-_opening: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
-_gates: dict[AsyncConnectionPool, asyncio.Semaphore] = {}
-"""Per pool (so per loop): the units of work running at once, at most `lease_db_concurrency`. The others wait
-here, in order, rather than in PostgreSQL: concurrent claims take the oldest ready instances of a pool, so they
-meet on the same index and heap pages, and past the database's cores they only queue there, on page locks held by
-a backend that lost its core (LWLock:BufferContent), which is a longer tail for the same throughput."""
+
+class LoopPool:
+    """One event loop's connections to one database: up to `max_size`, opened when a unit of work finds none
+    idle, kept idle between units (the last used first). The loop's gate lets no more than `max_size` units
+    run at once, so a unit never waits here for a connection, only for one to open."""
+
+    def __init__(self, url: str, max_size: int) -> None:
+        self.url, self.max_size = url, max_size
+        self.idle: list[Conn] = []
+        self.gate = asyncio.Semaphore(max_size)
+        self.closed = False
+        self._closing: set[asyncio.Task] = set()
+        self._connecting = asyncio.Lock()
+
+    async def take(self) -> Conn:
+        if self.idle:
+            return self.idle.pop()
+        async with self._connecting:  # one at a time: units that came first get their connections first
+            if self.idle:
+                return self.idle.pop()
+            raw = await asyncpg.connect(self.url, record_class=Row, timeout=CONNECT_SECONDS)
+        return Conn(raw)
+
+    def give(self, conn: Conn, clean: bool) -> None:
+        """Back after a unit of work: kept if `clean` (it ended normally or with the server's error, outside a
+        transaction) and still young, else closed."""
+        if clean and not self.closed and conn.reusable() and time.monotonic() - conn.born < MAX_AGE_SECONDS:
+            self.idle.append(conn)
+        elif clean and not conn.raw.is_closed():
+            task = asyncio.ensure_future(_close(conn))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        else:
+            conn.raw.terminate()  # mid-statement (cancelled) or broken: no goodbye to wait for
+
+    async def close(self) -> None:
+        self.closed = True
+        idle, self.idle = self.idle, []
+        await asyncio.gather(*(_close(c) for c in idle), *self._closing, return_exceptions=True)
+
+
+async def _close(conn: Conn) -> None:
+    try:
+        await conn.raw.close(timeout=2)
+    except Exception:  # noqa: BLE001 - it is going away either way
+        conn.raw.terminate()
 
 
 def conninfo() -> str | None:
@@ -52,107 +100,76 @@ def enabled() -> bool:
     return conninfo() is not None
 
 
-async def _configure(conn: psycopg.AsyncConnection) -> None:
-    # Every statement is prepared on its first run: the lease path is a handful of fixed statements.
-    conn.prepare_threshold = 0
-    # A unit of work that is one statement runs as its own transaction (`one_statement`): no BEGIN and
-    # COMMIT round trips; `transaction` still opens an explicit one.
-    await conn.set_autocommit(True)
-    conn.row_factory = namedtuple_row
+_pools: dict[tuple[asyncio.AbstractEventLoop, str], LoopPool] = {}
 
 
-async def pool() -> AsyncConnectionPool:
-    """This event loop's pool, opened (min_size connections ready) on first use. Calls that come while it
-    opens wait for that one opening: had they taken its first connections (and kept them on the loop's stack),
-    it would never have seen min_size of them ready at once, and its opening would have timed out."""
+async def pool() -> LoopPool:
+    """This event loop's pool (no connection is opened until a unit of work or warm() needs one)."""
     url = conninfo()
     if url is None:
         raise RuntimeError("the async lease path needs PostgreSQL; WARMPOOL_DATABASE_URL is not")
     key = (asyncio.get_running_loop(), url)
     found = _pools.get(key)
-    if found is not None:
-        return found
-    for gone in [k for k in {*_pools, *_opening} if k[0].is_closed()]:  # loops that ended without close() (tests)
-        _opening.pop(gone, None)
-        if (dropped := _pools.pop(gone, None)) is not None:
-            _forget(dropped)
-    async with _opening.setdefault(key, asyncio.Lock()):
-        found = _pools.get(key)
-        if found is None:
-            # Each transaction is one or two short statements, so a few connections carry a loop's load; no
-            # more are used at once than the gate lets through. Several loops (HTTP, gRPC) and `--workers`
-            # multiply this against max_connections.
-            size = max(1, get_settings().lease_db_concurrency)
-            found = AsyncConnectionPool(url, min_size=min(WARM_CONNECTIONS, size), max_size=size, open=False,
-                                        configure=_configure, name="warmpool-lease", timeout=10)
-            await found.open(wait=True, timeout=10)  # on failure nothing is kept: the next call tries again
-            _gates[found] = asyncio.Semaphore(size)
-            _pools[key] = found
+    if found is None:
+        for gone in [k for k in _pools if k[0].is_closed()]:  # loops that ended without close() (tests)
+            _pools.pop(gone)
+        # Each unit of work is one or two short statements, so a few connections carry a loop's load. Several
+        # loops (HTTP, gRPC) and `--workers` multiply this against max_connections.
+        found = _pools[key] = LoopPool(url, max(1, get_settings().lease_db_concurrency))
     return found
 
 
 async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # type: ignore[assignment]
-    """Open this loop's pool and prepare `statements` (SQL, harmless parameters) on the connections it
-    keeps open, so the first calls after start-up neither connect nor plan."""
+    """Open this loop's first connections and run `statements` (SQL, harmless parameters) on each in a
+    transaction rolled back, so the first calls after start-up neither connect, prepare nor plan."""
     p = await pool()
-    conns = []
+    conns = [await p.take() for _ in range(min(WARM_CONNECTIONS, p.max_size) - len(p.idle))]
     try:
-        for _ in range(p.min_size):
-            conns.append(await p.getconn())
         for conn in conns:
-            async with conn.transaction(force_rollback=True):
+            transaction = conn.raw.transaction()
+            await transaction.start()
+            try:
                 for sql, params in statements:
-                    await conn.execute(sql, params, prepare=True)
+                    await conn.execute(sql, params)
+            finally:
+                await transaction.rollback()
     finally:
         for conn in conns:
-            await p.putconn(conn)
+            p.give(conn, clean=True)
 
 
 async def close() -> None:
     """Close this loop's pool (shutdown)."""
     loop = asyncio.get_running_loop()
-    for key in [k for k in _opening if k[0] is loop]:
-        _opening.pop(key)
     for key in [k for k in _pools if k[0] is loop]:
-        p = _pools.pop(key)
-        for conn in _forget(p):
-            await p.putconn(conn)
-        await p.close()
-
-
-def _forget(p: AsyncConnectionPool) -> list[psycopg.AsyncConnection]:
-    """Drop what this module keeps of pool `p`; returns the connections that were parked on its loop."""
-    _waiting.pop(p, None)
-    _gates.pop(p, None)
-    return _parked.pop(p, [])
+        await _pools.pop(key).close()
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in RETRYABLE_SQLSTATES
 
 
-async def transaction(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
+async def transaction(fn: Callable[[Conn], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
     """`await fn(conn)` in one transaction: committed when it returns, rolled back when it raises, and run
     again from the start (after a short random pause) when PostgreSQL aborted it to break a deadlock or a
     serialization conflict; the last failure is raised."""
     return await _attempts(fn, attempts, explicit=True)
 
 
-async def one_statement(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
+async def one_statement(fn: Callable[[Conn], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
     """`transaction` for a unit of work whose writes are one statement (PostgreSQL runs a statement as a
     transaction of its own): the same retries and error mapping, a third of the round trips. `fn` may read
     more afterwards (to explain a refusal), but whatever it raises after the write changes nothing."""
     return await _attempts(fn, attempts, explicit=False)
 
 
-async def _attempts(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], attempts: int, *, explicit: bool) -> T:
+async def _attempts(fn: Callable[[Conn], Awaitable[T]], attempts: int, *, explicit: bool) -> T:
     p = await pool()
-    gate = _gates[p]
     for attempt in range(attempts):
         try:
-            async with gate:  # released during the pause before a retry
+            async with p.gate:  # released during the pause before a retry
                 return await _once(p, fn, explicit)
-        except psycopg.Error as exc:
+        except DB_ERRORS as exc:
             if not is_retryable(exc) or attempt == attempts - 1:
                 mapped = as_domain_error(exc)
                 if mapped is None:
@@ -162,48 +179,60 @@ async def _attempts(fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], attem
     raise AssertionError("unreachable")
 
 
-# Connections this loop took from its pool and keeps between units of work: the pool's own check-out and
-# return (locks, stats, a reset check) cost about a third of what psycopg spends on a one-statement claim.
-# Only a connection left idle goes back on the stack; any other (a statement cancelled mid-flight, a
-# transaction left open, a broken socket) goes back to the pool, which resets or replaces it, and so does
-# about one in RECYCLE_EVERY, so the pool's upkeep (max_lifetime) still reaches every connection.
-_parked: dict[AsyncConnectionPool, list[psycopg.AsyncConnection]] = {}
-RECYCLE_EVERY = 1000
-_IDLE = psycopg.pq.TransactionStatus.IDLE
-
-
-_waiting: dict[AsyncConnectionPool, int] = {}
-"""Units of work of this loop waiting for the pool to hand them a connection: while there are any, a
-finished unit's connection goes back to the pool (which hands it to the first of them), never on the
-stack, where no waiter would see it."""
-
-
-async def _once(p: AsyncConnectionPool, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], explicit: bool) -> T:
-    parked = _parked.get(p)
-    if parked is None:
-        parked = _parked[p] = []
-    if parked:
-        conn = parked.pop()
-    else:
-        _waiting[p] = _waiting.get(p, 0) + 1
-        try:
-            conn = await p.getconn()
-        finally:
-            _waiting[p] = _waiting.get(p, 1) - 1
+async def _once(p: LoopPool, fn: Callable[[Conn], Awaitable[T]], explicit: bool) -> T:
+    conn = await p.take()
+    clean = False
     try:
-        if not explicit:
-            return await fn(conn)
-        async with conn.transaction():
-            return await fn(conn)
-    finally:
-        if (conn.info.transaction_status == _IDLE and not _waiting.get(p) and not p.closed
-                and random.random() * RECYCLE_EVERY >= 1):
-            parked.append(conn)
+        if explicit:
+            async with conn.raw.transaction():
+                result = await fn(conn)
         else:
-            await p.putconn(conn)
+            result = await fn(conn)
+        clean = True
+        return result
+    except Exception as exc:
+        # The server's error (a constraint, a deadlock), a value the driver could not send or the domain's
+        # refusal leaves the session usable; a lost connection does not.
+        clean = isinstance(exc, asyncpg.exceptions.DataError) or not isinstance(exc, (asyncpg.InterfaceError, OSError))
+        raise
+    finally:
+        p.give(conn, clean)  # a cancelled unit (BaseException) is never clean
 
 
-def as_domain_error(exc: psycopg.Error) -> Any:
+def as_domain_error(exc: BaseException) -> Any:
     """The domain error a driver error stands for, by the same rules as the sync path (app.db.domain_error_of,
-    which reads SQLAlchemy's wrapping of the same driver): None for a bug."""
-    return db.domain_error_of(sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error))
+    which reads SQLAlchemy's wrapping of psycopg's errors, DB-API classes by SQLSTATE): None for a bug."""
+    state = getattr(exc, "sqlstate", None) or ""
+    kind: type[sa.exc.DBAPIError]
+    if isinstance(exc, asyncpg.PostgresError):
+        kind = _KINDS.get(state[:2], sa.exc.ProgrammingError)
+    elif isinstance(exc, asyncpg.exceptions.DataError):
+        kind = sa.exc.DataError  # a value the driver could not encode for its column (a date out of range)
+    elif isinstance(exc, asyncpg.InterfaceError):
+        kind = sa.exc.InterfaceError  # the connection ended, or is unusable
+    else:
+        kind = sa.exc.OperationalError  # no connection could be made (refused, timed out)
+    return db.domain_error_of(kind(None, None, _Orig(exc, state)))
+
+
+# SQLSTATE class -> the DB-API error psycopg raises for it (psycopg.errors), as far as domain_error_of reads it.
+_KINDS: dict[str, type[sa.exc.DBAPIError]] = {
+    "22": sa.exc.DataError, "23": sa.exc.IntegrityError, "40": sa.exc.OperationalError,
+    "08": sa.exc.OperationalError, "53": sa.exc.OperationalError, "54": sa.exc.OperationalError,
+    "55": sa.exc.OperationalError, "57": sa.exc.OperationalError, "58": sa.exc.OperationalError,
+    "XX": sa.exc.InternalError,
+}
+
+
+class _Orig(Exception):
+    """A driver error as app.db.domain_error_of reads psycopg's: its message, `sqlstate` and `diag.constraint_name`."""
+
+    def __init__(self, exc: BaseException, state: str) -> None:
+        super().__init__(str(exc) or type(exc).__name__)
+        self.sqlstate = state or None
+        self.diag = _Diag(getattr(exc, "constraint_name", None))
+
+
+class _Diag:
+    def __init__(self, constraint_name: str | None) -> None:
+        self.constraint_name = constraint_name

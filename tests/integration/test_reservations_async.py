@@ -29,8 +29,14 @@ def run_async(fn: Any, *, keep: bool = False) -> Any:
             if keep:
                 return await adb.transaction(fn)
             p = await adb.pool()
-            async with p.connection() as conn, conn.transaction(force_rollback=True):
+            conn = await p.take()
+            transaction = conn.raw.transaction()
+            await transaction.start()
+            try:
                 return await fn(conn)
+            finally:
+                await transaction.rollback()
+                p.give(conn, clean=True)
         finally:
             await adb.close()
 
