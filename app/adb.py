@@ -123,8 +123,10 @@ async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # ty
     """Open this loop's first connections and run `statements` (SQL, harmless parameters) on each in a
     transaction rolled back, so the first calls after start-up neither connect, prepare nor plan."""
     p = await pool()
-    conns = [await p.take() for _ in range(min(WARM_CONNECTIONS, p.max_size) - len(p.idle))]
+    conns: list[Conn] = []
     try:
+        for _ in range(min(WARM_CONNECTIONS, p.max_size) - len(p.idle)):
+            conns.append(await p.take())
         for conn in conns:
             transaction = conn.raw.transaction()
             await transaction.start()
