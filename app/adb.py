@@ -6,9 +6,9 @@ loop that opened it, so each loop keeps its own (LoopPool). A gate per loop boun
 on PostgreSQL at once (`lease_db_concurrency`); the rest wait their turn on the loop. SQLite (`warmpool dev`)
 has no async path: `enabled()` is False and the callers keep the sync one (app.db, BEGIN IMMEDIATE).
 
-Why asyncpg and not psycopg's async connection: the same one-statement claim costs the client ~45-60 µs of
-CPU with asyncpg against ~105-115 µs with psycopg (its cursor, generators and a reader added to and removed
-from the loop for every wait), and the api's CPU is what bounds the lease rate on a small machine. The domain's
+Why asyncpg and not psycopg's async connection: the same one-statement claim costs the api ~90-110 µs of CPU
+with asyncpg against ~160-230 µs with psycopg (its cursor, generators and a reader added to and removed from
+the loop for every wait), and the api's CPU is what bounds the lease rate on a small machine. The domain's
 async statements keep psycopg's `%(name)s` placeholders and attribute access to columns (app.adb_conn).
 """
 from __future__ import annotations
@@ -48,6 +48,10 @@ class LoopPool:
     def __init__(self, url: str, max_size: int) -> None:
         self.url, self.max_size = url, max_size
         self.idle: list[Conn] = []
+        # The units of work running at once. The others wait here, in order, rather than in PostgreSQL: concurrent
+        # claims take the oldest ready instances of a pool, so they meet on the same index and heap pages, and past
+        # the database's cores they only queue there, on page locks held by a backend that lost its core
+        # (LWLock:BufferContent), which is a longer tail for the same throughput.
         self.gate = asyncio.Semaphore(max_size)
         self.closed = False
         self._closing: set[asyncio.Task] = set()
