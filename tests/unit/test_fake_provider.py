@@ -123,3 +123,27 @@ def test_observe_follows_the_change_feed(client):
         seen += [(o.ref, o.state) for o in next(stream).observed]
     assert (ref, "deleted") in seen
     stop.set()
+
+
+def test_a_move_falling_due_never_brings_back_a_deleted_resource(client):
+    # The race tests/integration/test_delete_inflight.py once lost: `advance` has read a booting record when a
+    # delete drops it; the move to `running` must not store it again.
+    p = FakeProvider(FAST, client=client)
+    cloud = p.cloud
+    ref = p.create(spec(), start=True).ref
+    assert cloud.load(ref)["next"]["state"] == "running"
+    read = cloud.r.hmget
+
+    def read_then_deleted(*args, **kwargs):  # advance's read of the due records, then the delete lands
+        found = read(*args, **kwargs)
+        p.delete(ref)
+        return found
+
+    cloud.r.hmget = read_then_deleted
+    assert cloud.advance() == 1  # the move was made, on a record that is gone
+    cloud.r.hmget = read
+    assert cloud.load(ref) is None and cloud.all() == {} and p.list() == []
+    assert cloud.next_due() is None
+    # A record still there is moved as before, with its feed entry.
+    other = p.create(spec("inst-2"), start=True).ref
+    assert p.get(other).state == "running"

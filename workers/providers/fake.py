@@ -109,6 +109,17 @@ class FakeCloud:
             pipe.ltrim(self.batch_log, -1000, -1)
         pipe.execute()
 
+    def put_existing(self, records: dict[str, dict[str, Any]]) -> None:
+        """`put_many` for records that may have been deleted since they were read: each is written (with its due
+        time and its feed entry) only if it is still there, in one step. A plain write after a concurrent `drop`
+        brought the resource back: `advance` read a booting record, a delete dropped it, and the move to
+        `running` stored it again, a resource no instance owns (tests/integration/test_delete_inflight.py)."""
+        args: list[Any] = [100_000]
+        for ref, record in records.items():
+            nxt = record.get("next")
+            args += [ref, json.dumps(record, separators=(",", ":")), nxt["at"] if nxt else ""]
+        self.r.eval(_PUT_EXISTING, 3, self.resources, self.due, self.changes, *args)
+
     def batches(self, op: str = "create") -> list[int]:
         """The sizes of the last batch calls of `op` this cloud answered, oldest first (what tests look at)."""
         sizes = [raw.decode() if isinstance(raw, bytes) else raw for raw in self.r.lrange(self.batch_log, 0, -1)]
@@ -155,7 +166,7 @@ class FakeCloud:
                 record.setdefault("log", []).append(nxt["state"])
                 records[ref] = record
             if records:
-                self.put_many(records)
+                self.put_existing(records)
             moved += len(records)
             if len(due) < 1000:
                 return moved
@@ -190,6 +201,20 @@ class FakeCloud:
         self.put(ref, {"ref": ref, "state": state, "tags": {OWNER_TAG: owner, INSTANCE_TAG: instance_id, POOL_TAG: pool_id},
                        "address": "", "boot_ms": 0, "log": []})
         return ref
+
+
+# KEYS: resources, due, changes; ARGV: the feed's maxlen, then (ref, record, due time or "") per record.
+_PUT_EXISTING = """
+for i = 2, #ARGV, 3 do
+  local ref, raw, at = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HEXISTS', KEYS[1], ref) == 1 then
+    redis.call('HSET', KEYS[1], ref, raw)
+    if at ~= '' then redis.call('ZADD', KEYS[2], at, ref) else redis.call('ZREM', KEYS[2], ref) end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'ref', ref, 'record', raw)
+  end
+end
+return 0
+"""
 
 
 class FakeProvider(Provider):
