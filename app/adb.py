@@ -132,13 +132,9 @@ async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # ty
         for _ in range(min(WARM_CONNECTIONS, p.max_size) - len(p.idle)):
             conns.append(await p.take())
         for conn in conns:
-            transaction = conn.raw.transaction()
-            await transaction.start()
-            try:
+            async with conn.rolled_back():
                 for sql, params in statements:
                     await conn.execute(sql, params)
-            finally:
-                await transaction.rollback()
     finally:
         for conn in conns:
             p.give(conn, clean=True)

@@ -4,9 +4,11 @@ has `await fetchone()`, `await fetchall()` and `rowcount`, and rows whose column
 statement is prepared once per connection and kept (the lease path is a handful of fixed statements)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -92,6 +94,17 @@ class Conn:
             statement = self._statements[text] = await self.raw.prepare(text, record_class=Row)
             rows = await statement.fetch(*args)
         return Result(rows, _rowcount(statement.get_statusmsg(), rows))
+
+    @contextlib.asynccontextmanager
+    async def rolled_back(self) -> AsyncIterator[Conn]:
+        """A transaction that is always rolled back: statements run for their side effects on the session
+        (prepared, planned) or to look, and change nothing."""
+        transaction = self.raw.transaction()
+        await transaction.start()
+        try:
+            yield self
+        finally:
+            await transaction.rollback()
 
     def reusable(self) -> bool:
         """Open and outside a transaction: fit for the next unit of work."""

@@ -30,12 +30,10 @@ def run_async(fn: Any, *, keep: bool = False) -> Any:
                 return await adb.transaction(fn)
             p = await adb.pool()
             conn = await p.take()
-            transaction = conn.raw.transaction()
-            await transaction.start()
             try:
-                return await fn(conn)
+                async with conn.rolled_back():
+                    return await fn(conn)
             finally:
-                await transaction.rollback()
                 p.give(conn, clean=True)
         finally:
             await adb.close()
