@@ -38,6 +38,9 @@ LEASE_SECONDS = Histogram("warmpool_lease_seconds", "Lease call latency, from th
                           ["transport", "outcome"], buckets=LATENCY_BUCKETS)
 LEASES = Counter("warmpool_leases_total", "Instances handed out by Lease calls: warm (a ready instance, a warm hit), "
                  "reserved (through a reservation queue) or cold (created for the lease)", ["transport", "how"])
+LEASE_CLAIMS = Counter("warmpool_lease_claims_total", "Named-pool Lease calls claimed on PostgreSQL (what=calls), and "
+                       "the statements that claimed them (what=statements): calls that queue behind a pool's claim "
+                       "share its next statement, so calls / statements is the mean batch", ["what"])
 POOL_EXHAUSTED = Counter("warmpool_pool_exhausted_total", "Lease calls that found their pool without a ready "
                          "instance (then queued, created cold, or were rejected)", ["transport"])
 RESERVATION_WAIT = Histogram("warmpool_reservation_wait_seconds", "How long Lease calls waited for a queued "

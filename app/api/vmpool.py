@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from app import adb, auth, metrics, ratelimit
+from app.api import claim_batch
 from app.api.connect_common import remaining_seconds, timestamp_parts
 from app.api.core import connect_error
 from app.api.hygiene import input_errors
@@ -272,21 +273,19 @@ class LeaseService:
     async def _lease_fast(self, authorization: str | None, org_id: str, answer_by: float, pool: str, tag: str,
                           wished: datetime | None, wait_until: datetime) -> leases.LeaseView | leases.Queued | None:
         """A Lease without a reservation id in one async unit of work, answered by `answer_by`: the named pool's
-        (or, unnamed, the fullest pool's) ready instance (leases_async.lease_named, reservations_async.lease_any),
-        else the pool's empty-pool policy (reservations_async.empty_pool: a refusal, or an automatic reservation
-        to wait on; each path writes in one statement); None: the `cold` policy, which the sync path applies. As
-        `_run_until`: what a call that went away or ran out of time got is undone, never left to nobody."""
+        ready instance, claimed with the calls queued beside this one (app.api.claim_batch), or the fullest
+        pool's (reservations_async.lease_any), else the pool's empty-pool policy (reservations_async.empty_pool:
+        a refusal, or an automatic reservation to wait on; each path writes in one statement); None: the `cold`
+        policy, which the sync path applies. As `_run_until`: what a call that went away or ran out of time got
+        is undone, never left to nobody."""
         loop = asyncio.get_running_loop()
 
         async def claim(conn: Any) -> tuple[leases.LeaseView | leases.Queued | None, list]:
             unit = leases_async.Unit()
             now = utcnow()
-            got: leases.LeaseView | leases.Queued | None
-            if pool:
-                got = await leases_async.lease_named(org_id, pool, conn=conn, unit=unit, service_tag=tag,
-                                                     wished_expiry=wished, now=now)
-                chosen = ""
-            else:
+            got: leases.LeaseView | leases.Queued | None = None
+            chosen = ""
+            if not pool:
                 got, chosen = await reservations_async.lease_any(org_id, conn=conn, unit=unit, service_tag=tag,
                                                                  wished_expiry=wished, now=now)
             if got is None:
@@ -295,7 +294,14 @@ class LeaseService:
                                                           wait_until=wait_until)
             return got, effects.take(unit)
 
-        work = asyncio.ensure_future(_committed(adb.one_statement(claim)))
+        async def unit_of_work() -> tuple[leases.LeaseView | leases.Queued | None, list]:
+            if pool:  # a named pool's ready instance, claimed with the calls queued beside this one
+                got, committed = await claim_batch.batcher().lease(org_id, pool, tag, wished)
+                if got is not None:
+                    return got, committed
+            return await adb.one_statement(claim)
+
+        work = asyncio.ensure_future(_committed(unit_of_work()))
         work.add_done_callback(_retrieved)
         try:
             done, _ = await asyncio.wait({work}, timeout=max(0.0, answer_by - loop.time()))

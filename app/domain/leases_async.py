@@ -59,14 +59,20 @@ CREATED_STATE = str(LeaseState.ACTIVE)
 """The state a claim inserts a lease in."""
 
 ACTIVE_SQL = _sql(claims.ACTIVE)
-PICK_SQL = _sql(
-    sa.select(Instance.id)
-    .where(Instance.pool_id == sa.literal_column("(SELECT id FROM pool)"), claims.READY)
-    .order_by(Instance.stale, Instance.ready_at).limit(1).with_for_update(skip_locked=True)
-)
+def _pick(limit: Any) -> str:
+    pool_id = sa.literal_column("(SELECT id FROM pool)")
+    return _sql(
+        sa.select(Instance.id)
+        .where(Instance.pool_id == pool_id, claims.ready_in(pool_id))
+        .order_by(Instance.stale, Instance.ready_at).limit(limit).with_for_update(skip_locked=True)
+    )
+
+
+PICK_SQL = _pick(1)
 """The sync claim's probe (claims.claim: READY, fresh before stale, longest ready), compiled from the same
-expressions inside its own SELECT, so a correlated part of READY (the runner's epoch, app.domain.epochs)
-correlates with the instance as it does there."""
+expressions (claims.ready_in: READY with the pool's runner epoch read once per statement)."""
+PICK_MANY_SQL = _pick(sa.literal_column("%(k)s")).replace("%%(k)s", "%(k)s")  # the compiler escapes the %
+"""PICK_SQL for `k` instances at once (lease_named_many)."""
 
 
 @dataclass
@@ -135,6 +141,87 @@ async def lease_named(
     claims.announce(row.taken, row.pool_id, ev.KIND_LEASED, session=unit)
     return LeaseView(instance_id=row.taken, pool_name=row.pool_name, expires_at=row.expires_at, zone=row.zone,
                      service_tag=service_tag, lease_id=lease_id, pool_id=row.pool_id, created_at=now)
+
+
+# ---- several Leases of one named pool in one statement -------------------------------------------
+
+# CLAIM_NAMED for the `k` wants of one batch (app.api.claim_batch): the same pool lookup, the same probe taking
+# up to k instances (PICK_MANY_SQL), each instance's lease_id set only from NULL, each lease inserted `active`
+# with its own expiry grant. Wants and instances pair by their row numbers; a want left without an instance
+# (fewer ready than wanted) gets none. `pick` is MATERIALIZED: the probe runs once, and the rows it locked
+# are the ones updated. The instances are updated by primary key (`= ANY`), never by a join a generic plan
+# could turn into a scan.
+CLAIM_NAMED_MANY = f"""
+WITH pool AS (
+    SELECT id, name, organization_id, lease_default_seconds, lease_max_seconds
+    FROM pools WHERE organization_id = %(org_id)s AND name = %(pool_name)s AND deleted_at IS NULL
+), want AS (
+    SELECT * FROM unnest(%(lease_ids)s::varchar[], %(service_tags)s::varchar[], %(wished)s::timestamptz[])
+        WITH ORDINALITY AS w(lease_id, service_tag, wished, n)
+), pick AS MATERIALIZED (
+    SELECT id, row_number() OVER () AS n FROM ({PICK_MANY_SQL}) AS probe
+), taken AS (
+    UPDATE instances SET idle_since = NULL,
+        lease_id = (SELECT want.lease_id FROM pick JOIN want ON want.n = pick.n WHERE pick.id = instances.id)
+    WHERE instances.id = ANY (ARRAY(SELECT id FROM pick)) AND instances.lease_id IS NULL
+    RETURNING instances.id, instances.zone, instances.lease_id
+), made AS (
+    INSERT INTO leases (id, organization_id, pool_id, instance_id, service_tag, state, reservation_id,
+                        created_at, expires_at, ended_at, end_reason)
+    SELECT taken.lease_id, pool.organization_id, pool.id, taken.id, want.service_tag, '{CREATED_STATE}', NULL,
+           %(now)s,
+           CASE WHEN want.wished IS NULL OR want.wished <= %(now)s::timestamptz
+               THEN %(now)s::timestamptz + make_interval(secs => LEAST(GREATEST(lease_default_seconds, 1),
+                                                                      GREATEST(lease_max_seconds, 1)))
+               ELSE LEAST(want.wished, %(now)s::timestamptz + make_interval(secs => GREATEST(lease_max_seconds, 1)))
+           END,
+           NULL, ''
+    FROM taken JOIN want ON want.lease_id = taken.lease_id, pool
+    RETURNING instance_id, expires_at
+)
+SELECT want.n, pool.id AS pool_id, pool.name AS pool_name, pick.id AS picked, taken.id AS taken, taken.zone,
+       made.expires_at
+FROM want LEFT JOIN pool ON true LEFT JOIN pick ON pick.n = want.n LEFT JOIN taken ON taken.id = pick.id
+    LEFT JOIN made ON made.instance_id = taken.id
+ORDER BY want.n
+"""
+
+
+@dataclass
+class Want:
+    """One Lease call's part of a batch: what it asks for, and the unit collecting its after-commit effects."""
+
+    service_tag: str
+    wished_expiry: datetime | None
+    unit: Unit = field(default_factory=Unit)
+    lease_id: str = field(default_factory=new_id)
+
+
+async def lease_named_many(
+    org_id: str, pool_name: str, wants: list[Want], *, conn: Any, now: datetime,
+) -> list[LeaseView | None | NotFound | Aborted]:
+    """lease_named for several calls on one pool, in one statement: per want, in order, its lease, None (no
+    ready instance left for it: the caller takes the sync path), or the error lease_named would raise, returned
+    rather than raised so one call's refusal is not its batch's. Each lease's effects go to its want's unit."""
+    cur = await conn.execute(CLAIM_NAMED_MANY, {
+        "org_id": org_id, "pool_name": pool_name, "lease_ids": [w.lease_id for w in wants],
+        "service_tags": [w.service_tag for w in wants], "wished": [w.wished_expiry for w in wants],
+        "k": len(wants), "now": now,
+    })
+    out: list[LeaseView | None | NotFound | Aborted] = []
+    for want, row in zip(wants, await cur.fetchall(), strict=True):
+        if row.pool_id is None:
+            out.append(NotFound(f"pool {pool_name!r} not found"))
+        elif row.picked is None:
+            out.append(None)
+        elif row.taken is None or row.expires_at is None:
+            out.append(Aborted(f"instance {row.picked} was leased concurrently; retry"))
+        else:
+            claims.announce(row.taken, row.pool_id, ev.KIND_LEASED, session=want.unit)
+            out.append(LeaseView(instance_id=row.taken, pool_name=row.pool_name, expires_at=row.expires_at,
+                                 zone=row.zone, service_tag=want.service_tag, lease_id=want.lease_id,
+                                 pool_id=row.pool_id, created_at=now))
+    return out
 
 
 # ---- one lease, named by its instance ----------------------------------------------------------
@@ -275,6 +362,8 @@ def warm_statements(now: datetime) -> list[tuple[str, dict[str, Any]]]:
     none = {"org_id": "", "instance_id": ""}
     return [
         (CLAIM_NAMED, {"org_id": "", "pool_name": "", "lease_id": "", "service_tag": "", "wished": None, "now": now}),
+        (CLAIM_NAMED_MANY, {"org_id": "", "pool_name": "", "lease_ids": [], "service_tags": [], "wished": [], "k": 0,
+                            "now": now}),
         (LATEST, none), (LATEST_LOCKED, none),
         (RETURN, {**none, "service_tag": "", "now": now}),
         (_EXTEND, {"expires_at": now, "id": ""}),

@@ -1,0 +1,123 @@
+"""Group commit for the Lease of a named pool: the calls on one pool that arrive while its claim is in the
+database go together in the next one (app.domain.leases_async.lease_named_many, one statement).
+
+Each event loop keeps, per (organization, pool name), a queue and at most one claim in the database. A call
+alone is claimed alone, as before (lease_named): nothing waits for company. Under load the calls that
+queue behind a claim share the next: one round trip, one statement and one commit for all of them, in the
+api and in PostgreSQL, where each call used to pay its own.
+
+What a call gets is what lease_named gives it: its lease with its after-commit effects, None (no ready
+instance left for it) or its own refusal (NotFound, Aborted). A failure of the statement itself (the
+database unreachable, after app.adb's retries) is every call's of that batch. A batch runs to its end once
+started, whoever stops waiting for it: the caller undoes what a call that went away got (app.api.vmpool).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from app import adb, metrics
+from app.domain import effects, leases_async
+from app.domain.errors import Aborted, NotFound
+from app.domain.leases_async import Want
+
+MAX_BATCH = 32
+"""Calls claimed in one statement at most; more wait for the next."""
+
+_STATEMENTS, _CALLS = metrics.LEASE_CLAIMS.labels("statements"), metrics.LEASE_CLAIMS.labels("calls")
+
+Key = tuple[str, str]
+Claimed = tuple[Any, list]  # (LeaseView | None, the lease's after-commit effects)
+
+
+class ClaimBatcher:
+    """One event loop's queues (app.api.vmpool keeps one per loop)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Key, deque[tuple[Want, asyncio.Future]]] = {}
+        self._drains: set[asyncio.Task] = set()
+        self.batches = 0  # statements run, and the calls they carried (also warmpool_lease_claims_total)
+        self.calls = 0
+
+    async def lease(self, org_id: str, pool_name: str, service_tag: str, wished_expiry: datetime | None) -> Claimed:
+        """lease_named for this call, in the pool's next claim; returns (the lease or None, its effects)."""
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        key = (org_id, pool_name)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            drain = asyncio.ensure_future(self._drain(key, queue))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        queue.append((Want(service_tag=service_tag, wished_expiry=wished_expiry), fut))
+        return await fut
+
+    async def _drain(self, key: Key, queue: deque[tuple[Want, asyncio.Future]]) -> None:
+        """Claim for the queue's calls, a batch at a time, until it is empty; then the queue goes."""
+        try:
+            while queue:
+                await asyncio.sleep(0)  # the calls parsed in this pass of the loop join the first batch too
+                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                batch = [(want, fut) for want, fut in batch if not fut.done()]  # gone before its turn
+                if batch:
+                    await self._claim(key, batch)
+        finally:
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+            for _, fut in queue:  # only if this drain was cancelled (the loop's end)
+                fut.cancel()
+
+    async def _claim(self, key: Key, batch: list[tuple[Want, asyncio.Future]]) -> None:
+        org_id, pool_name = key
+        wants = [want for want, _ in batch]
+        self.batches += 1
+        self.calls += len(batch)
+        _STATEMENTS.inc()
+        _CALLS.inc(len(batch))
+        try:
+            if len(wants) == 1:
+                got = [await adb.one_statement(lambda conn: _one(org_id, pool_name, wants[0], conn))]
+            else:
+                got = await adb.one_statement(lambda conn: leases_async.lease_named_many(
+                    org_id, pool_name, wants, conn=conn, now=datetime.now(UTC)))
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the statement raised is each caller's to raise
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (want, fut), result in zip(batch, got, strict=True):
+            if fut.done():  # its waiter was cancelled (app.api.vmpool never cancels it: the loop's end)
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result((result, effects.take(want.unit)))
+
+
+_batchers: dict[asyncio.AbstractEventLoop, ClaimBatcher] = {}
+
+
+def batcher() -> ClaimBatcher:
+    """This event loop's batcher (the HTTP and the gRPC server may each run a loop of their own)."""
+    loop = asyncio.get_running_loop()
+    found = _batchers.get(loop)
+    if found is None:
+        for gone in [k for k in _batchers if k.is_closed()]:  # loops that ended (tests)
+            _batchers.pop(gone)
+        found = _batchers[loop] = ClaimBatcher()
+    return found
+
+
+async def _one(org_id: str, pool_name: str, want: Want, conn: Any) -> Any:
+    """A call alone: lease_named, its refusal returned as lease_named_many returns one."""
+    try:
+        return await leases_async.lease_named(org_id, pool_name, conn=conn, unit=want.unit, service_tag=want.service_tag,
+                                              wished_expiry=want.wished_expiry, now=datetime.now(UTC))
+    except (NotFound, Aborted) as exc:
+        return exc
