@@ -41,14 +41,23 @@ def test_a_claim_creates_an_active_lease_that_can_end() -> None:
 
 
 def test_the_claim_probes_what_the_sync_claim_probes() -> None:
-    # Whatever claims.READY says (the epoch predicate included) is in the async claim, compiled inside the
-    # claim's own SELECT so its correlated parts refer to the instance being probed.
-    where = _compiled(sa.select(Instance.id).where(claims.READY)).split("WHERE", 1)[1]
+    # What claims.READY says is in the async claims, the runner's epoch read for the probed pool once per
+    # statement (claims.ready_in; tests/integration/test_epochs.py holds the behaviour on both backends).
+    pool = sa.literal_column("(SELECT id FROM pool)")
+    where = _compiled(sa.select(Instance.id).where(Instance.pool_id == pool, claims.ready_in(pool))).split("WHERE", 1)[1]
     assert where.strip() in la.PICK_SQL and la.PICK_SQL in la.CLAIM_NAMED
-    assert "instances.seen_epoch" in la.PICK_SQL and "= instances.pool_id" in la.PICK_SQL  # correlated, not global
-    assert "ORDER BY instances.stale, instances.ready_at" in la.PICK_SQL
-    assert "FOR UPDATE SKIP LOCKED" in la.PICK_SQL
-    assert "instances.lease_id IS NULL" in la.CLAIM_NAMED.split("taken AS", 1)[1]  # set only from NULL
+    assert where.strip() in la.PICK_MANY_SQL and la.PICK_MANY_SQL in la.CLAIM_NAMED_MANY
+    free = _compiled(sa.select(Instance.id).where(claims._FREE)).split("WHERE", 1)[1].strip()
+    ready = _compiled(sa.select(Instance.id).where(claims.READY)).split("WHERE", 1)[1].strip()
+    assert ready.startswith(free) and "instances.seen_epoch >= (SELECT coalesce(max(runners_1.epoch), 0)" in ready
+    for sql in (la.PICK_SQL, la.PICK_MANY_SQL):
+        assert free in sql and "instances.seen_epoch >= (SELECT coalesce(max(runners_1.epoch), 0)" in sql
+        assert "WHERE pools_1.id = (SELECT id FROM pool))" in sql  # the probed pool's runner, not any pool's
+        assert "ORDER BY instances.stale, instances.ready_at" in sql
+        assert "FOR UPDATE SKIP LOCKED" in sql
+    assert "LIMIT 1 FOR" in la.PICK_SQL and "LIMIT %(k)s FOR" in la.PICK_MANY_SQL
+    for claim in (la.CLAIM_NAMED, la.CLAIM_NAMED_MANY):
+        assert "instances.lease_id IS NULL" in claim.split("taken AS", 1)[1]  # set only from NULL
 
 
 def _compiled(stmt) -> str:
