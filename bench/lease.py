@@ -87,7 +87,18 @@ def server_side(directory: Path) -> dict[str, dict[str, float]]:
             if sample.name.endswith("_bucket"):
                 per = out.setdefault(sample.labels["transport"], {})
                 per[sample.labels["le"]] = per.get(sample.labels["le"], 0.0) + sample.value
+        for sample in metric.samples if metric.name == "warmpool_lease_claims" else ():
+            if sample.name.endswith("_total"):  # app.api.claim_batch: calls, and the statements that claimed them
+                per = out.setdefault("claims", {})
+                per[sample.labels["what"]] = per.get(sample.labels["what"], 0.0) + sample.value
     return out
+
+
+def per_statement(before: dict, after: dict) -> float | None:
+    """Named-pool Lease calls per claim statement between two `server_side` readings (the mean batch)."""
+    a, b = after.get("claims", {}), before.get("claims", {})
+    statements = a.get("statements", 0.0) - b.get("statements", 0.0)
+    return None if statements <= 0 else (a.get("calls", 0.0) - b.get("calls", 0.0)) / statements
 
 
 def share_over(before: dict, after: dict, transport: str, bound: str = "0.025") -> float | None:
@@ -439,8 +450,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     lease = run_h2load_grpc(f"127.0.0.1:{grpc_port}", f"/{SERVICE}/Lease", token, message, c, sent)
                 else:
                     lease = run_workers("grpc", f"127.0.0.1:{grpc_port}", token, name, c, args.seconds)
-                api_cpu = _tree_cpu(args.pids["api"]) - api_cpu
-                over = share_over(timed, server_side(args.metrics_dir), kind)
+                api_cpu, after = _tree_cpu(args.pids["api"]) - api_cpu, server_side(args.metrics_dir)
+                over, batch = share_over(timed, after, kind), per_statement(timed, after)
                 if args.diagnose and kind == "connect":
                     print(statements.report(f"Connect JSON Lease, seeded pool, {c} clients, run {run}"), flush=True)
                 if spy is not None:
@@ -451,7 +462,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 else:
                     checked(lease, ids, name, c)
                 lease["api_us"] = api_cpu / max(1, lease["ok"]) * 1e6  # the api's CPU (all workers) per answered call
-                lease["server_over"] = over
+                lease["server_over"], lease["batch"] = over, batch
                 ids_file = logdir / f"{name}.ids"
                 ids_file.write_text("\n".join(ids))
                 # A third of the Lease's time: Return may run up to three times as fast before wrk runs out of
@@ -494,7 +505,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                     print("  pg_stat_activity, sampled every 50 ms (samples, who, state, wait event, query):\n"
                           + sampled.report(), flush=True)
                 cpu1, tally1 = cpu_of(args.pids), lease_tally(pods.pool_id)
-                lease["server_over"] = share_over(timed, server_side(args.metrics_dir), "connect")
+                after = server_side(args.metrics_dir)
+                lease["server_over"], lease["batch"] = share_over(timed, after, "connect"), per_statement(timed, after)
                 for spy in spies:
                     if spy is not None:
                         spy.wait(30)
@@ -521,6 +533,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
           + "; ".join(f"{what} @{c}: " + ", ".join("-" if r["server_over"] is None else f"{r['server_over']:.2%}"
                                                    for r in rs)
                       for (c, what), rs in rows.items() if "server_over" in rs[0]))
+    print("per run, named-pool Lease calls per claim statement (warmpool_lease_claims_total, app.api.claim_batch): "
+          + "; ".join(f"{what} @{c}: " + ", ".join("-" if r["batch"] is None else f"{r['batch']:.2f}" for r in rs)
+                      for (c, what), rs in rows.items() if "batch" in rs[0]))
     if args.wakeups:
         from bench.lease_engine import time_wakeups
 
