@@ -60,7 +60,7 @@ CREATED_STATE = str(LeaseState.ACTIVE)
 
 ACTIVE_SQL = _sql(claims.ACTIVE)
 def _pick(limit: Any) -> str:
-    pool_id = sa.literal_column("(SELECT id FROM pool)")
+    pool_id: Any = sa.literal_column("(SELECT id FROM pool)")
     return _sql(
         sa.select(Instance.id)
         .where(Instance.pool_id == pool_id, claims.ready_in(pool_id))
