@@ -157,9 +157,14 @@ class _Batch:
             written.append(moved)
         for event, pool, k in steps:
             if k < 0:
-                if _pool_event(event, pool, session=self.session, now=self.now):
-                    self.applied += 1
-                    self.changed.add(pool.id)
+                if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
+                    # Backfill what was taken, recycle what came back: one ask per pool and batch (the pass
+                    # reads the whole pool), however many leases the batch carries.
+                    self.replan[pool.id] = pool
+                elif not _pool_event(event, pool, now=self.now):
+                    continue
+                self.applied += 1
+                self.changed.add(pool.id)
                 continue
             after = written[k].get(event.instance_id)
             move = rounds[k][event.instance_id]
@@ -279,16 +284,14 @@ def _landing_asks(pool: Pool, changes: list[tuple[int, bool]], rows: list[Any]) 
     return False
 
 
-def _pool_event(event: Any, pool: Pool, *, session: Session, now: datetime) -> bool:
-    """An event about the pool rather than an instance's state; True if it changed something."""
+def _pool_event(event: Any, pool: Pool, *, now: datetime) -> bool:
+    """An event about the pool rather than an instance's state (leased and returned aside: _Batch.flush);
+    True if it changed something."""
     if event.kind == ev.KIND_FAILURE:
         note_failure(pool, event.message or "provider call failed", now=now)
         return True
     if event.kind == ev.KIND_SUCCESS:
         note_success(pool)
-        return True
-    if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
-        request_reconcile(pool, session=session)  # backfill what was taken, recycle what came back
         return True
     return event.kind == ev.KIND_POOL  # a kind this applier does not know changes nothing
 

@@ -52,6 +52,8 @@ def random_events(rng: random.Random, n_instances: int, n_events: int) -> list[t
             out.append((i, {"kind": ev.KIND_FAILURE, "message": f"quota {rng.randrange(5)}"}))
         elif roll < 0.14:
             out.append((i, {"kind": ev.KIND_SUCCESS}))
+        elif roll < 0.18:
+            out.append((i, {"kind": rng.choice([ev.KIND_LEASED, ev.KIND_RETURNED])}))
         else:
             out.append((i, {"state": rng.choice(STATES), "seq": rng.randrange(1, 12),
                             "ref": rng.choice(["", "", f"ref-{rng.randrange(3)}"]),
@@ -155,6 +157,21 @@ def test_a_batch_is_a_few_statements_not_one_per_event_on_postgresql(org):
     with session_scope() as s:
         phases = s.execute(sa.select(Pool.phase, Pool.ready_instances).where(Pool.id.in_(pool_ids))).all()
     assert sorted(phases) == [("ready", 50)] * 4
+
+
+def test_a_batch_of_leases_and_returns_asks_its_pool_for_one_pass(any_org, effects_log):
+    pool_id, ids = make_pool(any_org.org_id, "leased", 30)
+    other_id, others = make_pool(any_org.org_id, "other", 2)
+    batch = [ev.InstanceEvent(instance_id=i, pool_id=pool_id, kind=ev.KIND_LEASED) for i in ids]
+    batch += [ev.InstanceEvent(instance_id=i, pool_id=pool_id, kind=ev.KIND_RETURNED) for i in ids[:5]]
+    batch += [ev.InstanceEvent(instance_id=others[0], pool_id=other_id, kind=ev.KIND_LEASED)]
+    effects_log.clear()
+    with session_scope() as s:
+        assert instances.apply_events(batch, session=s) == 36
+    asked = sorted(p["pool_id"] for name, p in effects_log if name == "reconcile_pool")
+    assert asked == sorted([pool_id, other_id])  # one ask per pool, not one per lease
+    with session_scope() as s:
+        assert all(s.get(Pool, p).needs_reconcile for p in (pool_id, other_id))
 
 
 def test_a_lost_instance_ends_its_lease_and_a_ready_one_serves_the_oldest_reservation_in_one_batch(any_org):
