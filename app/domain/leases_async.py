@@ -2,9 +2,10 @@
 
 Same rules, same errors, same guarantees as the sync functions (which SQLite and the rarer paths keep):
 - the claim is the sync claim's probe (claims.READY, fresh before stale, longest ready, FOR UPDATE SKIP
-  LOCKED; PICK_SQL, compiled from the same expressions), the pool lookup and the expiry grant folded into the same one statement; the instance's
-  lease_id is set only from NULL and the lease row is inserted `active`, where the unique partial index
-  uq_leases_active_instance allows one per instance;
+  LOCKED; PICK_SQL, compiled from the same expressions), the pool lookup and the expiry grant folded into the
+  same one statement; the instance's lease_id is set only from NULL and the lease row is inserted `active`,
+  where the unique partial index uq_leases_active_instance allows one per instance; lease_named_many does the
+  same for several calls of one pool at once (app.api.claim_batch);
 - a lease ends by a compare-and-set from the states app.domain.transitions.LEASE allows (RETURN_FROM,
   rendered into the SQL from the machine's table; tests/unit/test_leases_async_sql.py ties them);
 - a named pool with no ready instance, an empty pool name and reservations are not here: `lease_named`
@@ -12,9 +13,10 @@ Same rules, same errors, same guarantees as the sync functions (which SQLite and
   creates cold by the pool's policy.
 
 Each function takes `*, conn` (a connection it never commits) and `unit` (whose `info` collects the
-after-commit effects, as a Session's does: app.domain.effects.defer works on it). lease_named, get_lease
-and return_lease write at most once, in one statement, so their callers run them as a statement of
-their own (app.adb.one_statement: no BEGIN/COMMIT round trips); extend_to needs a transaction.
+after-commit effects, as a Session's does: app.domain.effects.defer works on it; lease_named_many: each
+Want's). lease_named, lease_named_many, get_lease and return_lease write at most once, in one statement, so
+their callers run them as a statement of their own (app.adb.one_statement: no BEGIN/COMMIT round trips);
+extend_to needs a transaction.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ CREATED_STATE = str(LeaseState.ACTIVE)
 """The state a claim inserts a lease in."""
 
 ACTIVE_SQL = _sql(claims.ACTIVE)
+
+
 def _pick(limit: Any) -> str:
     pool_id: Any = sa.literal_column("(SELECT id FROM pool)")
     return _sql(
