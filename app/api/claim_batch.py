@@ -22,6 +22,7 @@ from app import adb, metrics
 from app.domain import effects, leases_async
 from app.domain.errors import Aborted, NotFound
 from app.domain.leases_async import Want
+from config.settings import get_settings
 
 MAX_BATCH = 32
 """Calls claimed in one statement at most; more wait for the next."""
@@ -32,11 +33,25 @@ Key = tuple[str, str]
 Claimed = tuple[Any, list]  # (LeaseView | None, the lease's after-commit effects)
 
 
-class ClaimBatcher:
-    """One event loop's queues (app.api.vmpool keeps one per loop)."""
+class _Lane:
+    """One pool's calls waiting for a claim, and the drains claiming for them."""
+
+    __slots__ = ("queue", "drains", "busy")
 
     def __init__(self) -> None:
-        self._queues: dict[Key, deque[tuple[Want, asyncio.Future]]] = {}
+        self.queue: deque[tuple[Want, asyncio.Future]] = deque()
+        self.drains = 0  # running
+        self.busy = 0  # of them, in the database now
+
+
+class ClaimBatcher:
+    """One event loop's queues (app.api.vmpool keeps one per loop). `lanes`: claims of one pool in the database
+    at once (default: the loop's lease_db_concurrency): a call that arrives while all of them are there waits
+    for the first back, with the others that arrive meanwhile."""
+
+    def __init__(self, lanes: int | None = None) -> None:
+        self.lanes = lanes or max(1, get_settings().lease_db_concurrency)
+        self._lanes: dict[Key, _Lane] = {}
         self._drains: set[asyncio.Task] = set()
         self.batches = 0  # statements run, and the calls they carried (also warmpool_lease_claims_total)
         self.calls = 0
@@ -45,29 +60,37 @@ class ClaimBatcher:
         """lease_named for this call, in the pool's next claim; returns (the lease or None, its effects)."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         key = (org_id, pool_name)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = deque()
-            drain = asyncio.ensure_future(self._drain(key, queue))
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        lane.queue.append((Want(service_tag=service_tag, wished_expiry=wished_expiry), fut))
+        if lane.busy == lane.drains < self.lanes:  # none free to take it: one more, up to the limit
+            lane.drains += 1
+            drain = asyncio.ensure_future(self._drain(key, lane))
             self._drains.add(drain)
             drain.add_done_callback(self._drains.discard)
-        queue.append((Want(service_tag=service_tag, wished_expiry=wished_expiry), fut))
         return await fut
 
-    async def _drain(self, key: Key, queue: deque[tuple[Want, asyncio.Future]]) -> None:
-        """Claim for the queue's calls, a batch at a time, until it is empty; then the queue goes."""
+    async def _drain(self, key: Key, lane: _Lane) -> None:
+        """Claim for the lane's calls, a batch at a time, until none waits; the last drain out removes the lane."""
         try:
-            while queue:
-                await asyncio.sleep(0)  # the calls parsed in this pass of the loop join the first batch too
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+            while lane.queue:
+                await asyncio.sleep(0)  # the calls parsed in this pass of the loop join the batch too
+                batch = [lane.queue.popleft() for _ in range(min(len(lane.queue), MAX_BATCH))]
                 batch = [(want, fut) for want, fut in batch if not fut.done()]  # gone before its turn
                 if batch:
-                    await self._claim(key, batch)
+                    lane.busy += 1
+                    try:
+                        await self._claim(key, batch)
+                    finally:
+                        lane.busy -= 1
         finally:
-            if self._queues.get(key) is queue:
-                del self._queues[key]
-            for _, fut in queue:  # only if this drain was cancelled (the loop's end)
-                fut.cancel()
+            lane.drains -= 1
+            if lane.drains == 0:
+                if self._lanes.get(key) is lane:
+                    del self._lanes[key]
+                for _, fut in lane.queue:  # only if this drain was cancelled (the loop's end)
+                    fut.cancel()
 
     async def _claim(self, key: Key, batch: list[tuple[Want, asyncio.Future]]) -> None:
         org_id, pool_name = key

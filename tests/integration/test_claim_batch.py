@@ -152,7 +152,7 @@ def test_a_failed_statement_fails_its_batch_only(org, monkeypatch) -> None:
     monkeypatch.setattr(leases_async, "lease_named_many", flaky)
 
     async def main() -> list[Any]:
-        batcher = claim_batch.ClaimBatcher()
+        batcher = claim_batch.ClaimBatcher(lanes=1)
         first = [asyncio.ensure_future(batcher.lease(org.org_id, "p", f"a{i}", None)) for i in range(2)]
         await asyncio.sleep(0)
         blocked = asyncio.ensure_future(batcher.lease(org.org_id, "p", "head", None))  # a batch of 3: fails
@@ -181,7 +181,7 @@ def test_a_call_that_gave_up_before_its_turn_leases_nothing(org, monkeypatch) ->
             return await real(*args, **kwargs)
 
         monkeypatch.setattr(leases_async, "lease_named", slow)
-        batcher = claim_batch.ClaimBatcher()
+        batcher = claim_batch.ClaimBatcher(lanes=1)  # the others queue behind the first
         first = asyncio.ensure_future(batcher.lease(org.org_id, "p", "first", None))
         await in_db.wait()
         gave_up = asyncio.ensure_future(batcher.lease(org.org_id, "p", "gave-up", None))
@@ -226,3 +226,38 @@ def test_a_batch_takes_only_instances_seen_at_their_runners_epoch(org) -> None:
         lambda conn: leases_async.lease_named_many(world.org_id, "p", wants, conn=conn, now=utcnow())))
     assert [g.instance_id if g else None for g in got] == [c, None, None]
     assert [r.instance_id for r in consistent(pool.id)] == [c]
+
+
+def test_a_pool_has_at_most_lanes_claims_in_the_database_and_the_rest_queue(org, monkeypatch) -> None:
+    pool = make_pool(org.org_id, "p", max_size=100)
+    add_ready_bulk(pool.id, org.org_id, 40)
+    real_one, real_many = leases_async.lease_named, leases_async.lease_named_many
+    inside = {"now": 0, "most": 0}
+
+    def counted(real):  # type: ignore[no-untyped-def]
+        async def claim(*args: Any, **kwargs: Any) -> Any:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+            try:
+                await asyncio.sleep(0.02)  # a slow database: the calls that arrive meanwhile queue
+                return await real(*args, **kwargs)
+            finally:
+                inside["now"] -= 1
+        return claim
+
+    monkeypatch.setattr(leases_async, "lease_named", counted(real_one))
+    monkeypatch.setattr(leases_async, "lease_named_many", counted(real_many))
+
+    async def main() -> Any:
+        batcher = claim_batch.ClaimBatcher(lanes=2)
+        calls = []
+        for i in range(30):  # a call every few ms, while claims are in the database
+            calls.append(asyncio.ensure_future(batcher.lease(org.org_id, "p", f"t{i}", None)))
+            await asyncio.sleep(0.002)
+        return await asyncio.gather(*calls), batcher
+
+    results, batcher = run(main)
+    assert inside["most"] == 2, inside
+    assert all(view is not None for view, _ in results)
+    assert batcher.batches < batcher.calls == 30
+    assert len(consistent(pool.id)) == 30
