@@ -17,6 +17,7 @@ one pool per measurement and run with enough ready instances, then, --runs times
     what is leased meanwhile; the engine is settled (the last run's refill, the Returns' destroys) before each
     run's pgbench and before the pod-pool measurement (bench/lease_engine.py); --engine-nice N runs the engine
     at WARMPOOL_ENGINE__NICE=N (README: Letting the engine yield the CPU to the api), the niceness is printed;
+    pgbench runs once more right before it (on a pool of its own), and the row is also held against that;
 It prints the medians of throughput, p50/p99 latency, the ratio to pgbench's claim rate of the same run,
 and Return's rate against Lease's; with --wakeups N, the reservation wake-up latency. Then each run's rate
 and p99, and for each Lease measurement the share of calls whose lease took over 25 ms inside the api
@@ -368,7 +369,7 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     # Connect JSON Lease is driven by h2load --h1 where it is installed (bench/loadgen.py says why); wrk's
     # figures on a pool of their own beside it.
     wrk_too = use_wrk and use_h2load
-    kinds = ("pgbench", "connect", "grpc") + (("wrk",) if wrk_too else ())
+    kinds = ("pgbench", "connect", "grpc") + (("wrk",) if wrk_too else ()) + (("pgbench-near",) if args.pods else ())
     names = [f"{kind}-{c}-r{run}" for run in range(args.runs) for c in levels for kind in kinds]
     # Room for the whole measurement: a pool that runs dry turns the rest of the run into refusals (pgbench
     # claims about 4,000/s on two quiet cores, so 3 x 6,000 lasted under 5 s).
@@ -491,6 +492,9 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                 from bench.lease_engine import _ready, cpu_of, lease_tally
 
                 waited = pods.refill()  # and the destroys of the Returns just measured are done
+                # pgbench again, right before the pod pool's row: its baseline as near in time as the seeded rows'
+                # (pgbench swings by a third between the measurements of one run on this shared machine).
+                near = run_pgbench(db_url, org_id, f"pgbench-near-{c}-r{run}", c, args.seconds)
                 cpu0, tally0 = cpu_of(args.pids), lease_tally(pods.pool_id)
                 spies = [profile(args, f"pods-{c}-r{run}-{who}", args.pids[who]) for who in ("api", "worker", "events")]
                 from bench.lease_engine import ActivitySampler
@@ -514,7 +518,8 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
                       f"{tally1['reserved'] - tally0['reserved']} of them served after a wait (pool empty), "
                       f"{_ready(pods.pool_id)} ready at the end (settled {waited:.1f} s before); CPU s: "
                       + " ".join(f"{k} {cpu1[k] - cpu0[k]:.2f}" for k in cpu1), flush=True)
-                rows.setdefault((c, "Connect JSON Lease, pods"), []).append(dict(lease, ratio=lease["rps"] / pgb["rps"]))
+                rows.setdefault((c, "Connect JSON Lease, pods"), []).append(
+                    dict(lease, ratio=lease["rps"] / pgb["rps"], near=near["rps"], near_ratio=lease["rps"] / near["rps"]))
     print(f"{'clients':>7}  {'what':<25} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  {'vs pgbench':>10}"
           f"  {'vs Lease':>8}")
     for (c, what), rs in rows.items():
@@ -536,6 +541,11 @@ def measure(args: argparse.Namespace, db_url: str, port: int, grpc_port: int, lo
     print("per run, named-pool Lease calls per claim statement (warmpool_lease_claims_total, app.api.claim_batch): "
           + "; ".join(f"{what} @{c}: " + ", ".join("-" if r["batch"] is None else f"{r['batch']:.2f}" for r in rs)
                       for (c, what), rs in rows.items() if "batch" in rs[0]))
+    for (c, what), rs in rows.items():
+        if "near" in rs[0]:
+            print(f"{what} @{c} against pgbench measured right before it (the engine settled; the table's ratio is "
+                  f"against the run's first pgbench): {median([r['near_ratio'] for r in rs]):.0%} (per run "
+                  + ", ".join(f"{r['near_ratio']:.0%} of {r['near']:.0f}/s" for r in rs) + ")")
     if args.wakeups:
         from bench.lease_engine import time_wakeups
 
