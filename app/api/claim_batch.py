@@ -1,10 +1,11 @@
 """Group commit for the Lease of a named pool: the calls on one pool that arrive while its claim is in the
 database go together in the next one (app.domain.leases_async.lease_named_many, one statement).
 
-Each event loop keeps, per (organization, pool name), a queue and at most one claim in the database. A call
-alone is claimed alone, as before (lease_named): nothing waits for company. Under load the calls that
-queue behind a claim share the next: one round trip, one statement and one commit for all of them, in the
-api and in PostgreSQL, where each call used to pay its own.
+Each event loop keeps, per (organization, pool name), a queue and at most `lease_db_concurrency` claims in
+the database (lanes). A call that finds a lane free is claimed at once, alone as before (lease_named):
+nothing waits for company. Under load the calls that queue while every lane is in the database share the
+next claim: one round trip, one statement and one commit for all of them, in the api and in PostgreSQL,
+where each call used to pay its own.
 
 What a call gets is what lease_named gives it: its lease with its after-commit effects, None (no ready
 instance left for it) or its own refusal (NotFound, Aborted). A failure of the statement itself (the
