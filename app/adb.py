@@ -104,7 +104,19 @@ def enabled() -> bool:
     return conninfo() is not None
 
 
-_pools: dict[tuple[asyncio.AbstractEventLoop, str], LoopPool] = {}
+def loop_local(registry: dict[tuple, T], make: Callable[[], T], *key: Any) -> T:
+    """The running event loop's object in `registry` (under the loop and `key`), made on first use; the entries
+    of loops that ended (without closing what they held: tests) are dropped then."""
+    full = (asyncio.get_running_loop(), *key)
+    found = registry.get(full)
+    if found is None:
+        for gone in [k for k in registry if k[0].is_closed()]:
+            registry.pop(gone)
+        found = registry[full] = make()
+    return found
+
+
+_pools: dict[tuple, LoopPool] = {}
 
 
 async def pool() -> LoopPool:
@@ -112,15 +124,9 @@ async def pool() -> LoopPool:
     url = conninfo()
     if url is None:
         raise RuntimeError("the async lease path needs PostgreSQL; WARMPOOL_DATABASE_URL is not")
-    key = (asyncio.get_running_loop(), url)
-    found = _pools.get(key)
-    if found is None:
-        for gone in [k for k in _pools if k[0].is_closed()]:  # loops that ended without close() (tests)
-            _pools.pop(gone)
-        # Each unit of work is one or two short statements, so a few connections carry a loop's load. Several
-        # loops (HTTP, gRPC) and `--workers` multiply this against max_connections.
-        found = _pools[key] = LoopPool(url, max(1, get_settings().lease_db_concurrency))
-    return found
+    # Each unit of work is one or two short statements, so a few connections carry a loop's load. Several
+    # loops (HTTP, gRPC) and `--workers` multiply this against max_connections.
+    return loop_local(_pools, lambda: LoopPool(url, max(1, get_settings().lease_db_concurrency)), url)
 
 
 async def warm(statements: list[tuple[str, dict[str, Any]]] = ()) -> None:  # type: ignore[assignment]

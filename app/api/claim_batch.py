@@ -124,18 +124,12 @@ class ClaimBatcher:
                 fut.set_result((result, effects.take(want.unit)))
 
 
-_batchers: dict[asyncio.AbstractEventLoop, ClaimBatcher] = {}
+_batchers: dict[tuple, ClaimBatcher] = {}
 
 
 def batcher() -> ClaimBatcher:
     """This event loop's batcher (the HTTP and the gRPC server may each run a loop of their own)."""
-    loop = asyncio.get_running_loop()
-    found = _batchers.get(loop)
-    if found is None:
-        for gone in [k for k in _batchers if k.is_closed()]:  # loops that ended (tests)
-            _batchers.pop(gone)
-        found = _batchers[loop] = ClaimBatcher()
-    return found
+    return adb.loop_local(_batchers, ClaimBatcher)
 
 
 async def _one(org_id: str, pool_name: str, want: Want, conn: Any) -> Any:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from app.domain import events as ev
 from app.domain import effects
-from app.domain.epochs import CURRENT, runner_epoch_of
+from app.domain.epochs import CURRENT, current_in
 from app.domain.errors import Aborted
 from app.domain.states import InstanceState as S, LeaseState
 from app.models import Instance, Lease, Pool, new_id
@@ -38,7 +38,7 @@ never handed out)."""
 def ready_in(pool_id: Any) -> sa.ColumnElement:
     """READY for a probe of one pool's instances (`pool_id`: its id, or an expression naming it): the runner's
     epoch read once per statement, as _CLAIM reads it, instead of once per instance the probe visits."""
-    return sa.and_(_FREE, Instance.seen_epoch >= runner_epoch_of(pool_id))
+    return sa.and_(_FREE, current_in(pool_id))
 
 
 ACTIVE = Lease.state == inline(LeaseState.ACTIVE)

@@ -33,7 +33,13 @@ def runner_epoch_of(pool_id: sa.ColumnElement | str) -> sa.ScalarSelect:
             .where(_P.id == pool_id).scalar_subquery())
 
 
-CURRENT = Instance.seen_epoch >= runner_epoch_of(Instance.pool_id)
+def current_in(pool_id: sa.ColumnElement | str) -> sa.ColumnElement:
+    """An instance of this pool seen at its runner's current epoch (`pool_id`: the pool's id, or an expression
+    naming it; a probe of one pool names it once per statement rather than once per instance)."""
+    return Instance.seen_epoch >= runner_epoch_of(pool_id)
+
+
+CURRENT = current_in(Instance.pool_id)
 """The claim's epoch condition (seen_epoch never exceeds the runner's epoch, so >= is equality). In SQL:
 instances.seen_epoch >= (SELECT coalesce(max(r.epoch), 0) FROM pools p JOIN runners r ON r.id = p.runner_id
 WHERE p.id = instances.pool_id)."""

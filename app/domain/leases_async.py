@@ -88,6 +88,18 @@ class Unit:
 
 # ---- Lease of a named pool -------------------------------------------------------------------------
 
+@dataclass
+class Want:
+    """One Lease call of a named pool (alone, or its part of a batch): what it asks for, and the unit that
+    collects its after-commit effects."""
+
+    service_tag: str
+    wished_expiry: datetime | None
+    unit: Unit = field(default_factory=Unit)
+    lease_id: str = field(default_factory=new_id)
+
+
+
 # Rows are named by scalar subqueries (`id = (SELECT id FROM pick)`), not joins with the CTEs: a prepared
 # statement's generic plan then probes the indexes (ix_instances_ready, the primary keys) whatever the
 # table statistics said when it was planned, instead of sorting a pool or scanning the leases.
@@ -130,21 +142,29 @@ async def lease_named(
     """Lease a ready instance of the caller's live pool `pool_name` (not empty), as leases.lease does
     without a reservation id; None when the pool has no ready instance (the caller takes the sync path,
     which applies the pool's empty-pool policy). Unknown pool: NotFound."""
-    lease_id = new_id()
+    want = Want(service_tag, wished_expiry, unit)
     cur = await conn.execute(CLAIM_NAMED, {
-        "org_id": org_id, "pool_name": pool_name, "lease_id": lease_id, "service_tag": service_tag,
+        "org_id": org_id, "pool_name": pool_name, "lease_id": want.lease_id, "service_tag": service_tag,
         "wished": wished_expiry, "now": now,
     })
-    row = await cur.fetchone()
-    if row is None:
-        raise NotFound(f"pool {pool_name!r} not found")
+    got = _outcome(await cur.fetchone(), pool_name, want, now)
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def _outcome(row: Any, pool_name: str, want: Want, now: datetime) -> LeaseView | None | NotFound | Aborted:
+    """What a claim's result row (CLAIM_NAMED's, or one of CLAIM_NAMED_MANY's) gives its call: the lease, with
+    its after-commit effects in the call's unit; None when no ready instance was left for it; or the refusal."""
+    if row is None or row.pool_id is None:
+        return NotFound(f"pool {pool_name!r} not found")
     if row.picked is None:
         return None
     if row.taken is None or row.expires_at is None:  # picked and locked, yet no longer free: never a second lease
-        raise Aborted(f"instance {row.picked} was leased concurrently; retry")
-    claims.announce(row.taken, row.pool_id, ev.KIND_LEASED, session=unit)
+        return Aborted(f"instance {row.picked} was leased concurrently; retry")
+    claims.announce(row.taken, row.pool_id, ev.KIND_LEASED, session=want.unit)
     return LeaseView(instance_id=row.taken, pool_name=row.pool_name, expires_at=row.expires_at, zone=row.zone,
-                     service_tag=service_tag, lease_id=lease_id, pool_id=row.pool_id, created_at=now)
+                     service_tag=want.service_tag, lease_id=want.lease_id, pool_id=row.pool_id, created_at=now)
 
 
 # ---- several Leases of one named pool in one statement -------------------------------------------
@@ -191,16 +211,6 @@ ORDER BY want.n
 """
 
 
-@dataclass
-class Want:
-    """One Lease call's part of a batch: what it asks for, and the unit collecting its after-commit effects."""
-
-    service_tag: str
-    wished_expiry: datetime | None
-    unit: Unit = field(default_factory=Unit)
-    lease_id: str = field(default_factory=new_id)
-
-
 async def lease_named_many(
     org_id: str, pool_name: str, wants: list[Want], *, conn: Any, now: datetime,
 ) -> list[LeaseView | None | NotFound | Aborted]:
@@ -212,20 +222,7 @@ async def lease_named_many(
         "service_tags": [w.service_tag for w in wants], "wished": [w.wished_expiry for w in wants],
         "k": len(wants), "now": now,
     })
-    out: list[LeaseView | None | NotFound | Aborted] = []
-    for want, row in zip(wants, await cur.fetchall(), strict=True):
-        if row.pool_id is None:
-            out.append(NotFound(f"pool {pool_name!r} not found"))
-        elif row.picked is None:
-            out.append(None)
-        elif row.taken is None or row.expires_at is None:
-            out.append(Aborted(f"instance {row.picked} was leased concurrently; retry"))
-        else:
-            claims.announce(row.taken, row.pool_id, ev.KIND_LEASED, session=want.unit)
-            out.append(LeaseView(instance_id=row.taken, pool_name=row.pool_name, expires_at=row.expires_at,
-                                 zone=row.zone, service_tag=want.service_tag, lease_id=want.lease_id,
-                                 pool_id=row.pool_id, created_at=now))
-    return out
+    return [_outcome(row, pool_name, want, now) for want, row in zip(wants, await cur.fetchall(), strict=True)]
 
 
 # ---- one lease, named by its instance ----------------------------------------------------------
