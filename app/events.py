@@ -9,7 +9,7 @@ import redis
 from app.domain.events import (  # noqa: F401 - re-exported: the workers and the tests import them from here
     KIND_FAILURE, KIND_LEASED, KIND_POOL, KIND_RECYCLED, KIND_RETURNED, KIND_SEEN, KIND_STATE, KIND_SUCCESS,
     InstanceEvent,
-    MalformedEvent, organization_pools_pattern, pool_channel, reservation_channel,
+    MalformedEvent, one_per_pool, organization_pools_pattern, pool_channel, reservation_channel,
 )
 from config.settings import get_settings
 

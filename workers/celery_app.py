@@ -52,14 +52,14 @@ DESTROYS_PER_TASK = 50
 
 
 def dispatch_burst(effects: list[tuple[str, dict[str, Any]]]) -> None:
-    """A burst of committed effects (the lease path's after-commit thread): the events and wake-ups in one
-    Redis pipeline, the destroys of returned instances in one warmpool.delete_instances task per 50 (each
-    deduplicated as its own delete_instance would be, all in one round trip), every other effect as
-    `dispatch_effect` sends it."""
+    """A burst of committed effects (the lease path's after-commit thread): the events (leased and returned
+    once per pool: app.domain.events.one_per_pool) and wake-ups in one Redis pipeline, the destroys of
+    returned instances in one warmpool.delete_instances task per 50 (each deduplicated as its own
+    delete_instance would be, all in one round trip), every other effect as `dispatch_effect` sends it."""
     from app import events
     from workers import inflight
 
-    events.publish_many([events.InstanceEvent(**p) for n, p in effects if n == "publish_event"],
+    events.publish_many(events.one_per_pool([events.InstanceEvent(**p) for n, p in effects if n == "publish_event"]),
                         notices=[(p["channel"], p.get("message", "")) for n, p in effects if n == "notify"])
     asked: list[str] = []
     for name, payload in effects:

@@ -65,6 +65,27 @@ class InstanceEvent:
         return cls(**wire.model_dump())
 
 
+POOL_ONLY = frozenset({KIND_LEASED, KIND_RETURNED})
+"""Kinds the applier reads for their pool alone (app.domain.observations: the pool is recounted and asked for a
+pass); the instance they name is informational."""
+
+
+def one_per_pool(batch: list[InstanceEvent]) -> list[InstanceEvent]:
+    """A burst of events as the applier needs them: every event, except that a POOL_ONLY kind goes once per
+    (pool, kind), its first. A burst of a thousand leases of one pool is one stream entry, not a thousand
+    the applier would each decode only to ask that pool for the same recount. Order is kept."""
+    seen: set[tuple[str, str]] = set()
+    out: list[InstanceEvent] = []
+    for event in batch:
+        if event.kind in POOL_ONLY:
+            key = (event.pool_id, event.kind)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(event)
+    return out
+
+
 class MalformedEvent(ValueError):
     """A stream entry that is not a valid instance event: the applier dead-letters it at once."""
 

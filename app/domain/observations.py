@@ -159,7 +159,8 @@ class _Batch:
             if k < 0:
                 if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
                     # Backfill what was taken, recycle what came back: one ask per pool and batch (the pass
-                    # reads the whole pool), however many leases the batch carries.
+                    # reads the whole pool), however many leases the batch carries. The instance the event
+                    # names is not read (app.domain.events.POOL_ONLY: a burst publishes one per pool).
                     self.replan[pool.id] = pool
                 elif not _pool_event(event, pool, now=self.now):
                     continue

@@ -31,17 +31,24 @@ def test_a_burst_goes_out_in_one_pipeline_and_one_destroy_task(sent, redis_clien
                                                                                     real(evs, client, notices))[1])
     gone = [f"i-{n}" for n in range(120)]
     burst = []
-    for iid in gone:
+    for n, iid in enumerate(gone):
         burst += [("delete_instance", {"instance_id": iid}),
                   ("publish_event", vars(events.InstanceEvent(instance_id=iid, pool_id="p1", kind="returned")))]
         burst.append(("reconcile_pool", {"pool_id": "p1"}))
+        if n % 10 == 0:  # observations travel with them, each one: the applier reads every state event
+            burst.append(("publish_event", vars(events.InstanceEvent(instance_id=f"s-{n}", pool_id="p1",
+                                                                     state="running", seq=n))))
     burst.append(("delete_instance", {"instance_id": gone[0]}))  # a duplicate: already in flight
     after = AfterCommit(delay=0.01)
     after.submit(burst)
     assert after.flush(10)
     stream = get_settings().engine.events_stream
-    assert redis_client.xlen(stream) == 120
-    assert pipelines and sum(pipelines) == 120 and len(pipelines) < 20  # bursts, not 120 round trips
+    entries = [events.InstanceEvent.from_fields(f) for _, f in redis_client.xrange(stream)]
+    # The returns of p1 go once per pipeline (the applier reads them for their pool), the 12 state events each.
+    assert sorted(e.instance_id for e in entries if e.kind == "state") == sorted(f"s-{n}" for n in range(0, 120, 10))
+    returned = [e for e in entries if e.kind == "returned"]
+    assert {e.pool_id for e in returned} == {"p1"} and 1 <= len(returned) <= len(pipelines)
+    assert pipelines and sum(pipelines) == len(entries) and len(pipelines) < 20  # bursts, not 120 round trips
     destroys = [kw["instance_ids"] for name, kw in sent if name == "warmpool.delete_instances"]
     assert sorted(i for chunk in destroys for i in chunk) == sorted(gone)  # each once, the duplicate dropped
     assert all(len(chunk) <= 50 for chunk in destroys) and len(destroys) < 20
