@@ -15,6 +15,8 @@ outcome of applying them one at a time in stream order (DESIGN.md flow 4).
   only instances still ready and free by then (one that became ready and failed in the same batch is not).
 - Each pool is locked once (in id order, so concurrent appliers cannot deadlock) and recounted once (one
   query for all of them); its after-commit effects (reconcile, wake-up) are deferred once per batch.
+- Leased and returned events only ask their pool for a pass (one per batch), which recounts it; they are
+  published once per pool and burst (events.one_per_pool).
 """
 from __future__ import annotations
 
@@ -157,12 +159,16 @@ class _Batch:
             written.append(moved)
         for event, pool, k in steps:
             if k < 0:
-                if event.kind in (ev.KIND_LEASED, ev.KIND_RETURNED):
+                if event.kind in ev.POOL_ONLY:
                     # Backfill what was taken, recycle what came back: one ask per pool and batch (the pass
                     # reads the whole pool), however many leases the batch carries. The instance the event
-                    # names is not read (app.domain.events.POOL_ONLY: a burst publishes one per pool).
+                    # names is not read (a burst publishes one per pool). Nor is the pool recounted here:
+                    # the pass this asks for recounts it and announces the change (app.domain.reconciler),
+                    # so a lease storm costs one recount per pass, not one more per applier batch.
                     self.replan[pool.id] = pool
-                elif not _pool_event(event, pool, now=self.now):
+                    self.applied += 1
+                    continue
+                if not _pool_event(event, pool, now=self.now):
                     continue
                 self.applied += 1
                 self.changed.add(pool.id)
@@ -249,8 +255,8 @@ def _apply(batch: list[Any], locked: dict[str, Pool], *, session: Session, now: 
             run.add(event)
         run.flush()
         run.serve_reservations()
-        # Only pools an event changed: their counters cannot have moved otherwise (a lease or a reconcile
-        # that changes them publishes an event of its own, which recounts the pool when it is applied).
+        # Only pools an event changed: their counters cannot have moved otherwise (a reconcile pass recounts
+        # its pool itself, and a lease or a return asks for one: see flush).
         counts = state_counts(sorted(run.changed), session=session)
         for pool_id, changes in run.flight.items():
             if _landing_asks(locked[pool_id], changes, counts.get(pool_id, [])):

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.domain import autoscale, effects, instances as inst_domain, planner, quotas, rollout, rollouts
+from app.domain.events import pool_channel
 from app.domain.pools import bump_status
 from app.domain.states import DesiredState, InstanceState as S, PoolPhase
 from app.models import Instance, Lease, Pool, Runner, new_id, utcnow
@@ -72,7 +73,10 @@ def reconcile(pool_id: str, *, session: Session, now: datetime | None = None) ->
                  or (not view.creation_allowed and pool.ready_instances < pool.desired_size))
     pool.needs_reconcile = held_back or bool(limit and limit.state.get("stage") not in (None, rollout.COMPLETE))
     pool.reconciled_at = now
-    inst_domain.recount(pool, session=session)
+    if inst_domain.recount(pool, session=session):
+        # Listeners (SSE /v1/events) hear of it as they do of the applier's recounts: the leases and returns
+        # that asked for this pass moved the counters, and the applier leaves their recount to it.
+        effects.defer(session, "notify", channel=pool_channel(pool.organization_id, pool.id), message=pool.phase)
     session.add(pool)
     return plan
 

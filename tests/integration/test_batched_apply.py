@@ -174,6 +174,43 @@ def test_a_batch_of_leases_and_returns_asks_its_pool_for_one_pass(any_org, effec
         assert all(s.get(Pool, p).needs_reconcile for p in (pool_id, other_id))
 
 
+def test_a_lease_leaves_the_recount_and_its_announcement_to_the_pass_it_asks_for(any_org, effects_log):
+    from app.domain import reconciler
+    from app.domain.events import pool_channel
+
+    pool_id, ids = make_pool(any_org.org_id, "recount", 3)
+    with session_scope() as s:
+        s.execute(sa.update(Instance).where(Instance.id.in_(ids)).values(state="running", event_seq=1, ready_at=utcnow()))
+    with session_scope() as s:
+        instances.recount(s.get(Pool, pool_id), session=s)
+    with session_scope() as s:
+        s.execute(sa.update(Instance).where(Instance.id == ids[0]).values(lease_id="lease-1"))
+        before = s.get(Pool, pool_id)
+        version, counted = before.status_version, (before.ready_instances, before.leased_instances)
+    assert counted == (3, 0)
+    effects_log.clear()
+    with session_scope() as s:
+        assert instances.apply_events([ev.InstanceEvent(instance_id=ids[0], pool_id=pool_id, kind=ev.KIND_LEASED)],
+                                      session=s) == 1
+    with session_scope() as s:
+        after = s.get(Pool, pool_id)
+        assert (after.status_version, after.ready_instances, after.leased_instances) == (version, 3, 0)
+    assert [n for n, _ in effects_log] == ["reconcile_pool"]  # no recount, no announcement: the pass makes them
+
+    channel = pool_channel(any_org.org_id, pool_id)
+    effects_log.clear()
+    with session_scope() as s:
+        reconciler.reconcile(pool_id, session=s)
+    with session_scope() as s:
+        after = s.get(Pool, pool_id)
+        assert after.status_version > version and (after.ready_instances, after.leased_instances) == (2, 1)
+    assert [p for n, p in effects_log if n == "notify"] == [{"channel": channel, "message": after.phase}]
+    effects_log.clear()
+    with session_scope() as s:
+        reconciler.reconcile(pool_id, session=s)
+    assert not [p for n, p in effects_log if n == "notify"]  # nothing changed: nothing to announce
+
+
 def test_a_lost_instance_ends_its_lease_and_a_ready_one_serves_the_oldest_reservation_in_one_batch(any_org):
     from app.domain import leases
 
