@@ -150,6 +150,7 @@ def time_wakeups(port: int, n: int) -> dict:
     from app.db import session_scope
     from app.domain import effects, pools, quotas, tenancy, tokens
     from app.domain.states import PoolKind
+    from app.heap import freeze_startup_heap
     from workers.celery_app import dispatch_effect, reconfigure
 
     reconfigure()
@@ -178,6 +179,9 @@ def time_wakeups(port: int, n: int) -> dict:
     waits: list[float] = []
     steps: list[float] = []  # of which the applier's transaction, to its commit
     collected: list[float] = []  # and of that, this process's garbage collections
+    # The applier's step runs in this process, whose heap holds the whole benchmark so far: frozen, as
+    # `warmpool events` freezes its start-up heap (app.heap), so a full collection walks what an applier's would.
+    freeze_startup_heap()
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:

@@ -38,6 +38,7 @@ from sqlalchemy import exc as sa_exc
 
 from app import events
 from app.db import session_scope
+from app.heap import freeze_startup_heap
 from app.domain import effects, epochs, instances
 from config.settings import get_settings
 from workers.loop import LoopService
@@ -357,6 +358,7 @@ def main() -> None:
 
     effects.set_dispatcher(dispatch_effect)
     applier = Applier(after_commit=dispatch_effects)
+    freeze_startup_heap()  # a full collection would hold up the wake-ups of the batch it lands in
     log.info("event applier %s reading %s (group %s), %d events a batch", applier.consumer, applier.stream,
              applier.group, applier.batch)
 
