@@ -128,7 +128,7 @@ def _apply(pool: Pool, plan: planner.Plan, *, session: Session) -> None:
 
 
 def _insert_instances(pool: Pool, provider: str, plan: planner.Plan, *, session: Session) -> list[str]:
-    """The plan's new `requested` rows in one multi-row INSERT; returns their ids. One model object gives
+    """The plan's new `requested` rows, a thousand to an INSERT; returns their ids. One model object gives
     every column its default and the rows copy it with their own id: building a model object per row cost
     more than the INSERT (a pass may make thousands)."""
     rows: list[dict] = []
@@ -141,7 +141,9 @@ def _insert_instances(pool: Pool, provider: str, plan: planner.Plan, *, session:
         base = {c.key: getattr(proto, c.key) for c in Instance.__table__.columns}
         rows.extend({**base, "id": new_id()} for _ in range(count))
     if rows:
-        session.execute(sa.insert(Instance), rows)
+        # RETURNING makes SQLAlchemy send multi-row INSERTs (insertmanyvalues, pages of 1,000) where a plain
+        # executemany ran one INSERT per row in the server: 3,300 statements in a 3 s pass-heavy stretch.
+        session.execute(sa.insert(Instance).returning(Instance.id), rows).all()
     return [r["id"] for r in rows]
 
 
