@@ -38,8 +38,8 @@ from sqlalchemy import exc as sa_exc
 
 from app import events
 from app.db import session_scope
-from app.heap import freeze_startup_heap
 from app.domain import effects, epochs, instances
+from app.heap import freeze_startup_heap
 from config.settings import get_settings
 from workers.loop import LoopService
 

@@ -66,14 +66,14 @@ class InstanceEvent:
 
 
 POOL_ONLY = frozenset({KIND_LEASED, KIND_RETURNED})
-"""Kinds the applier reads for their pool alone (app.domain.observations: the pool is recounted and asked for a
-pass); the instance they name is informational."""
+"""Kinds the applier reads for their pool alone (app.domain.observations: the pool is asked for a pass, which
+recounts it); the instance they name is informational."""
 
 
 def one_per_pool(batch: list[InstanceEvent]) -> list[InstanceEvent]:
     """A burst of events as the applier needs them: every event, except that a POOL_ONLY kind goes once per
     (pool, kind), its first. A burst of a thousand leases of one pool is one stream entry, not a thousand
-    the applier would each decode only to ask that pool for the same recount. Order is kept."""
+    the applier would each decode only to ask that pool for the same pass. Order is kept."""
     seen: set[tuple[str, str]] = set()
     out: list[InstanceEvent] = []
     for event in batch:
