@@ -21,7 +21,6 @@ from typing import Any
 
 from app import adb, metrics
 from app.domain import effects, leases_async
-from app.domain.errors import Aborted, NotFound
 from app.domain.leases_async import Want
 from config.settings import get_settings
 
@@ -102,7 +101,8 @@ class ClaimBatcher:
         _CALLS.inc(len(batch))
         try:
             if len(wants) == 1:
-                got = [await adb.one_statement(lambda conn: _one(org_id, pool_name, wants[0], conn))]
+                got = [await adb.one_statement(lambda conn: leases_async.lease_named(
+                    org_id, pool_name, wants[0], conn=conn, now=datetime.now(UTC)))]
             else:
                 got = await adb.one_statement(lambda conn: leases_async.lease_named_many(
                     org_id, pool_name, wants, conn=conn, now=datetime.now(UTC)))
@@ -131,11 +131,3 @@ def batcher() -> ClaimBatcher:
     """This event loop's batcher (the HTTP and the gRPC server may each run a loop of their own)."""
     return adb.loop_local(_batchers, ClaimBatcher)
 
-
-async def _one(org_id: str, pool_name: str, want: Want, conn: Any) -> Any:
-    """A call alone: lease_named, its refusal returned as lease_named_many returns one."""
-    try:
-        return await leases_async.lease_named(org_id, pool_name, conn=conn, unit=want.unit, service_tag=want.service_tag,
-                                              wished_expiry=want.wished_expiry, now=datetime.now(UTC))
-    except (NotFound, Aborted) as exc:
-        return exc

@@ -99,7 +99,6 @@ class Want:
     lease_id: str = field(default_factory=new_id)
 
 
-
 # Rows are named by scalar subqueries (`id = (SELECT id FROM pick)`), not joins with the CTEs: a prepared
 # statement's generic plan then probes the indexes (ix_instances_ready, the primary keys) whatever the
 # table statistics said when it was planned, instead of sorting a pool or scanning the leases.
@@ -136,21 +135,17 @@ FROM pool LEFT JOIN pick ON true LEFT JOIN taken ON taken.id = pick.id LEFT JOIN
 
 
 async def lease_named(
-    org_id: str, pool_name: str, *, conn: Any, unit: Unit, service_tag: str, wished_expiry: datetime | None,
-    now: datetime,
-) -> LeaseView | None:
+    org_id: str, pool_name: str, want: Want, *, conn: Any, now: datetime,
+) -> LeaseView | None | NotFound | Aborted:
     """Lease a ready instance of the caller's live pool `pool_name` (not empty), as leases.lease does
-    without a reservation id; None when the pool has no ready instance (the caller takes the sync path,
-    which applies the pool's empty-pool policy). Unknown pool: NotFound."""
-    want = Want(service_tag, wished_expiry, unit)
+    without a reservation id, its effects in `want.unit`; None when the pool has no ready instance (the caller
+    takes the sync path, which applies the pool's empty-pool policy). The refusal (an unknown pool: NotFound)
+    is returned, not raised, as lease_named_many returns each of its calls'."""
     cur = await conn.execute(CLAIM_NAMED, {
-        "org_id": org_id, "pool_name": pool_name, "lease_id": want.lease_id, "service_tag": service_tag,
-        "wished": wished_expiry, "now": now,
+        "org_id": org_id, "pool_name": pool_name, "lease_id": want.lease_id, "service_tag": want.service_tag,
+        "wished": want.wished_expiry, "now": now,
     })
-    got = _outcome(await cur.fetchone(), pool_name, want, now)
-    if isinstance(got, Exception):
-        raise got
-    return got
+    return _outcome(await cur.fetchone(), pool_name, want, now)
 
 
 def _outcome(row: Any, pool_name: str, want: Want, now: datetime) -> LeaseView | None | NotFound | Aborted:
